@@ -1,0 +1,77 @@
+"""`python -m cifar_exp [overrides]`: a thin Hydra entry point around `cifar_exp.run.run`.
+
+Nothing heavy is imported at module level, so --help, --cfg and config errors stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from cifar_exp.config import register_configs
+from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://cifar_exp.conf", config_name="config")
+def _hydra_main(cfg: DictConfig) -> float:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from cifar_exp.run import run
+
+    try:
+        metrics = run(cfg)
+    except UserError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # this job fails; the sweep decides what happens to the others
+        exit_with(str(e))
+    return metrics.get(cfg.objective, float("nan"))
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages, folded to one readable line."""
+    parts: list[str] = []
+    options: list[str] = []
+    while exc is not None:
+        for raw in str(exc).splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                break
+            if raw.startswith("\t"):
+                options.append(line)
+            elif line and not line.startswith(_NOISE):
+                parts.append(line.rstrip(".:"))
+        exc = exc.__cause__
+    text = "; ".join(dict.fromkeys(parts)) or "unknown error"
+    return f"{text}: {', '.join(options)}" if options else text
+
+
+def main() -> None:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra's own handler prints several lines or a trimmed traceback; let errors reach us
+    # so that user mistakes become one line and exit code 2.
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        _hydra_main()
+    except UserError as e:
+        exit_with(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except Interrupted as e:
+        print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Datasets as tensors: each split is decoded once to uint8 [N,3,H,W] + int64 [N], kept on
+the training device, and batched by indexing. Normalization and augmentation are batch
+tensor ops; an epoch's order and augmentation draws come from (seed, epoch) alone, so any
+step of any epoch can be replayed exactly."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from cifar_exp.errors import UserError
+
+CACHE_VERSION = 1
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+
+
+@dataclass
+class Split:
+    x: torch.Tensor  # uint8 [N, 3, H, W]
+    y: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def to(self, device: torch.device) -> "Split":
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    val: Optional[Split]
+    classes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+# --- sources ------------------------------------------------------------------------------
+def _torchvision_split(cfg: DictConfig, train: bool):
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[cfg.name]
+    try:
+        return cls(root=cfg.root, train=train, download=cfg.download)
+    except (OSError, RuntimeError) as e:
+        archive = Path(cfg.root) / CIFAR_ARCHIVES[cfg.name]
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(
+            f"cannot load {cfg.name} from {cfg.root}/ ({reason}). Offline? Put "
+            f"{CIFAR_ARCHIVES[cfg.name]} at {archive}, or use dataset=image_folder "
+            f"dataset.root=<dir with train/ and test/>, or dataset=synthetic"
+        ) from None
+
+
+def _load_torchvision(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+    splits = []
+    for train in (True, False):
+        ds = _torchvision_split(cfg, train)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+        splits.append(Split(x, torch.tensor(ds.targets, dtype=torch.int64)))
+    return splits[0], splits[1], list(ds.classes)
+
+
+def _image_files(root: Path) -> dict[str, list[Path]]:
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"dataset.root: {root} has no class folders (expected {root}/<class>/<images>)")
+    return {c: sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            for c in classes}
+
+
+def _decode(path: Path, size: int):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (size, size):
+                im = im.resize((size, size), Image.BILINEAR)
+            return np.asarray(im)
+    except OSError as e:
+        raise UserError(f"cannot read image {path}: {e}") from None
+
+
+def _decode_folder(root: Path, classes: list[str], size: int) -> Split:
+    import numpy as np
+
+    files = _image_files(root)
+    unknown = sorted(set(files) - set(classes))
+    if unknown:
+        raise UserError(f"dataset.root: {root} has classes not in train/: {', '.join(unknown)}")
+    paths = [p for c in classes for p in files.get(c, [])]
+    labels = [i for i, c in enumerate(classes) for _ in files.get(c, [])]
+    if not paths:
+        raise UserError(f"dataset.root: no images under {root}")
+    # PIL releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        arrays = list(pool.map(lambda p: _decode(p, size), paths, chunksize=256))
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return Split(x, torch.tensor(labels, dtype=torch.int64))
+
+
+def _folder_signature(root: Path) -> str:
+    """Changes when any image file under root is added, removed, resized or touched."""
+    h = hashlib.sha256(f"{CACHE_VERSION}:{root.resolve()}".encode())
+    for dirpath, dirnames, filenames in sorted(os.walk(root)):
+        dirnames.sort()
+        for name in sorted(filenames):
+            st = os.stat(os.path.join(dirpath, name))
+            h.update(f"{dirpath}/{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+    root = Path(cfg.root).expanduser()
+    cache = None
+    if cfg.cache_dir:
+        key = f"image_folder-{_folder_signature(root)}-{cfg.image_size}px.pt"
+        cache = Path(cfg.cache_dir) / key
+        if cache.exists():
+            blob = torch.load(cache, weights_only=True)
+            return Split(*blob["train"]), Split(*blob["test"]), blob["classes"]
+    classes = list(_image_files(root / "train"))
+    train = _decode_folder(root / "train", classes, cfg.image_size)
+    test = _decode_folder(root / "test", classes, cfg.image_size)
+    if cache is not None:
+        from cifar_exp.checkpoint import atomic_save
+
+        atomic_save({"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes}, cache)
+    return train, test, classes
+
+
+def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: torch.Tensor) -> Split:
+    """Each image is its class's smooth colour pattern, shifted, rescaled and noisy."""
+    size = cfg.image_size
+    y = torch.randint(0, cfg.num_classes, (n,), generator=g)
+    shifts = torch.randint(-3, 4, (n, 2), generator=g)
+    brightness = 0.7 + 0.6 * torch.rand(n, 1, 1, 1, generator=g)
+    x = prototypes[y]
+    rows = (torch.arange(size)[None, :] + shifts[:, :1]) % size
+    cols = (torch.arange(size)[None, :] + shifts[:, 1:]) % size
+    x = x[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None],
+          rows[:, None, :, None], cols[:, None, None, :]]
+    x = x * brightness + cfg.noise * torch.randn(x.shape, generator=g)
+    return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
+
+
+def _load_synthetic(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+    g = torch.Generator().manual_seed(cfg.data_seed)
+    coarse = torch.rand(cfg.num_classes, 3, 4, 4, generator=g)
+    prototypes = F.interpolate(coarse, size=(cfg.image_size,) * 2, mode="bicubic", align_corners=False)
+    prototypes = prototypes.clamp(0, 1)
+    train = _synthetic_split(cfg, cfg.train_size, g, prototypes)
+    test = _synthetic_split(cfg, cfg.test_size, g, prototypes)
+    return train, test, [f"class{i}" for i in range(cfg.num_classes)]
+
+
+def _hold_out(train: Split, val_size: int) -> tuple[Split, Optional[Split]]:
+    """A fixed validation split, the same for every seed so runs compare on equal terms."""
+    if val_size == 0:
+        return train, None
+    if val_size >= len(train):
+        raise UserError(f"dataset.val_size={val_size} must be smaller than the {len(train)} training images")
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    keep, held = perm[:-val_size].sort().values, perm[-val_size:].sort().values
+    return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
+
+
+def load_dataset(cfg: DictConfig) -> Dataset:
+    """The configured dataset as uint8 tensors on the CPU."""
+    if cfg.name in CIFAR_ARCHIVES:
+        train, test, classes = _load_torchvision(cfg)
+    elif cfg.name == "image_folder":
+        train, test, classes = _load_image_folder(cfg)
+    else:
+        train, test, classes = _load_synthetic(cfg)
+    train, val = _hold_out(train, cfg.val_size)
+    return Dataset(train, test, val, classes)
+
+
+# --- batching -----------------------------------------------------------------------------
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+class TensorLoader:
+    """Batches of a device-resident uint8 split, normalized (and optionally augmented with a
+    random crop of a zero-padded image plus a horizontal flip) as whole-batch tensor ops."""
+
+    def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool,
+                 augment: bool = False, padding: int = 4, seed: int = 0):
+        self.split, self.batch_size = split, batch_size
+        self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
+        device = split.x.device
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        p = padding if augment else 0
+        self.padded = F.pad(split.x, (p, p, p, p)) if p else split.x
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.split) / self.batch_size)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, x.float(), self.scale)
+
+    def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        h, w = self.split.x.shape[2:]
+        dev = idx.device
+        rows = offsets[:, :1] + torch.arange(h, device=dev)
+        cols = offsets[:, 1:] + torch.arange(w, device=dev)
+        x = self.padded[idx[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                        rows[:, None, :, None], cols[:, None, None, :]]
+        return torch.where(flips[:, None, None, None], x.flip(3), x)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch` from `start_step` on; the same every time it is called."""
+        n, dev = len(self.split), self.split.x.device
+        g = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        order = order.to(dev)
+        if self.augment:
+            offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(dev)
+            flips = (torch.rand(n, generator=g) < 0.5).to(dev)
+        for step in range(start_step, len(self)):
+            sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
+            idx = order[sl]
+            x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x[idx]
+            yield self.normalize(x), self.split.y[idx]

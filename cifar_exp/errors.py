@@ -1,0 +1,27 @@
+"""The one exception type for mistakes a user can fix; entry points print it as one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class UserError(Exception):
+    """Bad input: a config value, a path, a missing dataset. Printed without a traceback."""
+
+
+class Interrupted(Exception):
+    """A stop signal arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, signum: int, resume_hint: str):
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.resume_hint = resume_hint
+
+
+def exit_with(message: str, prog: str = "cifar-exp") -> NoReturn:
+    """One line on stderr, exit code 2. SystemExit passes through Hydra's error handling."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)

@@ -1,0 +1,195 @@
+"""Training steps and evaluation. Running sums stay on the device, so a step never waits
+for the device unless a log line or a checkpoint asks for a number."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from cifar_exp.data import TensorLoader
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    """bf16 autocast on CUDA (fp16 where bf16 is missing); full precision elsewhere."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
+class EpochMeter:
+    """Sums over the epoch (loss, correct, seen) and over the current logging window."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+        self.window_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.window_steps = 0
+
+    def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        loss = loss.detach().double()
+        self.loss_sum += loss * len(y)
+        self.correct += (logits.detach().argmax(1) == y).sum()
+        self.seen += len(y)
+        self.window_loss += loss
+        self.window_steps += 1
+
+    def pop_window(self) -> float:
+        value = (self.window_loss / max(self.window_steps, 1)).item()
+        self.window_loss.zero_()
+        self.window_steps = 0
+        return value
+
+    def summary(self) -> dict[str, float]:
+        return {"loss": (self.loss_sum / max(self.seen, 1)).item(),
+                "acc": self.correct.item() / max(self.seen, 1)}
+
+    def state_dict(self) -> dict:
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
+                "window_loss": self.window_loss.cpu(), "window_steps": self.window_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss_sum = state["loss_sum"].to(self.device)
+        self.correct = state["correct"].to(self.device)
+        self.window_loss = state["window_loss"].to(self.device)
+        self.seen, self.window_steps = state["seen"], state["window_steps"]
+
+
+@dataclass
+class Trainer:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
+    loss_fn: nn.Module
+    device: torch.device
+    amp: bool = False
+    global_step: int = 0
+
+    def __post_init__(self):
+        self.autocast, self.scaler = autocast_for(self.device, self.amp)
+        self.meter = EpochMeter(self.device)
+        # torch.compile wraps the module; checkpoints hold the plain module's weights
+        self.module = getattr(self.model, "_orig_mod", self.model)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.model(x)
+            loss = self.loss_fn(logits, y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.meter.update(loss, logits, y)
+        self.global_step += 1
+
+    def train_epoch(self, loader: TensorLoader, epoch: int, start_step: int,
+                    after_step: Callable[[int], None]) -> dict[str, float]:
+        """Run the epoch's batches from `start_step`; after_step(step_in_epoch) follows each."""
+        self.model.train()
+        if start_step == 0:
+            self.meter.reset()
+        for i, (x, y) in enumerate(loader.epoch(epoch, start_step), start=start_step + 1):
+            self.step(x, y)
+            after_step(i)
+        return self.meter.summary()
+
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @torch.inference_mode()
+    def evaluate(self, loader: TensorLoader, num_classes: int) -> "Evaluation":
+        self.model.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
+        for x, y in loader.epoch(0):
+            with self.autocast():
+                logits = self.model(x)
+                loss_sum += self.loss_fn(logits.float(), y).double() * len(y)
+            confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+        confusion = confusion.view(num_classes, num_classes).cpu()
+        return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "meter": self.meter.state_dict(),
+            "global_step": self.global_step,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.meter.load_state_dict(state["meter"])
+        self.global_step = state["global_step"]
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    confusion: torch.Tensor  # [true, predicted] counts
+
+    @property
+    def acc(self) -> float:
+        return float(self.confusion.diag().sum() / self.confusion.sum().clamp(min=1))
+
+    @property
+    def per_class_acc(self) -> torch.Tensor:
+        return self.confusion.diag() / self.confusion.sum(1).clamp(min=1)
+
+    def metrics(self, prefix: str, classes: list[str]) -> dict[str, float]:
+        out = {f"{prefix}/loss": self.loss, f"{prefix}/acc": self.acc}
+        if prefix == "test":
+            out.update({f"test/acc_class/{c}": float(a) for c, a in zip(classes, self.per_class_acc)})
+        return out
+
+    def report(self, classes: list[str]) -> str:
+        lines = [f"Accuracy of the network on the {int(self.confusion.sum())} test images: "
+                 f"{100 * self.acc:.2f} % (test loss {self.loss:.4f})"]
+        lines += [f"Accuracy for class: {c:10s} is {100 * float(a):.1f} %"
+                  for c, a in zip(classes, self.per_class_acc)]
+        return "\n".join(lines)
+
+
+class Progress:
+    """A one-line progress bar with the running loss, drawn only on a terminal."""
+
+    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int):
+        self.enabled = enabled and sys.stderr.isatty()
+        self.total, self.label = total, f"epoch {epoch}/{epochs}"
+
+    def update(self, step: int, loss: Optional[float]) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        done = int(width * step / self.total)
+        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
+        sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{self.total}{loss_txt}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")

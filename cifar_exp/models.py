@@ -1,0 +1,82 @@
+"""Classifiers for 32x32 RGB images; each takes num_classes from the dataset."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+
+class SimpleCNN(nn.Module):
+    """The notes' Classifier, layer for layer."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, kernel_size=5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * 14 * 14, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv(x)))
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc2(x)
+
+
+class TutorialNet(nn.Module):
+    """The PyTorch CIFAR-10 tutorial's LeNet-style network."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def resnet18(num_classes: int = 10) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool."""
+    from torchvision.models import resnet18 as tv_resnet18
+
+    model = tv_resnet18(num_classes=num_classes)
+    model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out),
+        nn.GELU(),
+    )
+
+
+class SpeedNet(nn.Module):
+    """A small fast-converging VGG-style net (after the airbench family): three blocks of
+    two conv-BN-GELU layers with a max-pool each, then global max-pool and a linear head."""
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256)):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, widths[0] // 2)]
+        c_in = widths[0] // 2
+        for w in widths:
+            layers += [_conv_bn(c_in, w), nn.MaxPool2d(2), _conv_bn(w, w)]
+            c_in = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        return self.head(torch.amax(x, dim=(2, 3)))

@@ -1,0 +1,92 @@
+"""Figures saved as PNG with matplotlib's non-interactive Agg backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncols: int = 8,
+               colors: Sequence[str] | None = None) -> Path:
+    """uint8 [N,3,H,W] images in a grid, each titled (the notes' visualize()). The grid is
+    one picture with text on top: one matplotlib axes instead of N keeps this fast."""
+    plt = _pyplot()
+    n, _, h, w = images.shape
+    nrows = max(1, -(-n // ncols))
+    gap_x, gap_y = 4, 14 + 8 * max(t.count("\n") for t in titles)  # room for each title
+    canvas = torch.full((3, nrows * (h + gap_y), ncols * (w + gap_x)), 255, dtype=torch.uint8)
+    for i, img in enumerate(images.cpu()):
+        r, c = divmod(i, ncols)
+        top, left = r * (h + gap_y) + gap_y, c * (w + gap_x) + gap_x // 2
+        canvas[:, top:top + h, left:left + w] = img
+    scale = 1 / 36  # inches per canvas pixel: 2.8x zoom at 100 dpi
+    fig = plt.figure(figsize=(canvas.shape[2] * scale, canvas.shape[1] * scale))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(canvas.permute(1, 2, 0).numpy(), interpolation="nearest")
+    ax.axis("off")
+    for i, title in enumerate(titles):
+        r, c = divmod(i, ncols)
+        ax.text(c * (w + gap_x) + gap_x // 2 + w / 2, r * (h + gap_y) + gap_y - 2, title,
+                ha="center", va="bottom", fontsize=7, color=colors[i] if colors else "black")
+    return _save(fig, path)
+
+
+def learning_curves(history: list[dict], path: Path) -> Path:
+    """Loss and accuracy per epoch for every split that has them."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    for split in ("train", "val", "test"):
+        if f"{split}/loss" in history[0]:
+            ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], marker="o", label=split)
+            ax_acc.plot(epochs, [h[f"{split}/acc"] for h in history], marker="o", label=split)
+    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
+    """Rows are true classes, columns predictions; cells are counts, colour is the row share."""
+    plt = _pyplot()
+    counts = confusion.cpu().numpy()
+    share = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    k = len(classes)
+    fig, ax = plt.subplots(figsize=(max(5, 0.6 * k), max(4, 0.55 * k)))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    fig.clf()
+    _pyplot().close(fig)
+    return path

@@ -1,0 +1,159 @@
+"""Datasets become uint8 tensors; the loader batches, normalizes, augments and replays."""
+
+from __future__ import annotations
+
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+
+from cifar_exp.config import ImageFolderConfig, SyntheticConfig, TorchvisionDatasetConfig
+from cifar_exp.data import Split, TensorLoader, load_dataset
+from cifar_exp.errors import UserError
+
+
+def synthetic(**kw):
+    return OmegaConf.merge(OmegaConf.structured(SyntheticConfig), kw)
+
+
+def test_synthetic_is_deterministic_and_class_dependent():
+    a, b = load_dataset(synthetic(train_size=300)), load_dataset(synthetic(train_size=300))
+    assert a.train.x.dtype == torch.uint8 and a.train.x.shape == (300, 3, 32, 32)
+    assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
+    means = torch.stack([a.train.x[a.train.y == c].float().mean(0) for c in range(10)])
+    # class means differ far more than noise would make them
+    assert torch.cdist(means.flatten(1), means.flatten(1)).fill_diagonal_(1e9).min() > 100
+
+
+def test_validation_split_is_held_out_and_fixed():
+    d = load_dataset(synthetic(train_size=300, val_size=50))
+    assert len(d.train) == 250 and len(d.val) == 50
+    again = load_dataset(synthetic(train_size=300, val_size=50))
+    assert torch.equal(d.val.x, again.val.x)
+
+
+def _loader(n=10, **kw) -> TensorLoader:
+    x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8).view(n, 3, 4, 4)
+    return TensorLoader(Split(x, torch.arange(n)), 4, [0.5] * 3, [0.5] * 3, **kw)
+
+
+def test_loader_covers_every_image_once_per_epoch_and_normalizes():
+    loader = _loader(shuffle=True)
+    batches = list(loader.epoch(0))
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [4, 4, 2]  # last partial batch kept
+    ys = torch.cat([y for _, y in batches])
+    assert sorted(ys.tolist()) == list(range(10))
+    x, y = batches[0]
+    assert torch.allclose(x, loader.split.x[y].float() / 255 * 2 - 1, atol=1e-6)
+    assert not torch.equal(ys, torch.cat([y for _, y in loader.epoch(1)]))  # reshuffled
+
+
+def test_loader_replays_an_epoch_from_any_step():
+    loader = _loader(n=20, shuffle=True, augment=True, padding=2, seed=3)
+    full = list(loader.epoch(5))
+    tail = list(loader.epoch(5, start_step=2))
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_augmentation_crops_and_flips_within_the_padded_image():
+    img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
+    loader = TensorLoader(Split(img.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64)), 64,
+                          [0.0] * 3, [1 / 255] * 3, shuffle=True, augment=True, padding=1)
+    x, _ = next(loader.epoch(0))
+    padded = torch.nn.functional.pad(img[0, 0].float(), (1, 1, 1, 1))
+    windows = {tuple(padded[r:r + 4, c:c + 4].flatten().tolist()) for r in range(3) for c in range(3)}
+    windows |= {tuple(padded[r:r + 4, c:c + 4].flip(1).flatten().tolist()) for r in range(3) for c in range(3)}
+    seen = {tuple(v.round().tolist()) for v in x[:, 0].flatten(1)}
+    assert seen <= windows and len(seen) > 4
+
+
+def _png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for k in range(per_class):
+                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                arr[..., i] = 255
+                Image.fromarray(arr).save(root / split / c / f"{k}.png")
+
+
+def test_image_folder_decodes_caches_and_resizes(tmp_path):
+    _png_tree(tmp_path / "imgs", size=40)
+    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
+                          {"name": "image_folder", "root": str(tmp_path / "imgs"),
+                           "cache_dir": str(tmp_path / "cache")})
+    d = load_dataset(cfg)
+    assert d.classes == ["cat", "dog"] and d.train.x.shape == (6, 3, 32, 32)
+    assert d.train.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert (d.train.x[3:, 1] == 255).all()  # dog images have a saturated green channel
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
+    cached = load_dataset(cfg)
+    assert torch.equal(cached.train.x, d.train.x) and cached.classes == d.classes
+    Image.new("RGB", (32, 32)).save(tmp_path / "imgs/train/cat/new.png")
+    assert len(load_dataset(cfg).train) == 7  # a changed tree is decoded again
+
+
+def test_image_folder_rejects_an_unreadable_image(tmp_path):
+    _png_tree(tmp_path / "imgs")
+    (tmp_path / "imgs/train/cat/broken.png").write_bytes(b"not an image")
+    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
+                          {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None})
+    with pytest.raises(UserError, match="broken.png"):
+        load_dataset(cfg)
+
+
+def _fake_cifar10(root: Path, per_batch=4) -> None:
+    """The original python-pickle layout, as cifar-10-python.tar.gz unpacks."""
+    rng = np.random.default_rng(0)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+
+    def batch(name, n):
+        labels = [int(i % 10) for i in range(n)]
+        data = rng.integers(0, 255, (n, 3072), dtype=np.uint8)
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels}, f)
+
+    for i in range(1, 6):
+        batch(f"data_batch_{i}", per_batch)
+    batch("test_batch", 10)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                     "frog", "horse", "ship", "truck"]}, f)
+    with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
+        tar.add(base, arcname="cifar-10-batches-py")
+
+
+def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch):
+    import shutil
+
+    import torchvision.datasets.cifar
+    import torchvision.datasets.utils
+
+    _fake_cifar10(tmp_path)
+    shutil.rmtree(tmp_path / "cifar-10-batches-py")  # only the archive, as a user would place it
+    # the fake files cannot match the published checksums
+    for module in (torchvision.datasets.cifar, torchvision.datasets.utils):
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
+    cfg = OmegaConf.merge(OmegaConf.structured(TorchvisionDatasetConfig),
+                          {"name": "cifar10", "root": str(tmp_path), "download": True})
+    d = load_dataset(cfg)
+    assert d.train.x.shape == (20, 3, 32, 32) and d.test.x.shape == (10, 3, 32, 32)
+    assert d.classes[0] == "airplane" and d.test.y.tolist() == list(range(10))
+    with open(tmp_path / "cifar-10-batches-py/data_batch_1", "rb") as f:
+        first = pickle.load(f)["data"][0]
+    assert torch.equal(d.train.x[0].flatten(), torch.from_numpy(first))  # CHW order kept
+
+
+def test_missing_cifar_without_download_is_a_user_error(tmp_path):
+    cfg = OmegaConf.merge(OmegaConf.structured(TorchvisionDatasetConfig),
+                          {"name": "cifar10", "root": str(tmp_path), "download": False})
+    with pytest.raises(UserError, match="dataset=synthetic"):
+        load_dataset(cfg)

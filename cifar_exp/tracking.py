@@ -169,3 +169,16 @@ def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: di
     if not cfg.mlflow.enabled:
         return NullTracker()
     return MlflowTracker(cfg, run_id, run_name, tags)
+
+
+def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit: int) -> list[dict]:
+    """Runs of an experiment as plain dicts (id, name, status, params, metrics), best first."""
+    client = client_for(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    order = f"metrics.`{sort_by}` {'ASC' if ascending else 'DESC'}"
+    runs = client.search_runs([exp.experiment_id], order_by=[order], max_results=limit)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "start_time": r.info.start_time, "params": r.data.params, "metrics": r.data.metrics}
+            for r in runs]

@@ -1,0 +1,50 @@
+"""`python -m cifar_exp.runs`: the runs of an experiment as a table, best first, for the
+terminal user who does not open `mlflow ui`."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+COLUMNS_PARAMS = ("model._target_", "optimizer._target_", "optimizer.lr", "epochs", "dataset.name")
+
+
+def table(runs: list[dict], metrics: list[str]) -> str:
+    headers = ["run", "status", "model", "optimizer", "lr", "epochs", "dataset", *metrics, "name"]
+    rows = []
+    for r in runs:
+        p = r["params"]
+        short = [p.get(k, "").rsplit(".", 1)[-1] if k.endswith("_target_") else p.get(k, "")
+                 for k in COLUMNS_PARAMS]
+        values = [r["metrics"].get(m, math.nan) for m in metrics]
+        rows.append([r["run_id"][:8], r["status"], *short, *(f"{v:.4f}" for v in values), r["name"] or ""])
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip() for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="cifar-exp-runs", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", default="cifar_exp", help="experiment name (default: cifar_exp)")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--sort", default="test/acc", help="metric to sort by (default: test/acc)")
+    parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
+    parser.add_argument("--metrics", default="test/acc,test/loss", help="comma-separated metric columns")
+    parser.add_argument("--limit", type=int, default=50)
+    args = parser.parse_args(argv)
+
+    from cifar_exp.tracking import DEFAULT_URI, search_runs
+
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
+    if not runs:
+        print(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
+        raise SystemExit(1)
+    print(table(runs, args.metrics.split(",")))
+
+
+if __name__ == "__main__":
+    main()

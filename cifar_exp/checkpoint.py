@@ -133,6 +133,15 @@ def has_checkpoint(run_dir: Path) -> bool:
     return bool(candidates(Path(run_dir) / "checkpoints")) if (Path(run_dir) / "checkpoints").is_dir() else False
 
 
+def restore_model(state: dict, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model with its weights, in eval mode."""
+    from hydra.utils import instantiate
+
+    model = instantiate(state["config"]["model"], num_classes=len(state["classes"]))
+    model.load_state_dict(state["trainer"]["model"])
+    return model.to(device).eval()
+
+
 class CheckpointWriter:
     """Writes last.pt, best.pt and the last k epoch checkpoints of one run."""
 

@@ -130,6 +130,8 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     deterministic: bool = False
     compile: bool = False
+    # NHWC layout for model and batches: faster for conv nets with BatchNorm on CPU and GPU
+    channels_last: bool = False
     progress: bool = True
     label_smoothing: float = 0.0
     # single process, or ddp under torchrun
@@ -202,6 +204,23 @@ def register_configs() -> None:
     for group, nodes in schemas.items():
         for name, node in nodes.items():
             cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+def parse_cli(argv: list[str], defaults: dict) -> DictConfig:
+    """key=value arguments (Hydra's style) for the small tools, checked against `defaults`:
+    an unknown key or a missing required (None) value is a UserError."""
+    try:
+        given = OmegaConf.from_dotlist(argv)
+    except Exception as e:
+        raise UserError(f"cannot parse arguments {argv}: {e}") from None
+    for key in given:
+        if key not in defaults:
+            raise UserError(f"unknown argument {key}=...; expected {', '.join(f'{k}=' for k in defaults)}")
+    cfg = OmegaConf.merge(OmegaConf.create(defaults), given)
+    for key, value in cfg.items():
+        if value is None:
+            raise UserError(f"{key}=... is required")
+    return cfg
 
 
 # --- validation ---------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def _image_files(root: Path) -> dict[str, list[Path]]:
             for c in classes}
 
 
-def _decode(path: Path, size: int):
+def decode_image(path: Path, size: int):
     import numpy as np
     from PIL import Image
 
@@ -109,7 +109,7 @@ def _decode_folder(root: Path, classes: list[str], size: int) -> Split:
         raise UserError(f"dataset.root: no images under {root}")
     # PIL releases the GIL while decoding, so threads use every core.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        arrays = list(pool.map(lambda p: _decode(p, size), paths, chunksize=256))
+        arrays = list(pool.map(lambda p: decode_image(p, size), paths, chunksize=256))
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return Split(x, torch.tensor(labels, dtype=torch.int64))
 
@@ -202,8 +202,9 @@ class TensorLoader:
     random crop of a zero-padded image plus a horizontal flip) as whole-batch tensor ops."""
 
     def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool,
-                 augment: bool = False, padding: int = 4, seed: int = 0):
+                 augment: bool = False, padding: int = 4, seed: int = 0, channels_last: bool = False):
         self.split, self.batch_size = split, batch_size
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
         device = split.x.device
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
@@ -216,7 +217,7 @@ class TensorLoader:
         return math.ceil(len(self.split) / self.batch_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x.float(), self.scale)
+        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]

@@ -38,6 +38,10 @@ RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progr
                "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size")
 
 
+# Overrides that say nothing about the experiment itself stay out of derived run names.
+RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")
+
+
 # --- environment --------------------------------------------------------------------------------
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -89,7 +93,7 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     parts = [choices.get("model") or cfg.model._target_.rsplit(".", 1)[-1]]
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
-        if key not in ("model", "resume") and not key.startswith("mlflow.") and not key.startswith("hydra"):
+        if key not in RUN_NAME_SKIP and not key.startswith(("mlflow.", "checkpoint.", "hydra")):
             parts.append(f"{key.rsplit('.', 1)[-1]}={value}" if "." in key else o.lstrip("+~"))
     return " ".join(parts)
 
@@ -132,11 +136,11 @@ def resume_config(cfg: DictConfig, saved: dict, overrides: Optional[list[str]]) 
     merged = OmegaConf.create(saved)
     current, old = flatten(cfg), flatten(saved)
     for key in sorted(set(current) | set(old)):
-        if current.get(key) == old.get(key):
+        if current.get(key) == old.get(key) or not _key_touched(key, overrides):
             continue
         if _is_safe(key):
             OmegaConf.update(merged, key, current.get(key), force_add=True)
-        elif _key_touched(key, overrides):
+        else:
             raise UserError(
                 f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
                 f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
@@ -177,14 +181,15 @@ def tracked(tracker, log_file: Path):
 
 
 def build_loaders(cfg: DictConfig, data: Dataset) -> dict[str, TensorLoader]:
-    d = cfg.dataset
+    d, cl = cfg.dataset, cfg.trainer.channels_last
     loaders = {
-        "train": TensorLoader(data.train, d.batch_size, d.mean, d.std, shuffle=True,
-                              augment=d.augment, padding=d.crop_padding, seed=cfg.seed),
-        "test": TensorLoader(data.test, d.eval_batch_size, d.mean, d.std, shuffle=False),
+        "train": TensorLoader(data.train, d.batch_size, d.mean, d.std, shuffle=True, augment=d.augment,
+                              padding=d.crop_padding, seed=cfg.seed, channels_last=cl),
+        "test": TensorLoader(data.test, d.eval_batch_size, d.mean, d.std, shuffle=False, channels_last=cl),
     }
     if data.val is not None:
-        loaders["val"] = TensorLoader(data.val, d.eval_batch_size, d.mean, d.std, shuffle=False)
+        loaders["val"] = TensorLoader(data.val, d.eval_batch_size, d.mean, d.std, shuffle=False,
+                                      channels_last=cl)
     return loaders
 
 
@@ -207,13 +212,15 @@ def run(cfg: DictConfig) -> dict[str, float]:
     data = load_dataset(cfg.dataset)
     loaders = build_loaders(cfg, _on_device(data, device))
     model = instantiate(cfg.model, num_classes=data.num_classes).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     steps_per_epoch = len(loaders["train"])
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     trainer = Trainer(torch.compile(model) if cfg.trainer.compile else model,
                       optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp)
-    progress = {"epoch": 0, "step": 0, "best": None, "history": [], "run_id": None}
+    progress = {"epoch": 0, "step": 0, "best": None, "history": [], "run_id": None, "classes": data.classes}
     if state is not None:
         trainer.load_state_dict(state["trainer"])
         checkpoint.set_rng_state(state["rng"])

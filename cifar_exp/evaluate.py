@@ -1,0 +1,66 @@
+"""`python -m cifar_exp.evaluate checkpoint=<file or run dir>`: test accuracy, per-class
+accuracy and the confusion matrix of a saved model, on the test split it was trained for."""
+
+from __future__ import annotations
+
+import sys
+
+from cifar_exp.config import parse_cli
+from cifar_exp.errors import UserError, exit_with
+
+DEFAULTS = {"checkpoint": None, "device": "auto", "dataset_root": "", "plot": ""}
+USAGE = ("usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
+         "[dataset_root=<dir>] [plot=<confusion.png>]")
+
+
+def confusion_table(confusion, classes: list[str]) -> str:
+    width = max(6, *(len(c) for c in classes))
+    head = " " * (width + 2) + " ".join(f"{c[:6]:>6}" for c in classes)
+    rows = [f"{c:>{width}}  " + " ".join(f"{int(n):>6}" for n in row) for c, row in zip(classes, confusion)]
+    return "\n".join(["confusion matrix (rows: true class, columns: predicted)", head, *rows])
+
+
+def evaluate(args) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+
+    from cifar_exp import checkpoint, plots
+    from cifar_exp.data import Split, TensorLoader, load_dataset
+    from cifar_exp.loop import Trainer
+    from cifar_exp.run import pick_device
+
+    path, state = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    cfg = OmegaConf.create(state["config"])
+    if args.dataset_root:
+        cfg.dataset.root = args.dataset_root
+    device = pick_device(args.device)
+    data = load_dataset(cfg.dataset)
+    if data.classes != state["classes"]:
+        raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {state['classes']}")
+    model = checkpoint.restore_model(state, device)
+    loader = TensorLoader(Split(data.test.x.to(device), data.test.y.to(device)), cfg.dataset.eval_batch_size,
+                          cfg.dataset.mean, cfg.dataset.std, shuffle=False)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0), None,
+                      torch.nn.CrossEntropyLoss(), device)
+    result = trainer.evaluate(loader, data.num_classes)
+    print(f"checkpoint {path} (epoch {state['epoch']}, step {state['trainer']['global_step']})")
+    print(result.report(data.classes))
+    print(confusion_table(result.confusion, data.classes))
+    if args.plot:
+        plots.confusion_matrix(result.confusion, data.classes, args.plot)
+    return result.metrics("test", data.classes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    try:
+        evaluate(parse_cli(argv, DEFAULTS))
+    except UserError as e:
+        exit_with(str(e), prog="cifar-exp-evaluate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""`python -m cifar_exp.predict checkpoint=<file or run dir> images=[a.png,b.jpg]`: the
+predicted class and the top-3 probabilities for each image file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from cifar_exp.config import parse_cli
+from cifar_exp.errors import UserError, exit_with
+
+DEFAULTS = {"checkpoint": None, "images": None, "device": "auto", "top": 3}
+USAGE = "usage: python -m cifar_exp.predict checkpoint=<file or run dir> images=[a.png,b.jpg] [top=3]"
+
+
+def predict(args) -> list[list[tuple[str, float]]]:
+    import torch
+
+    from cifar_exp import checkpoint
+    from cifar_exp.data import Split, TensorLoader, decode_image
+    from cifar_exp.run import pick_device
+
+    path, state = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    cfg = state["config"]["dataset"]
+    images = [args.images] if isinstance(args.images, str) else list(args.images)
+    for image in images:
+        if not Path(image).is_file():
+            raise UserError(f"image {image} does not exist")
+    size = cfg.get("image_size", 32)
+    x = torch.stack([torch.from_numpy(decode_image(Path(p), size)).permute(2, 0, 1) for p in images])
+    device = pick_device(args.device)
+    norm = TensorLoader(Split(x, torch.zeros(len(x), dtype=torch.int64)), len(x), cfg["mean"], cfg["std"],
+                        shuffle=False)
+    model = checkpoint.restore_model(state, device)
+    with torch.inference_mode():
+        probs = model(norm.normalize(x).to(device)).float().softmax(1).cpu()
+    classes, k = state["classes"], min(args.top, len(state["classes"]))
+    results = []
+    for image, p in zip(images, probs):
+        top = p.topk(k)
+        ranked = [(classes[i], float(v)) for v, i in zip(top.values, top.indices)]
+        results.append(ranked)
+        print(f"{image}: {ranked[0][0]}  (" + ", ".join(f"{c} {100 * v:.1f}%" for c, v in ranked) + ")")
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return
+    try:
+        predict(parse_cli(argv, DEFAULTS))
+    except UserError as e:
+        exit_with(str(e), prog="cifar-exp-predict")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,12 +1,20 @@
-"""Hydra callbacks: config validation before Hydra creates an output dir."""
+"""Hydra callbacks: config validation before a run starts, and MLflow bookkeeping for sweeps."""
 
 from __future__ import annotations
 
-from typing import Any
+import atexit
+import csv
+import math
+import os
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from cifar_exp import tracking
 from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
 
@@ -21,3 +29,116 @@ class ValidateConfig(Callback):
             validate(config)
         except UserError as e:
             exit_with(str(e))
+
+
+def _override_key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+def _job_params(overrides: str) -> dict[str, str]:
+    return dict(o.lstrip("+~").partition("=")[::2] for o in overrides.split() if "=" in o)
+
+
+class SweepTracking(Callback):
+    """Groups a --multirun sweep in MLflow. In the launching process, before any job starts,
+    it prepares the store and the experiment (fresh SQLite stores and set_experiment race
+    when parallel jobs do it) and opens a parent run whose id the jobs inherit through the
+    environment. At the end, or at exit when a failed job made Hydra skip
+    on_multirun_end, the parent gets a summary table, a plot and a final status."""
+
+    def __init__(self) -> None:
+        self.parent: Optional[dict] = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not config.mlflow.enabled:
+            return
+        overrides = list(config.hydra.overrides.task)
+        swept = [_override_key(o) for o in overrides if "," in o or "(" in o]
+        swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
+        sweep_dir = config.hydra.sweep.dir
+        name = f"sweep {' '.join(overrides)}".strip()
+        uri = tracking.tracking_uri(config)
+        exp_id, parent_id = tracking.start_parent(
+            uri, config.mlflow.experiment_name, name,
+            params={_override_key(o): o.partition("=")[2] for o in overrides},
+            tags={"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
+                  "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_},
+        )
+        os.environ[tracking.PARENT_RUN_ENV] = parent_id
+        os.environ[tracking.EXPERIMENT_ENV] = exp_id
+        self.parent = {"uri": uri, "experiment_id": exp_id, "run_id": parent_id, "swept": swept,
+                       "objective": config.objective, "sweep_dir": Path(sweep_dir)}
+        atexit.register(self._finish)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.parent is None:
+            return
+        p, self.parent = self.parent, None
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
+        os.environ.pop(tracking.EXPERIMENT_ENV, None)
+        children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
+        summary = sweep_summary(children, p["objective"], p["swept"])
+        out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
+        files = [write_csv(summary["rows"], out / "sweep_summary.csv")]
+        if summary["seed_groups"]:
+            files.append(write_csv(summary["seed_groups"], out / "sweep_seeds.csv"))
+        if p["swept"] and summary["rows"]:
+            from cifar_exp.plots import objective_vs_params
+
+            files.append(objective_vs_params(summary["rows"], p["swept"], p["objective"],
+                                             out / "objective_vs_params.png"))
+        tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"],
+                               summary["tags"], files)
+
+
+def sweep_summary(children: list[dict], objective: str, swept: list[str]) -> dict:
+    """Rows per job, the best job, seed statistics and the parent's status."""
+    maximize = not objective.endswith("loss")
+    rows = []
+    for c in sorted(children, key=lambda c: int(c["tags"].get("hydra.job.num", 0))):
+        rows.append({
+            "job": c["tags"].get("hydra.job.num", ""), "run_id": c["run_id"], "status": c["status"],
+            "overrides": c["tags"].get("hydra.overrides", ""), objective: c["metrics"].get(objective),
+            "test/acc": c["metrics"].get("test/acc"), "test/loss": c["metrics"].get("test/loss"),
+            "output_dir": c["tags"].get("hydra.output_dir", ""),
+            "params": _job_params(c["tags"].get("hydra.overrides", "")),
+        })
+    done = [r for r in rows if r["status"] == "FINISHED" and r[objective] is not None]
+    metrics: dict[str, float] = {"jobs": len(rows), "jobs_finished": len(done)}
+    tags: dict[str, str] = {}
+    if done:
+        best = (max if maximize else min)(done, key=lambda r: r[objective])
+        metrics[f"best/{objective}"] = best[objective]
+        tags.update({"best_run_id": best["run_id"], "best_overrides": best["overrides"],
+                     "best_output_dir": best["output_dir"]})
+    seed_groups = _seed_groups(done, objective)
+    if len(seed_groups) == 1:
+        metrics[f"{objective}_mean"] = seed_groups[0]["mean"]
+        metrics[f"{objective}_std"] = seed_groups[0]["std"]
+    statuses = {r["status"] for r in rows}
+    status = "FAILED" if "FAILED" in statuses else "KILLED" if statuses - {"FINISHED"} else "FINISHED"
+    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status}
+
+
+def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
+    """Jobs that differ only by seed, with the mean and std of the objective across seeds."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        rest = " ".join(o for o in r["overrides"].split() if _override_key(o) != "seed")
+        if "seed" in r["params"]:
+            groups.setdefault(rest, []).append(r[objective])
+    return [{"overrides": k, "seeds": len(v), "mean": statistics.fmean(v),
+             "std": statistics.stdev(v) if len(v) > 1 else math.nan}
+            for k, v in groups.items() if len(v) > 1]
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    fields = [k for k in rows[0] if k != "params"] if rows else ["job"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path

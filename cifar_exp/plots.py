@@ -90,3 +90,26 @@ def _save(fig, path: Path) -> Path:
     fig.clf()
     _pyplot().close(fig)
     return path
+
+
+def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path: Path) -> Path:
+    """One panel per swept key: each finished job's objective against that key's value."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        points = [(r["params"].get(key), r[objective]) for r in rows if r.get(objective) is not None]
+        values = [p[0] for p in points]
+        try:
+            xs = [float(v) for v in values]
+            if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+                ax.set_xscale("log")
+        except (TypeError, ValueError):
+            categories = sorted(set(map(str, values)))
+            xs = [categories.index(str(v)) for v in values]
+            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        ax.scatter(xs, [p[1] for p in points], s=36)
+        ax.set_xlabel(key)
+        ax.set_ylabel(objective)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,8 +95,16 @@ def run_name(cfg: DictConfig, overrides: list[str]) -> str:
     for o in overrides:
         key, _, value = o.lstrip("+~").partition("=")
         if key not in RUN_NAME_SKIP and not key.startswith(("mlflow.", "checkpoint.", "hydra")):
-            parts.append(f"{key.rsplit('.', 1)[-1]}={value}" if "." in key else o.lstrip("+~"))
+            parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}" if "." in key else o.lstrip("+~"))
     return " ".join(parts)
+
+
+def _short(value: str) -> str:
+    """0.056614015283581016 -> 0.05661: sampled floats stay readable in run names."""
+    try:
+        return f"{float(value):.4g}" if len(value) > 7 else value
+    except ValueError:
+        return value
 
 
 def run_tags(cfg: DictConfig, device: torch.device, run_dir: Path, overrides: list[str]) -> dict:
@@ -108,6 +117,8 @@ def run_tags(cfg: DictConfig, device: torch.device, run_dir: Path, overrides: li
         "mlflow.source.name": "cifar_exp",
         **cfg.mlflow.tags,
     }
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        tags["hydra.job.num"] = HydraConfig.get().job.num
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit

@@ -1,4 +1,5 @@
-"""Stop requests: SIGINT, SIGTERM and SIGUSR1 ask the run to stop after the current step."""
+"""Stop requests: SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 ask the run to stop after the current
+step, so it can write a checkpoint first."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import signal
 import threading
 from typing import Optional
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)
+# SIGUSR2 is what SLURM (via submitit) sends before a timeout or preemption.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopSignals:
     """While active, the first stop signal is recorded in `signum`; a second one raises
-    KeyboardInterrupt at once for a user who really wants out."""
+    KeyboardInterrupt at once for a user who really wants out. On exit, a handler that was
+    installed before (submitit's requeue handler, say) is given the signal it missed."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -33,3 +36,6 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        previous = self._previous.get(self.signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)

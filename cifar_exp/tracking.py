@@ -54,18 +54,18 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, name: str) -> str:
-    """The experiment's id, created if missing; tolerant of a concurrent creator."""
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return client.create_experiment(name)
-    except Exception:
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+def ensure_experiment(client, name: str, attempts: int = 5) -> str:
+    """The experiment's id, created if missing. Tolerates a concurrent creator, and retries
+    while another process is still creating a fresh store's schema."""
+    for attempt in range(attempts):
+        try:
+            exp = client.get_experiment_by_name(name)
+            return exp.experiment_id if exp is not None else client.create_experiment(name)
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * 2 ** attempt)
+    raise AssertionError("unreachable")
 
 
 class MlflowTracker:
@@ -182,3 +182,37 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
              "start_time": r.info.start_time, "params": r.data.params, "metrics": r.data.metrics}
             for r in runs]
+
+
+# --- sweeps -------------------------------------------------------------------------------------
+def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, str]:
+    """Prepare the store and experiment once, before jobs start, and open the sweep's run."""
+    from mlflow.entities import Param
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+    client = client_for(uri)
+    exp_id = ensure_experiment(client, experiment)
+    run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **tags})
+    if params:
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return exp_id, run.info.run_id
+
+
+def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[dict]:
+    client = client_for(uri)
+    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=10000)
+    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+             "tags": r.data.tags, "metrics": r.data.metrics} for r in runs]
+
+
+def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: dict, files: list[Path]) -> None:
+    from mlflow.entities import Metric, RunTag
+
+    client = client_for(uri)
+    ts = int(time.time() * 1000)
+    client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    for f in files:
+        client.log_artifact(parent_id, str(f))
+    client.set_terminated(parent_id, status)

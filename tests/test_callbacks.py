@@ -1,0 +1,109 @@
+"""Sweeps: every job a child of one parent run, a summary at the end, nothing lost."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from cifar_exp.callbacks import sweep_summary
+
+pytestmark = pytest.mark.slow
+
+SWEEP = ["--multirun", "dataset=synthetic", "dataset.train_size=600", "trainer.progress=false",
+         "mlflow.log_model=false", "optimizer.momentum=0.9"]
+
+
+def store(workdir: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def sweep_runs(workdir: Path, experiment: str = "cifar_exp"):
+    c = store(workdir)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("cifar_exp.sweep") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return c, parents, children
+
+
+def summary_rows(c, parent) -> list[dict]:
+    path = c.download_artifacts(parent.info.run_id, "sweep_summary.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def fresh_store(tmp_path, monkeypatch):
+    """No store at all yet: the sweep must create it once, before its parallel jobs."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
+    from conftest import run_cli
+
+    result = run_cli(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "optimizer.lr=0.01,0.05", "seed=0,1", cwd=fresh_store)
+    assert result.returncode == 0, result.output[-3000:]
+    c, parents, children = sweep_runs(fresh_store)
+    [parent] = parents
+    assert parent.info.status == "FINISHED"
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert c.search_runs(["0"]) == []  # nothing fell into the Default experiment
+    rows = summary_rows(c, parent)
+    assert sorted(r["job"] for r in rows) == ["0", "1", "2", "3"]
+    assert all(float(r["test/acc"]) > 0.1 for r in rows)
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "sweep_seeds.csv", "objective_vs_params.png"} <= artifacts
+    best = max(children, key=lambda r: r.data.metrics["test/acc"])
+    assert parent.data.tags["best_run_id"] == best.info.run_id
+    assert parent.data.metrics["best/test/acc"] == best.data.metrics["test/acc"]
+    dirs = {r.data.tags["hydra.output_dir"] for r in children}
+    assert len(dirs) == 4 and all("/multirun/" in d for d in dirs)
+
+
+def test_a_failed_job_leaves_the_others_and_a_summary(cli, workdir):
+    result = cli(*SWEEP, "model._target_=cifar_exp.models.SimpleCNN,helpers.ExplodingCNN,cifar_exp.models.TutorialNet")
+    assert result.returncode != 0
+    c, [parent], children = sweep_runs(workdir)
+    statuses = sorted(r.info.status for r in children)
+    assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+    assert parent.info.status == "FAILED"
+    rows = summary_rows(c, parent)
+    assert sorted(r["status"] for r in rows) == statuses
+
+
+def test_submitit_local_sweep(cli, workdir):
+    result = cli(*SWEEP, "hydra/launcher=submitit_local", "optimizer.lr=0.01,0.05")
+    assert result.returncode == 0, result.output[-3000:]
+    c, [parent], children = sweep_runs(workdir)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.01", "0.05"]
+
+
+def test_optuna_search_with_three_trials(cli, workdir):
+    result = cli(*SWEEP, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3")
+    assert result.returncode == 0, result.output[-3000:]
+    c, [parent], children = sweep_runs(workdir)
+    assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
+    best = max(children, key=lambda r: r.data.metrics["test/acc"])
+    assert parent.data.metrics["best/test/acc"] == best.data.metrics["test/acc"]
+    assert "Best value" in result.output
+    lrs = {r.data.params["optimizer.lr"] for r in children}
+    assert len(lrs) == 3 and all(1e-4 <= float(v) <= 0.3 for v in lrs)
+
+
+def test_seed_sweep_reports_mean_and_std():
+    children = [{"run_id": str(i), "status": "FINISHED", "metrics": {"test/acc": acc},
+                 "tags": {"hydra.job.num": str(i), "hydra.overrides": f"epochs=2 seed={i}"}}
+                for i, acc in enumerate([0.5, 0.7, 0.6])]
+    s = sweep_summary(children, "test/acc", ["seed"])
+    assert s["metrics"]["test/acc_mean"] == pytest.approx(0.6)
+    assert s["metrics"]["test/acc_std"] == pytest.approx(0.1)
+    assert s["tags"]["best_run_id"] == "1" and s["status"] == "FINISHED"

@@ -134,6 +134,8 @@ class TrainerConfig:
     channels_last: bool = False
     progress: bool = True
     label_smoothing: float = 0.0
+    # evaluate on each image and its mirror image, averaging the logits
+    eval_flip: bool = False
     # single process, or ddp under torchrun
     strategy: str = "single"
 

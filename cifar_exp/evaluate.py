@@ -41,7 +41,7 @@ def evaluate(args) -> dict:
     loader = TensorLoader(Split(data.test.x.to(device), data.test.y.to(device)), cfg.dataset.eval_batch_size,
                           cfg.dataset.mean, cfg.dataset.std, shuffle=False)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0), None,
-                      torch.nn.CrossEntropyLoss(), device)
+                      torch.nn.CrossEntropyLoss(), device, eval_flip=cfg.trainer.eval_flip)
     result = trainer.evaluate(loader, data.num_classes)
     print(f"checkpoint {path} (epoch {state['epoch']}, step {state['trainer']['global_step']})")
     print(result.report(data.classes))

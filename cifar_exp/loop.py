@@ -74,6 +74,8 @@ class Trainer:
     loss_fn: nn.Module
     device: torch.device
     amp: bool = False
+    # test-time augmentation: average the logits of each image and its mirror image
+    eval_flip: bool = False
     global_step: int = 0
 
     def __post_init__(self):
@@ -120,8 +122,10 @@ class Trainer:
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
         for x, y in loader.epoch(0):
             with self.autocast():
-                logits = self.model(x)
-                loss_sum += self.loss_fn(logits.float(), y).double() * len(y)
+                logits = self.model(x).float()
+                if self.eval_flip:
+                    logits = (logits + self.model(x.flip(3)).float()) / 2
+                loss_sum += self.loss_fn(logits, y).double() * len(y)
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
         confusion = confusion.view(num_classes, num_classes).cpu()
         return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)

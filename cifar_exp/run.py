@@ -230,7 +230,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
     trainer = Trainer(torch.compile(model) if cfg.trainer.compile else model,
-                      optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp)
+                      optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp,
+                      eval_flip=cfg.trainer.eval_flip)
     progress = {"epoch": 0, "step": 0, "best": None, "history": [], "run_id": None, "classes": data.classes}
     if state is not None:
         trainer.load_state_dict(state["trainer"])

@@ -217,7 +217,9 @@ class TensorLoader:
         return math.ceil(len(self.split) / self.batch_size)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
+        # in place on the fresh float copy: about twice as fast as a broadcasting addcmul on CPU
+        x = x.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=self.memory_format)
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]
@@ -240,5 +242,6 @@ class TensorLoader:
         for step in range(start_step, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
             idx = order[sl]
-            x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x[idx]
-            yield self.normalize(x), self.split.y[idx]
+            # index_select, not x[idx]: several times faster on CPU for a batch of rows
+            x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x.index_select(0, idx)
+            yield self.normalize(x), self.split.y.index_select(0, idx)

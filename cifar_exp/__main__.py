@@ -61,6 +61,9 @@ def main() -> None:
     # Hydra's own handler prints several lines or a trimmed traceback; let errors reach us
     # so that user mistakes become one line and exit code 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    if "LOCAL_RANK" in os.environ and os.environ.get("RANK", "0") != "0":
+        # torchrun ranks > 0 share rank 0's output dir: Hydra must not make one of its own
+        sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     try:
         _hydra_main()
     except UserError as e:

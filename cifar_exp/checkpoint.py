@@ -145,7 +145,10 @@ def restore_model(state: dict, device: torch.device) -> torch.nn.Module:
 class CheckpointWriter:
     """Writes last.pt, best.pt and the last k epoch checkpoints of one run."""
 
-    def __init__(self, ckpt_dir: Path, keep_last: int, save_best: bool, monitor: str, mode: str):
+    def __init__(self, ckpt_dir: Path, keep_last: int, save_best: bool, monitor: str, mode: str,
+                 enabled: bool = True):
+        # disabled: tracks the best metric like the others, writes nothing (ranks > 0 of DDP)
+        self.enabled = enabled
         self.dir = Path(ckpt_dir)
         self.keep_last, self.save_best = keep_last, save_best
         self.monitor, self.mode = monitor, mode

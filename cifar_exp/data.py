@@ -202,8 +202,11 @@ class TensorLoader:
     random crop of a zero-padded image plus a horizontal flip) as whole-batch tensor ops."""
 
     def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool,
-                 augment: bool = False, padding: int = 4, seed: int = 0, channels_last: bool = False):
+                 augment: bool = False, padding: int = 4, seed: int = 0, channels_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.split, self.batch_size = split, batch_size
+        # with several processes each takes every world_size-th image of each (global) batch
+        self.rank, self.world_size = rank, world_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
         device = split.x.device
@@ -241,7 +244,8 @@ class TensorLoader:
             flips = (torch.rand(n, generator=g) < 0.5).to(dev)
         for step in range(start_step, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            idx = order[sl]
+            idx = order[sl][self.rank::self.world_size]
+            sl = slice(sl.start + self.rank, sl.stop, self.world_size)
             # index_select, not x[idx]: several times faster on CPU for a batch of rows
             x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x.index_select(0, idx)
             yield self.normalize(x), self.split.y.index_select(0, idx)

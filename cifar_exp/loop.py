@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cifar_exp.data import TensorLoader
+from cifar_exp.distributed import all_reduce_sum
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -52,8 +53,11 @@ class EpochMeter:
         return value
 
     def summary(self) -> dict[str, float]:
-        return {"loss": (self.loss_sum / max(self.seen, 1)).item(),
-                "acc": self.correct.item() / max(self.seen, 1)}
+        """The epoch's mean loss and accuracy, over every process's images."""
+        sums = all_reduce_sum(torch.stack([self.loss_sum, self.correct.double(),
+                                           torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)]))
+        loss_sum, correct, seen = sums.tolist()
+        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
 
     def state_dict(self) -> dict:
         return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
@@ -81,8 +85,11 @@ class Trainer:
     def __post_init__(self):
         self.autocast, self.scaler = autocast_for(self.device, self.amp)
         self.meter = EpochMeter(self.device)
-        # torch.compile wraps the module; checkpoints hold the plain module's weights
-        self.module = getattr(self.model, "_orig_mod", self.model)
+        # torch.compile and DDP wrap the module; checkpoints hold the plain module's weights
+        module = getattr(self.model, "_orig_mod", self.model)
+        self.module = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+        # evaluation runs the same forward on every rank: DDP's wrapper adds nothing there
+        self.eval_model = self.module if self.module is not module else self.model
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -117,16 +124,19 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, loader: TensorLoader, num_classes: int) -> "Evaluation":
-        self.model.eval()
+        model = self.eval_model
+        model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
         for x, y in loader.epoch(0):
             with self.autocast():
-                logits = self.model(x).float()
+                logits = model(x).float()
                 if self.eval_flip:
-                    logits = (logits + self.model(x.flip(3)).float()) / 2
+                    logits = (logits + model(x.flip(3)).float()) / 2
                 loss_sum += self.loss_fn(logits, y).double() * len(y)
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+        all_reduce_sum(confusion)
+        all_reduce_sum(loss_sum)
         confusion = confusion.view(num_classes, num_classes).cpu()
         return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
 

@@ -8,6 +8,7 @@ import copy
 import logging
 import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -20,14 +21,14 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp import __version__, checkpoint, plots
+from cifar_exp import __version__, checkpoint, distributed, plots
 from cifar_exp.config import validate
 from cifar_exp.data import Dataset, TensorLoader, load_dataset
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.loop import Evaluation, Progress, Trainer
 from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.signals import StopSignals
-from cifar_exp.tracking import flatten, open_tracker
+from cifar_exp.tracking import NullTracker, flatten, open_tracker
 
 log = logging.getLogger("cifar_exp")
 
@@ -44,10 +45,10 @@ RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "traine
 
 
 # --- environment --------------------------------------------------------------------------------
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", local_rank)
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
@@ -107,8 +108,10 @@ def _short(value: str) -> str:
         return value
 
 
-def run_tags(cfg: DictConfig, device: torch.device, run_dir: Path, overrides: list[str]) -> dict:
+def run_tags(cfg: DictConfig, device: torch.device, run_dir: Path, overrides: list[str],
+             world: distributed.World) -> dict:
     tags = {
+        "world_size": world.world_size,
         "hydra.output_dir": str(run_dir.resolve()),
         "hydra.overrides": " ".join(overrides),
         "device": str(device),
@@ -191,23 +194,48 @@ def tracked(tracker, log_file: Path):
     tracker.finish("FINISHED")
 
 
-def build_loaders(cfg: DictConfig, data: Dataset) -> dict[str, TensorLoader]:
-    d, cl = cfg.dataset, cfg.trainer.channels_last
+def build_loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> dict[str, TensorLoader]:
+    d = cfg.dataset
+    common = {"channels_last": cfg.trainer.channels_last, "rank": world.rank, "world_size": world.world_size}
     loaders = {
         "train": TensorLoader(data.train, d.batch_size, d.mean, d.std, shuffle=True, augment=d.augment,
-                              padding=d.crop_padding, seed=cfg.seed, channels_last=cl),
-        "test": TensorLoader(data.test, d.eval_batch_size, d.mean, d.std, shuffle=False, channels_last=cl),
+                              padding=d.crop_padding, seed=cfg.seed, **common),
+        "test": TensorLoader(data.test, d.eval_batch_size, d.mean, d.std, shuffle=False, **common),
     }
     if data.val is not None:
-        loaders["val"] = TensorLoader(data.val, d.eval_batch_size, d.mean, d.std, shuffle=False,
-                                      channels_last=cl)
+        loaders["val"] = TensorLoader(data.val, d.eval_batch_size, d.mean, d.std, shuffle=False, **common)
     return loaders
+
+
+def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, device: torch.device,
+                  world: distributed.World) -> Trainer:
+    model = instantiate(cfg.model, num_classes=num_classes).to(device)
+    if cfg.trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg.optimizer, model)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    if world.active:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.trainer.compile:
+        model = torch.compile(model)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
+    return Trainer(model, optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp,
+                   eval_flip=cfg.trainer.eval_flip)
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate as configured; returns the last epoch's metrics."""
     validate(cfg)
-    run_dir = output_dir()
+    world = distributed.setup(cfg.trainer.strategy)
+    try:
+        return _run(cfg, world)
+    finally:
+        distributed.teardown(world)
+
+
+def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
+    run_dir = distributed.from_main(output_dir())  # under torchrun, rank 0's dir is everyone's
     overrides = hydra_overrides()
     resumed = find_resume(cfg, run_dir)
     if resumed is not None:
@@ -219,19 +247,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
         state = None
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
-    device = pick_device(cfg.trainer.device)
+    device = pick_device(cfg.trainer.device, world.local_rank)
     data = load_dataset(cfg.dataset)
-    loaders = build_loaders(cfg, _on_device(data, device))
-    model = instantiate(cfg.model, num_classes=data.num_classes).to(device)
-    if cfg.trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg.optimizer, model)
-    steps_per_epoch = len(loaders["train"])
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    trainer = Trainer(torch.compile(model) if cfg.trainer.compile else model,
-                      optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp,
-                      eval_flip=cfg.trainer.eval_flip)
+    loaders = build_loaders(cfg, _on_device(data, device), world)
+    trainer = build_trainer(cfg, data.num_classes, len(loaders["train"]), device, world)
     progress = {"epoch": 0, "step": 0, "best": None, "history": [], "run_id": None, "classes": data.classes}
     if state is not None:
         trainer.load_state_dict(state["trainer"])
@@ -239,16 +258,20 @@ def run(cfg: DictConfig) -> dict[str, float]:
         progress = {k: state[k] for k in progress}
 
     c = cfg.checkpoint
-    writer = checkpoint.CheckpointWriter(run_dir / "checkpoints", c.keep_last, c.save_best, c.monitor, c.mode)
+    # one process writes: the only one with a tracker and an enabled checkpoint writer
+    writer = checkpoint.CheckpointWriter(run_dir / "checkpoints", c.keep_last, c.save_best, c.monitor, c.mode,
+                                         enabled=c.enabled and world.is_main)
     log_file = output_dir() / f"{HydraConfig.get().job.name}.log" if HydraConfig.initialized() else Path()
     with StopSignals() as stop:
-        tracker = open_tracker(cfg, progress["run_id"], run_name(cfg, overrides),
-                               run_tags(cfg, device, output_dir(), overrides))
+        tracker = (open_tracker(cfg, progress["run_id"], run_name(cfg, overrides),
+                                run_tags(cfg, device, output_dir(), overrides, world))
+                   if world.is_main else NullTracker())
         with tracked(tracker, log_file):
             progress["run_id"] = tracker.run_id
-            _start(cfg, tracker, data, run_dir, device, fresh=state is None)
+            if world.is_main:
+                _start(cfg, tracker, data, run_dir, device, fresh=state is None)
             metrics, test = _train(cfg, trainer, loaders, data, tracker, writer, progress, stop, run_dir)
-            _finish(cfg, trainer, loaders, data, tracker, progress, run_dir, test)
+            _finish(cfg, trainer, loaders, data, tracker, progress, run_dir, test, world.is_main)
     return metrics
 
 
@@ -291,11 +314,12 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
                 loss = trainer.meter.pop_window()
                 tracker.log_metrics({"train/loss": loss, "lr": trainer.lr()}, step=gs)
             bar.update(i, loss)
-            if stop.signum is not None or (every_ckpt and gs % every_ckpt == 0 and i < steps):
+            stopping = distributed.any_rank(stop.signum is not None, trainer.device)
+            if stopping or (every_ckpt and gs % every_ckpt == 0 and i < steps):
                 _save(cfg, trainer, tracker, writer, progress, epoch, i, epoch_end=False, is_best=False)
-            if stop.signum is not None:
+            if stopping:
                 bar.close()
-                raise Interrupted(stop.signum, f"python -m cifar_exp resume={run_dir}")
+                raise Interrupted(stop.signum or signal.SIGTERM, f"python -m cifar_exp resume={run_dir}")
 
         train = trainer.train_epoch(train_loader, epoch, start_step, after_step)
         bar.close()
@@ -317,8 +341,7 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
         if is_best:
             progress["best"] = metrics[cfg.checkpoint.monitor]
         last = epoch + 1 == cfg.epochs
-        if cfg.checkpoint.enabled and ((epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last
-                                       or is_best or stop.signum is not None):
+        if (epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last or is_best or stop.signum is not None:
             _save(cfg, trainer, tracker, writer, progress, epoch + 1, 0, epoch_end=True, is_best=is_best)
         if stop.signum is not None and not last:
             raise Interrupted(stop.signum, f"python -m cifar_exp resume={run_dir}")
@@ -328,7 +351,7 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
 def _save(cfg, trainer: Trainer, tracker, writer, progress: dict, epoch: int, step: int,
           *, epoch_end: bool, is_best: bool) -> None:
     """A checkpoint is a commit point: the metrics it covers reach the store first."""
-    if not cfg.checkpoint.enabled:
+    if not writer.enabled:
         return
     tracker.flush()
     progress.update(epoch=epoch, step=step)
@@ -338,8 +361,10 @@ def _save(cfg, trainer: Trainer, tracker, writer, progress: dict, epoch: int, st
 
 
 def _finish(cfg, trainer: Trainer, loaders, data: Dataset, tracker, progress: dict, run_dir: Path,
-            test: Optional[Evaluation]) -> None:
+            test: Optional[Evaluation], is_main: bool) -> None:
     test = test or trainer.evaluate(loaders["test"], data.num_classes)
+    if not is_main:
+        return
     log.info("%s", test.report(data.classes))
     plot_dir = run_dir / "plots"
     if progress["history"]:
@@ -359,8 +384,8 @@ def _showcase(n: int, k: int = 32) -> torch.Tensor:
 @torch.inference_mode()
 def _predictions_grid(trainer: Trainer, loader: TensorLoader, data: Dataset, path: Path) -> Path:
     idx = _showcase(len(data.test)).to(data.test.x.device)
-    trainer.model.eval()
-    pred = trainer.model(loader.normalize(data.test.x[idx])).argmax(1).cpu()
+    trainer.module.eval()
+    pred = trainer.module(loader.normalize(data.test.x[idx])).argmax(1).cpu()
     y = data.test.y[idx].cpu()
     titles = [f"{data.classes[p]}\n({data.classes[t]})" for p, t in zip(pred, y)]
     colors = ["green" if p == t else "red" for p, t in zip(pred, y)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ import urllib.request
 import pytest
 import torch
 
-from conftest import FAST, cli_env, run_dirs
+from conftest import FAST, cli_env, run_dirs, serve_mlflow
 from cifar_exp.tracking import flatten
 
 pytestmark = pytest.mark.slow
@@ -119,38 +118,14 @@ def test_sigint_ends_killed_with_a_checkpoint(workdir):
     assert state["trainer"]["global_step"] == len(logged)  # nothing logged past the checkpoint
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def mlflow_server(workdir, mlflow_template):
     import shutil
 
     db = workdir / "server.db"
     shutil.copy(mlflow_template, db)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                             "--port", str(port), "--backend-store-uri", f"sqlite:///{db}",
-                             "--artifacts-destination", str(workdir / "server-artifacts"), "--workers", "1"],
-                            cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("mlflow server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_mlflow(f"sqlite:///{db}", workdir / "server-artifacts", workdir) as url:
+        yield url
 
 
 def _rest(url, path, body):

@@ -1,0 +1,85 @@
+"""Data-parallel training under torchrun: the process group, this process's place in it,
+and the few collective operations the run needs. Single-process runs see world_size 1 and
+every function here is then a no-op."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cifar_exp.errors import UserError
+
+
+def torchrun_world_size() -> int:
+    """How many processes torchrun started (1 when not under torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(strategy: str) -> World:
+    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPU)."""
+    launched = torchrun_world_size()
+    if strategy != "ddp":
+        if launched > 1:
+            raise UserError(f"torchrun started {launched} processes but trainer.strategy={strategy}; "
+                            "add trainer.strategy=ddp")
+        return World()
+    if "LOCAL_RANK" not in os.environ:
+        raise UserError("trainer.strategy=ddp needs torchrun: "
+                        "torchrun --nproc_per_node=N -m cifar_exp trainer.strategy=ddp ...")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def teardown(world: World) -> None:
+    if world.active and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when it is true on any rank (a stop request, say)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return flag
+    return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item())
+
+
+def from_main(value: Any) -> Any:
+    """Rank 0's value of `value`, on every rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()

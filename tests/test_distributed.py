@@ -1,0 +1,61 @@
+"""Data-parallel runs under torchrun (gloo on CPU): one run, one dir, one writer, and the
+same accuracy a single process measures on the saved weights."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import FAST, cli_env, run_dirs
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "cifar_exp", "trainer.strategy=ddp", *args]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
+
+
+def accuracy(text: str) -> str:
+    return re.search(r"Accuracy of the network on the 500 test images: (\d+\.\d\d) %", text).group(1)
+
+
+def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
+    from mlflow.tracking import MlflowClient
+
+    before = set(workdir.iterdir())
+    done = torchrun(2, *FAST, "epochs=2", "mlflow.experiment_name=ddp", cwd=workdir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    [run_dir] = run_dirs(workdir)  # rank 1 made no dir of its own
+    assert {p.name for p in set(workdir.iterdir()) - before} <= {"outputs", "mlruns"}
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = c.search_runs([c.get_experiment_by_name("ddp").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    logged_acc = run.data.metrics["test/acc"]
+
+    # the reduced evaluation equals a single process evaluating the saved weights
+    single = cli(f"checkpoint={run_dir}", module="cifar_exp.evaluate")
+    assert single.returncode == 0, single.output
+    assert accuracy(single.stdout) == accuracy(done.stdout) == f"{100 * logged_acc:.2f}"
+    loss = float(re.search(r"test loss ([\d.]+)\)", single.stdout).group(1))
+    assert loss == pytest.approx(run.data.metrics["test/loss"], abs=1e-4)
+
+    resumed = torchrun(1, f"resume={run_dir}", "epochs=3", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    [run] = c.search_runs([c.get_experiment_by_name("ddp").experiment_id])  # still one run
+    assert run.info.status == "FINISHED"
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["epoch"] == 3
+
+
+def test_ddp_without_torchrun_is_a_user_error(cli):
+    result = cli(*FAST, "trainer.strategy=ddp", "mlflow.enabled=false")
+    assert result.returncode == 2 and "needs torchrun" in result.stderr

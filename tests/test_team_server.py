@@ -1,0 +1,81 @@
+"""The team set-up: an MLflow server backed by a real PostgreSQL, fed by a parallel sweep."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, run_cli, serve_mlflow
+
+pytestmark = pytest.mark.slow
+
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+
+
+def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    """PostgreSQL refuses to run as root: drop to its own user when we are root."""
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def postgres(tmp_path):
+    if not PG_BIN:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
+    pytest.importorskip("psycopg2", reason="psycopg2 is missing (pip install -e .[dev])")
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no postgres user to run the server as")
+    bindir = PG_BIN[-1].parent
+    data, sock = tmp_path / "pgdata", tmp_path / "pgsock"
+    sock.mkdir()
+    tmp_path.chmod(0o755)
+    if os.geteuid() == 0:
+        shutil.chown(sock, "postgres")
+        data.mkdir()
+        shutil.chown(data, "postgres")
+    port = free_port()
+    _as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"])
+    _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "log"), "-o",
+                  f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}", "start"])
+    try:
+        import psycopg2
+
+        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        conn.autocommit = True
+        conn.cursor().execute("CREATE DATABASE mlflow")
+        conn.close()
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"])
+
+
+def test_parallel_sweep_into_a_postgres_backed_server(tmp_path, postgres, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    with serve_mlflow(postgres, tmp_path / "artifacts", tmp_path, timeout=300) as url:
+        result = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                         "dataset=synthetic", "dataset.train_size=600", "trainer.progress=false",
+                         "mlflow.log_model=false", f"mlflow.tracking_uri={url}", "mlflow.experiment_name=team",
+                         "optimizer.lr=0.01,0.05", "seed=0,1", cwd=tmp_path)
+        assert result.returncode == 0, result.output[-3000:]
+        c = MlflowClient(tracking_uri=url)
+        runs = c.search_runs([c.get_experiment_by_name("team").experiment_id])
+        [parent] = [r for r in runs if r.data.tags.get("cifar_exp.sweep") == "true"]
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        assert parent.info.status == "FINISHED"
+        assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+        # artifacts come back through the server's proxy
+        summary = Path(c.download_artifacts(parent.info.run_id, "sweep_summary.csv", str(tmp_path)))
+        assert len(summary.read_text().strip().splitlines()) == 5
+        plots = {a.path for a in c.list_artifacts(children[0].info.run_id, "plots")}
+        assert "plots/learning_curves.png" in plots

@@ -82,6 +82,7 @@ class MlflowTracker:
         self._buffer: list = []
         self._last_flush = time.monotonic()
         self.resumed = run_id is not None
+        tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
         if run_id is None:
             exp_id = os.environ.get(EXPERIMENT_ENV) or ensure_experiment(self.client, cfg.mlflow.experiment_name)
             tags = {MLFLOW_RUN_NAME: run_name, **tags}
@@ -192,7 +193,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict)
 
     client = client_for(uri)
     exp_id = ensure_experiment(client, experiment)
-    run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **tags})
+    run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **{k: str(v) for k, v in tags.items()}})
     if params:
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return exp_id, run.info.run_id

@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,23 +22,25 @@ def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     """PostgreSQL refuses to run as root: drop to its own user when we are root."""
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/", **kw)
 
 
 @pytest.fixture
 def postgres(tmp_path):
     if not PG_BIN:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
-    pytest.importorskip("psycopg2", reason="psycopg2 is missing (pip install -e .[dev])")
+    pytest.importorskip("psycopg", reason="psycopg is missing (pip install -e .[dev])")
     if os.geteuid() == 0:
         try:
             pwd.getpwnam("postgres")
         except KeyError:
             pytest.skip("running as root and there is no postgres user to run the server as")
     bindir = PG_BIN[-1].parent
-    data, sock = tmp_path / "pgdata", tmp_path / "pgsock"
+    # not under tmp_path: pytest keeps that private to root, out of the postgres user's reach
+    base = Path(tempfile.mkdtemp(prefix="cifar_exp_pg_"))
+    base.chmod(0o755)
+    data, sock = base / "pgdata", base / "pgsock"
     sock.mkdir()
-    tmp_path.chmod(0o755)
     if os.geteuid() == 0:
         shutil.chown(sock, "postgres")
         data.mkdir()
@@ -47,15 +50,15 @@ def postgres(tmp_path):
     _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "log"), "-o",
                   f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}", "start"])
     try:
-        import psycopg2
+        import psycopg
 
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE mlflow")
-        conn.close()
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
+                             autocommit=True) as conn:
+            conn.execute("CREATE DATABASE mlflow")
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     finally:
         _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"])
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_parallel_sweep_into_a_postgres_backed_server(tmp_path, postgres, monkeypatch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +94,9 @@ def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                              "--port", str(port), "--backend-store-uri", backend_uri,
                              "--artifacts-destination", str(artifacts), "--workers", "1"],
-                            cwd=cwd, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                            # no background job workers: nothing here uses them
+                            env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -109,8 +112,8 @@ def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 
                 time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and every worker it started
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)

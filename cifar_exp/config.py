@@ -208,6 +208,22 @@ def register_configs() -> None:
             cs.store(group=f"schema/{group}", name=name, node=node)
 
 
+def run_tool(action, defaults: dict, usage: str, prog: str, argv: list[str] | None = None) -> None:
+    """Entry point of a small key=value tool: --help prints `usage`, a UserError one line."""
+    import sys
+
+    from cifar_exp.errors import exit_with
+
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage)
+        return
+    try:
+        action(parse_cli(argv, defaults))
+    except UserError as e:
+        exit_with(str(e), prog=prog)
+
+
 def parse_cli(argv: list[str], defaults: dict) -> DictConfig:
     """key=value arguments (Hydra's style) for the small tools, checked against `defaults`:
     an unknown key or a missing required (None) value is a UserError."""

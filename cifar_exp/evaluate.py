@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 
-from cifar_exp.config import parse_cli
-from cifar_exp.errors import UserError, exit_with
+from cifar_exp.config import run_tool
+from cifar_exp.errors import UserError
 
 DEFAULTS = {"checkpoint": None, "device": "auto", "dataset_root": "", "plot": ""}
 USAGE = ("usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
@@ -52,14 +52,7 @@ def evaluate(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return
-    try:
-        evaluate(parse_cli(argv, DEFAULTS))
-    except UserError as e:
-        exit_with(str(e), prog="cifar-exp-evaluate")
+    run_tool(evaluate, DEFAULTS, USAGE, "cifar-exp-evaluate", argv)
 
 
 if __name__ == "__main__":

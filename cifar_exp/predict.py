@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from cifar_exp.config import parse_cli
-from cifar_exp.errors import UserError, exit_with
+from cifar_exp.config import run_tool
+from cifar_exp.errors import UserError
 
 DEFAULTS = {"checkpoint": None, "images": None, "device": "auto", "top": 3}
 USAGE = "usage: python -m cifar_exp.predict checkpoint=<file or run dir> images=[a.png,b.jpg] [top=3]"
@@ -45,14 +45,7 @@ def predict(args) -> list[list[tuple[str, float]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(USAGE)
-        return
-    try:
-        predict(parse_cli(argv, DEFAULTS))
-    except UserError as e:
-        exit_with(str(e), prog="cifar-exp-predict")
+    run_tool(predict, DEFAULTS, USAGE, "cifar-exp-predict", argv)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,8 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA device is available (use trainer.device=auto)")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)  # under torchrun, each process its own GPU
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"trainer.device={name} but MPS is not available (use trainer.device=auto)")
     return device

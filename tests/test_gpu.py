@@ -1,0 +1,38 @@
+"""GPU paths: mixed precision, device-resident data, NCCL. They run where CUDA exists."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from conftest import FAST
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+
+
+def test_cuda_run_with_autocast(cli, workdir):
+    result = cli(*FAST, "epochs=2", "trainer.device=cuda", "trainer.amp=true", "mlflow.enabled=false")
+    assert result.returncode == 0, result.output
+    assert "device cuda:0" in result.output
+    assert float(re.search(r"test images: (\d+\.\d\d) %", result.output).group(1)) > 50
+
+
+def test_loader_keeps_data_and_batches_on_the_gpu():
+    from cifar_exp.data import Split, TensorLoader
+
+    split = Split(torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8),
+                  torch.arange(64)).to(torch.device("cuda"))
+    loader = TensorLoader(split, 16, [0.5] * 3, [0.5] * 3, shuffle=True, augment=True)
+    x, y = next(loader.epoch(0))
+    assert x.is_cuda and y.is_cuda and x.dtype == torch.float32
+
+
+def test_one_gpu_nccl_ddp_smoke(workdir):
+    from test_distributed import torchrun
+
+    done = torchrun(1, *FAST, "trainer.device=cuda", "mlflow.enabled=false", cwd=workdir)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Accuracy of the network" in done.stdout

@@ -46,7 +46,7 @@ def main() -> None:
     shares = {}
     for name, make in (("simple_cnn", SimpleCNN), ("resnet18", resnet18)):
         state, epoch_s = trained_state(make)
-        saves = [timed(lambda: writer.save(state, epoch_end=True, is_best=True)) for _ in range(args.reps)]
+        saves = [timed(lambda s=state: writer.save(s, epoch_end=True, is_best=True)) for _ in range(args.reps)]
         size = (d / "last.pt").stat().st_size
         load = timed(lambda: checkpoint.load(d / "last.pt"))
         s = stats(saves)

@@ -36,7 +36,7 @@ def notes_epoch(loader: torch.utils.data.DataLoader) -> None:
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.001)
     running_loss = 0.0
-    for i, (inputs, labels) in enumerate(loader):
+    for inputs, labels in loader:
         optimizer.zero_grad()
         loss = criterion(model(inputs), labels)
         loss.backward()

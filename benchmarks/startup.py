@@ -51,7 +51,7 @@ def main() -> None:
     header("start-up times vs bare `import torch`", note)
     cwd = Path(tempfile.mkdtemp())
     os.symlink(Path.cwd() / "data", cwd / "data")
-    dataset = ([f"dataset=image_folder", f"dataset.root={REAL}"] if REAL.is_dir()
+    dataset = (["dataset=image_folder", f"dataset.root={REAL}"] if REAL.is_dir()
                else ["dataset=synthetic", "dataset.train_size=50000", "dataset.test_size=10000"])
     step_args = [*dataset, "checkpoint.every_n_steps=1", "trainer.progress=false"]
     cases = {

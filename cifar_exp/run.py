@@ -309,7 +309,7 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
         bar = Progress(cfg.trainer.progress, steps, epoch + 1, cfg.epochs)
         start_step, t0 = progress["step"], time.perf_counter()
 
-        def after_step(i: int) -> None:
+        def after_step(i: int, epoch: int = epoch, bar: Progress = bar) -> None:
             gs = trainer.global_step
             loss = None
             if gs % every_log == 0:
@@ -318,7 +318,8 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
             bar.update(i, loss)
             stopping = distributed.any_rank(stop.signum is not None, trainer.device)
             if stopping or (every_ckpt and gs % every_ckpt == 0 and i < steps):
-                _save(cfg, trainer, tracker, writer, progress, epoch, i, epoch_end=False, is_best=False)
+                progress.update(epoch=epoch, step=i)
+                _save(cfg, trainer, tracker, writer, progress, epoch_end=False, is_best=False)
             if stopping:
                 bar.close()
                 raise Interrupted(stop.signum or signal.SIGTERM, f"python -m cifar_exp resume={run_dir}")
@@ -343,20 +344,22 @@ def _train(cfg, trainer: Trainer, loaders, data: Dataset, tracker, writer, progr
         if is_best:
             progress["best"] = metrics[cfg.checkpoint.monitor]
         last = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last or is_best or stop.signum is not None:
-            _save(cfg, trainer, tracker, writer, progress, epoch + 1, 0, epoch_end=True, is_best=is_best)
-        if stop.signum is not None and not last:
-            raise Interrupted(stop.signum, f"python -m cifar_exp resume={run_dir}")
+        stopping = distributed.any_rank(stop.signum is not None, trainer.device)
+        progress.update(epoch=epoch + 1, step=0)
+        if ((epoch + 1) % cfg.checkpoint.every_n_epochs == 0 or last or stopping
+                or (is_best and cfg.checkpoint.save_best)):
+            _save(cfg, trainer, tracker, writer, progress, epoch_end=True, is_best=is_best)
+        if stopping and not last:
+            raise Interrupted(stop.signum or signal.SIGTERM, f"python -m cifar_exp resume={run_dir}")
     return metrics, test
 
 
-def _save(cfg, trainer: Trainer, tracker, writer, progress: dict, epoch: int, step: int,
-          *, epoch_end: bool, is_best: bool) -> None:
-    """A checkpoint is a commit point: the metrics it covers reach the store first."""
+def _save(cfg, trainer: Trainer, tracker, writer, progress: dict, *, epoch_end: bool, is_best: bool) -> None:
+    """A checkpoint of the position in `progress`. It is a commit point: the metrics it
+    covers reach the store first."""
     if not writer.enabled:
         return
     tracker.flush()
-    progress.update(epoch=epoch, step=step)
     state = {**progress, "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(),
              "config": OmegaConf.to_container(cfg, resolve=True)}
     writer.save(state, epoch_end=epoch_end, is_best=is_best)

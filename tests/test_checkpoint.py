@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, cli_env, run_dirs
+from conftest import FAST, cli_env
 from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
 
@@ -140,7 +140,9 @@ def test_two_epochs_then_resume_to_four_is_bit_identical(cli, workdir, straight)
 def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, straight):
     ref_dir, ref_metrics = straight
     run_dir = workdir / "killed"
+    # step checkpoints only: after the resumed epoch, no epoch checkpoint resets the position
     args = [sys.executable, "-m", "cifar_exp", *EXACT, "epochs=4", "checkpoint.every_n_steps=3",
+            "checkpoint.every_n_epochs=4", "checkpoint.save_best=false",
             "model._target_=helpers.SlowCNN", "mlflow.experiment_name=killed",
             f"hydra.run.dir={run_dir}", "resume=auto"]
     proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,

@@ -68,6 +68,7 @@ class ModelConfig:
 class SpeedNetConfig(ModelConfig):
     _target_: str = "cifar_exp.models.SpeedNet"
     widths: List[int] = field(default_factory=lambda: [64, 128, 256])
+    act: str = "gelu"
 
 
 @dataclass
@@ -277,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
         _check(d.test_size >= 1, "dataset.test_size", "an integer >= 1", d.test_size)
         _check(d.num_classes >= 2, "dataset.num_classes", "an integer >= 2", d.num_classes)
         _check(d.image_size >= 8, "dataset.image_size", "an integer >= 8", d.image_size)
+    if "act" in cfg.model:
+        _check(cfg.model.act in ("gelu", "relu"), "model.act", "gelu or relu", cfg.model.act)
     _check(o.lr > 0, "optimizer.lr", "a float > 0", o.lr)
     _check(o.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", o.weight_decay)
     if "momentum" in o:

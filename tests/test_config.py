@@ -85,6 +85,7 @@ BAD_INPUTS = {
     "epochs=0": "epochs",
     "dataset.batch_size=0": "dataset.batch_size",
     "model=nope": "resnet18, simple_cnn",
+    "model=speed_net model.act=tanh": "model.act",
     "dataset=image_folder dataset.root=/no/such/dir": "/no/such/dir",
 }
 

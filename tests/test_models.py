@@ -26,7 +26,11 @@ def test_resnet18_has_the_cifar_stem():
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
 
 
-def test_speed_net_output_and_width():
+def test_speed_net_output_width_and_activation():
     m = SpeedNet(num_classes=10, widths=(8, 16, 32))
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert m.head.in_features == 32
+    assert any(isinstance(l, nn.GELU) for l in m.modules())
+    relu = SpeedNet(widths=(8, 16, 32), act="relu")
+    assert any(isinstance(l, nn.ReLU) for l in relu.modules())
+    assert not any(isinstance(l, nn.GELU) for l in relu.modules())

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from common import fmt, header, stats, timed
 from cifar_exp import checkpoint
@@ -21,17 +22,15 @@ from cifar_exp.models import SimpleCNN, resnet18
 STEPS_PER_EPOCH = 391  # 50,000 images, batch 128
 
 
-def trained_state(make_model) -> tuple[dict, float]:
-    """A realistic state (momentum buffers filled) and the measured time of one step."""
+def trained_state(make_model) -> tuple[Trainer, float]:
+    """A trainer in a realistic state (momentum buffers filled) and the measured time of one step."""
     model = make_model()
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), None,
                       torch.nn.CrossEntropyLoss(), torch.device("cpu"))
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     trainer.step(x, y)
     step = min(timed(lambda: trainer.step(x, y)) for _ in range(3))
-    state = {"epoch": 1, "step": 0, "best": 0.5, "history": [], "run_id": "x" * 32, "classes": ["c"] * 10,
-             "trainer": trainer.state_dict(), "rng": checkpoint.rng_state(), "config": {"model": {}}}
-    return state, step * STEPS_PER_EPOCH
+    return trainer, step * STEPS_PER_EPOCH
 
 
 def main() -> None:
@@ -40,15 +39,18 @@ def main() -> None:
     args = parser.parse_args()
     header("checkpoint cost: atomic save (write, fsync, rename) of last.pt + best.pt link", "random tensors")
     d = Path(tempfile.mkdtemp())
-    writer = checkpoint.CheckpointWriter(d, keep_last=0, save_best=True, monitor="test/acc", mode="max")
+    cfg = OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True}})
+    writer = checkpoint.Checkpointer(d, cfg, enabled=True)
+    state = checkpoint.RunState(classes=["c"] * 10, epoch=1, best=0.5, run_id="x" * 32)
     print("| model | file size | save time (median, min-max) | epoch time (391 steps, est.) | share of epoch |")
     print("| --- | --- | --- | --- | --- |")
     shares = {}
     for name, make in (("simple_cnn", SimpleCNN), ("resnet18", resnet18)):
-        state, epoch_s = trained_state(make)
-        saves = [timed(lambda s=state: writer.save(s, epoch_end=True, is_best=True)) for _ in range(args.reps)]
-        size = (d / "last.pt").stat().st_size
-        load = timed(lambda: checkpoint.load(d / "last.pt"))
+        trainer, epoch_s = trained_state(make)
+        saves = [timed(lambda t=trainer: writer.save(state, t, epoch_end=True, is_best=True))
+                 for _ in range(args.reps)]
+        size = (d / "checkpoints/last.pt").stat().st_size
+        load = timed(lambda: checkpoint._read(d / "checkpoints/last.pt"))
         s = stats(saves)
         shares[name] = 100 * s["median"] / epoch_s
         print(f"| {name} | {size / 2**20:.2f} MiB | {fmt(s)} (load {load:.3f} s) | {epoch_s:.1f} s | "

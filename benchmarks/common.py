@@ -30,9 +30,9 @@ def cifar10(cache_dir: str = "data/cache") -> tuple[Dataset, str]:
     if REAL.is_dir():
         cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
                               {"name": "image_folder", "root": str(REAL), "cache_dir": cache_dir})
-        return load_dataset(cfg), f"CIFAR-10 JPEG copy at {REAL}"
+        return load_dataset(cfg, torch.device("cpu")), f"CIFAR-10 JPEG copy at {REAL}"
     cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), {"train_size": 50000, "test_size": 10000})
-    return load_dataset(cfg), "synthetic data of CIFAR-10's size (no real copy found)"
+    return load_dataset(cfg, torch.device("cpu")), "synthetic data of CIFAR-10's size (no real copy found)"
 
 
 def timed(fn: Callable[[], object]) -> float:

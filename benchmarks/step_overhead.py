@@ -12,21 +12,26 @@ import argparse
 import torch
 
 from common import cifar10, fmt, header, stats, timed
-from cifar_exp.data import Split, TensorLoader
+from cifar_exp.checkpoint import RunState
+from cifar_exp.data import Normalize, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN, resnet18
 
 
 def framework_epoch(model, split: Split, batch: int, log_every: int = 50) -> None:
-    loader = TensorLoader(split, batch, [0.5] * 3, [0.5] * 3, shuffle=True)
+    """The inner loop of run.py: step, advance the run's position, log every n steps."""
+    cpu = torch.device("cpu")
+    loader = TensorLoader(split, batch, Normalize([0.5] * 3, [0.5] * 3, cpu), shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
-    trainer = Trainer(model, opt, None, torch.nn.CrossEntropyLoss(), torch.device("cpu"))
-
-    def after_step(i: int) -> None:
-        if trainer.global_step % log_every == 0:
+    trainer = Trainer(model, opt, None, torch.nn.CrossEntropyLoss(), cpu)
+    state = RunState(classes=[])
+    trainer.begin_epoch(0)
+    for x, y in loader.epoch(0):
+        trainer.step(x, y)
+        state.advance()
+        if state.global_step % log_every == 0:
             trainer.meter.pop_window()
-
-    trainer.train_epoch(loader, 0, 0, after_step)
+    trainer.meter.summary()
 
 
 def bare_epoch(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:

@@ -16,21 +16,22 @@ from omegaconf import OmegaConf
 
 from common import cifar10, fmt, header, stats, timed
 from cifar_exp.config import Config, MlflowConfig
-from cifar_exp.data import TensorLoader
+from cifar_exp.data import Normalize, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
 from cifar_exp.tracking import MlflowTracker, NullTracker
 
 
 def epoch(split, tracker) -> None:
+    cpu = torch.device("cpu")
     model = SimpleCNN()
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.001), None,
-                      torch.nn.CrossEntropyLoss(), torch.device("cpu"))
-
-    def after_step(i: int) -> None:
-        tracker.log_metrics({"train/loss": trainer.meter.pop_window(), "lr": trainer.lr()}, trainer.global_step)
-
-    trainer.train_epoch(TensorLoader(split, 128, [0.5] * 3, [0.5] * 3, shuffle=True), 0, 0, after_step)
+                      torch.nn.CrossEntropyLoss(), cpu)
+    trainer.begin_epoch(0)
+    loader = TensorLoader(split, 128, Normalize([0.5] * 3, [0.5] * 3, cpu), shuffle=True)
+    for step, (x, y) in enumerate(loader.epoch(0), start=1):
+        trainer.step(x, y)
+        tracker.log_metrics({"train/loss": trainer.meter.pop_window(), "lr": trainer.lr()}, step)
     tracker.flush()
 
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import tracking
 from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
+from cifar_exp.job import parse_override
 
 
 class ValidateConfig(Callback):
@@ -31,12 +32,8 @@ class ValidateConfig(Callback):
             exit_with(str(e))
 
 
-def _override_key(override: str) -> str:
-    return override.lstrip("+~").partition("=")[0]
-
-
 def _job_params(overrides: str) -> dict[str, str]:
-    return dict(o.lstrip("+~").partition("=")[::2] for o in overrides.split() if "=" in o)
+    return dict(parse_override(o) for o in overrides.split() if "=" in o)
 
 
 class SweepTracking(Callback):
@@ -53,14 +50,14 @@ class SweepTracking(Callback):
         if not config.mlflow.enabled:
             return
         overrides = list(config.hydra.overrides.task)
-        swept = [_override_key(o) for o in overrides if "," in o or "(" in o]
+        swept = [parse_override(o)[0] for o in overrides if "," in o or "(" in o]
         swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
         sweep_dir = config.hydra.sweep.dir
         name = f"sweep {' '.join(overrides)}".strip()
-        uri = tracking.tracking_uri(config)
+        uri = tracking.tracking_uri(config.mlflow.tracking_uri)
         exp_id, parent_id = tracking.start_parent(
             uri, config.mlflow.experiment_name, name,
-            params={_override_key(o): o.partition("=")[2] for o in overrides},
+            params=dict(parse_override(o) for o in overrides),
             tags={"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
                   "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_},
         )
@@ -127,7 +124,7 @@ def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
     """Jobs that differ only by seed, with the mean and std of the objective across seeds."""
     groups: dict[str, list[float]] = {}
     for r in rows:
-        rest = " ".join(o for o in r["overrides"].split() if _override_key(o) != "seed")
+        rest = " ".join(o for o in r["overrides"].split() if parse_override(o)[0] != "seed")
         if "seed" in r["params"]:
             groups.setdefault(rest, []).append(r[objective])
     return [{"overrides": k, "seeds": len(v), "mean": statistics.fmean(v),

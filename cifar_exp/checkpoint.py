@@ -1,22 +1,81 @@
-"""Checkpoints: one dict of tensors and plain values (loadable with weights_only=True),
-written atomically, found and validated for resuming."""
+"""The run's state and its checkpoint file: the one owner of both formats.
+
+A checkpoint is RunState + trainer state + RNG state + the resolved config, as one dict of
+tensors and plain values (loadable with weights_only=True), written atomically. `load` is
+the one reader: it checks the file, migrates older formats and rebuilds the stored config on
+the registered schemas, so a checkpoint can never choose code."""
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
+from cifar_exp.config import from_stored
 from cifar_exp.errors import UserError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 LAST, BEST = "last.pt", "best.pt"
+CHECKPOINTS = "checkpoints"  # a run's checkpoints live in <run dir>/checkpoints/
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def run_dir_of(path: Path) -> Optional[Path]:
+    """The run dir a checkpoint file belongs to, or None for a file kept anywhere else."""
+    path = Path(path).resolve()
+    return path.parent.parent if path.parent.name == CHECKPOINTS else None
+
+
+@dataclass
+class RunState:
+    """Where a run stands: everything besides weights and RNG that a resume continues from."""
+    classes: list[str]
+    epoch: int = 0          # epochs completed
+    step: int = 0           # steps completed in the current epoch
+    global_step: int = 0    # optimizer steps since the run began
+    best: Optional[float] = None
+    history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
+    run_id: Optional[str] = None
+
+    def advance(self) -> None:
+        self.step += 1
+        self.global_step += 1
+
+    def end_epoch(self, metrics: dict, monitor: str, mode: str) -> bool:
+        """Record the finished epoch; True when `monitor` improved on the best so far."""
+        self.history.append(metrics)
+        self.epoch, self.step = self.epoch + 1, 0
+        value = metrics.get(monitor)
+        improved = value is not None and (self.best is None or (value > self.best if mode == "max"
+                                                                 else value < self.best))
+        if improved:
+            self.best = value
+        return improved
+
+    @property
+    def last_metrics(self) -> dict:
+        return self.history[-1] if self.history else {}
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: RunState
+    trainer: dict
+    rng: dict
+    config: DictConfig
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -52,8 +111,6 @@ def link_or_copy(src: Path, dst: Path) -> None:
     try:
         os.link(src, tmp)
     except OSError:
-        import shutil
-
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
 
@@ -81,22 +138,61 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def load(path: Path) -> dict:
-    """Load and check one checkpoint file; any problem is a UserError naming the file."""
-    path = Path(path)
+# Format 1 (cifar_exp 0.1.0) named models and optimizers by import path; these are the only
+# paths it ever wrote, each mapped to its registered option.
+V1_TARGETS = {
+    "model": {"cifar_exp.models.SimpleCNN": "simple_cnn", "cifar_exp.models.TutorialNet": "tutorial_net",
+              "cifar_exp.models.resnet18": "resnet18", "cifar_exp.models.SpeedNet": "speed_net"},
+    "optimizer": {"torch.optim.SGD": "sgd", "torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw"},
+}
+
+
+def _migrate_v1(raw: dict, path: Path) -> dict:
+    config = dict(raw["config"])
+    for group, names in V1_TARGETS.items():
+        node = dict(config[group])
+        target = node.pop("_target_", None)
+        if target not in names:
+            raise UserError(f"checkpoint {path}: refusing {group}._target_={target!r}: not an option "
+                            f"this version knows ({', '.join(names)})")
+        config[group] = {"name": names[target], **node}
+    trainer = dict(raw["trainer"])
+    state = {k: raw[k] for k in ("epoch", "step", "best", "history", "run_id", "classes")}
+    state["global_step"] = trainer.pop("global_step")
+    return {"format_version": FORMAT_VERSION, "run": state, "trainer": trainer, "rng": raw["rng"],
+            "config": config}
+
+
+def _read(path: Path) -> dict:
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-        raise UserError(f"checkpoint {path} is unreadable (truncated or corrupt?): {reason}") from None
-    if not isinstance(state, dict) or "format_version" not in state:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated, foreign or pickled files
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is unreadable (truncated, corrupt, or not a tensor "
+                        f"file): {reason.rstrip('. ')}") from None
+    if not isinstance(raw, dict) or "format_version" not in raw:
         raise UserError(f"{path} is not a cifar_exp checkpoint")
-    if state["format_version"] != FORMAT_VERSION:
-        raise UserError(f"checkpoint {path} has format version {state['format_version']}; "
-                        f"this cifar_exp {__version__} reads version {FORMAT_VERSION}")
-    return state
+    return raw
+
+
+def load(path: Path) -> Checkpoint:
+    """Load and check one checkpoint file; any problem is a UserError naming the file."""
+    path = Path(path)
+    raw = _read(path)
+    version = raw["format_version"]
+    if version not in (1, FORMAT_VERSION):
+        raise UserError(f"checkpoint {path} has format version {version}; "
+                        f"this cifar_exp {__version__} reads versions 1 and {FORMAT_VERSION}")
+    try:
+        if version == 1:
+            raw = _migrate_v1(raw, path)
+        state = RunState(**raw["run"])
+        trainer, rng, stored = raw["trainer"], raw["rng"], raw["config"]
+    except (KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {path} is incomplete or malformed ({type(e).__name__}: {e})") from None
+    return Checkpoint(path, state, trainer, rng, from_stored(stored, f"checkpoint {path}"))
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:
@@ -107,64 +203,65 @@ def candidates(ckpt_dir: Path) -> list[Path]:
     return ([last] if last.exists() else []) + files
 
 
-def find(target: str | Path, log=print) -> tuple[Path, dict]:
+def find(target: str | Path, log=print) -> Checkpoint:
     """A checkpoint file, or a run output dir: its newest valid checkpoint."""
     target = Path(target).expanduser()
     if target.is_file() or not target.exists():
-        return target, load(target)
-    ckpt_dir = target / "checkpoints" if (target / "checkpoints").is_dir() else target
+        return load(target)
+    ckpt_dir = checkpoint_dir(target) if checkpoint_dir(target).is_dir() else target
     files = candidates(ckpt_dir)
     if not files:
         raise UserError(f"no checkpoint in {target} (looked for {ckpt_dir}/{LAST})")
     problems = []
     for path in files:
         try:
-            state = load(path)
+            ck = load(path)
         except UserError as e:
             problems.append(str(e))
             continue
         if problems:
             log(f"warning: skipped invalid checkpoint(s): {'; '.join(problems)}; using {path}")
-        return path, state
+        return ck
     raise UserError(f"no valid checkpoint in {ckpt_dir}: {'; '.join(problems)}")
 
 
 def has_checkpoint(run_dir: Path) -> bool:
-    return bool(candidates(Path(run_dir) / "checkpoints")) if (Path(run_dir) / "checkpoints").is_dir() else False
+    ckpt_dir = checkpoint_dir(run_dir)
+    return ckpt_dir.is_dir() and bool(candidates(ckpt_dir))
 
 
-def restore_model(state: dict, device: torch.device) -> torch.nn.Module:
-    """The checkpoint's model with its weights, in eval mode."""
-    from hydra.utils import instantiate
+def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
+    """The checkpoint's model (a registered option) with its weights, in eval mode."""
+    from cifar_exp.models import build_model
 
-    model = instantiate(state["config"]["model"], num_classes=len(state["classes"]))
-    model.load_state_dict(state["trainer"]["model"])
+    model = build_model(ck.config.model, num_classes=len(ck.state.classes))
+    model.load_state_dict(ck.trainer["model"])
     return model.to(device).eval()
 
 
-class CheckpointWriter:
-    """Writes last.pt, best.pt and the last k epoch checkpoints of one run."""
+class Checkpointer:
+    """Writes a run's last.pt, best.pt and the last k epoch checkpoints. Each write is a commit
+    point: `before_write` (the tracker's flush) runs first, so the metrics a checkpoint
+    covers are in the store before the file exists."""
 
-    def __init__(self, ckpt_dir: Path, keep_last: int, save_best: bool, monitor: str, mode: str,
-                 enabled: bool = True):
-        # disabled: tracks the best metric like the others, writes nothing (ranks > 0 of DDP)
-        self.enabled = enabled
-        self.dir = Path(ckpt_dir)
-        self.keep_last, self.save_best = keep_last, save_best
-        self.monitor, self.mode = monitor, mode
+    def __init__(self, run_dir: Path, cfg: DictConfig, *, enabled: bool,
+                 before_write: Callable[[], None] = lambda: None):
+        # disabled: writes nothing (tracking off for checkpoints, or ranks > 0 of DDP)
+        self.enabled, self.before_write = enabled, before_write
+        self.dir = checkpoint_dir(run_dir)
+        self.keep_last, self.save_best = cfg.checkpoint.keep_last, cfg.checkpoint.save_best
+        self.config = OmegaConf.to_container(cfg, resolve=True)
 
-    def improved(self, metrics: dict, best: Optional[float]) -> bool:
-        value = metrics.get(self.monitor)
-        if value is None:
-            return False
-        return best is None or (value > best if self.mode == "max" else value < best)
-
-    def save(self, state: dict, *, epoch_end: bool, is_best: bool) -> Path:
-        state = {"format_version": FORMAT_VERSION, "framework_version": __version__, **state}
+    def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool) -> Optional[Path]:
+        if not self.enabled:
+            return None
+        self.before_write()
         last = self.dir / LAST
-        atomic_save(state, last)
+        atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
+                     "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
+                     "config": self.config}, last)
         if epoch_end and self.keep_last:
-            link_or_copy(last, self.dir / f"epoch_{state['epoch']:04d}.pt")
+            link_or_copy(last, self.dir / f"epoch_{state.epoch:04d}.pt")
             for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:
                 old.unlink()
         if is_best and self.save_best:

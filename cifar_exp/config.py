@@ -1,18 +1,25 @@
-"""Typed config schema (registered in Hydra's ConfigStore) and range validation.
+"""Typed config schema, the registry of options per group, and range validation.
 
-The YAML files in conf/ pick a schema from the `schema/<group>` options below, so every
-key has a type and an unknown key is an error. Ranges are checked by `validate`, which
-runs before anything heavy is imported or created.
+Each option of the groups dataset, model, optimizer and scheduler is one registry entry: a
+dataclass schema (its keys, types and defaults; its `name` field names the option) and the
+project function that builds it. `register_configs` stores every entry as a Hydra group
+option, typed by its group's base schema, so `model=speed_net model.widths=[32,64,128]` is
+checked key by key and an unknown key is an error. The same registry rebuilds a config read
+from a checkpoint, so a file can only ever name one of these options, never code.
+
+Nothing here imports torch: `--help` and config errors stay fast.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp.errors import UserError
 
@@ -35,12 +42,24 @@ class DatasetConfig:
 
 
 @dataclass
-class TorchvisionDatasetConfig(DatasetConfig):
+class Cifar10Config(DatasetConfig):
+    """torchvision's CIFAR-10, downloaded into root when missing and download=true."""
+    name: str = "cifar10"
     download: bool = True
 
 
 @dataclass
+class Cifar100Config(Cifar10Config):
+    """torchvision's CIFAR-100 (fine labels)."""
+    name: str = "cifar100"
+    mean: List[float] = field(default_factory=lambda: [0.5071, 0.4865, 0.4409])
+    std: List[float] = field(default_factory=lambda: [0.2673, 0.2564, 0.2762])
+
+
+@dataclass
 class ImageFolderConfig(DatasetConfig):
+    """Any root/train/<class>/* + root/test/<class>/* tree of images."""
+    name: str = "image_folder"
     root: str = MISSING
     # images of another size are resized to this square size
     image_size: int = 32
@@ -48,6 +67,7 @@ class ImageFolderConfig(DatasetConfig):
 
 @dataclass
 class SyntheticConfig(DatasetConfig):
+    """Learnable class-dependent images generated in memory from a seed."""
     name: str = "synthetic"
     train_size: int = 2000
     test_size: int = 500
@@ -58,45 +78,74 @@ class SyntheticConfig(DatasetConfig):
     cache_dir: Optional[str] = None
 
 
-# --- model / optimizer / scheduler -----------------------------------------------------------
+# --- model ---------------------------------------------------------------------------------
 @dataclass
 class ModelConfig:
-    _target_: str = MISSING
+    name: str = MISSING
+
+
+@dataclass
+class SimpleCNNConfig(ModelConfig):
+    """The notes' Classifier: conv 3->16 k5, ReLU, max-pool 2, fc 3136->128, ReLU, fc."""
+    name: str = "simple_cnn"
+
+
+@dataclass
+class TutorialNetConfig(ModelConfig):
+    """The PyTorch CIFAR-10 tutorial's LeNet."""
+    name: str = "tutorial_net"
+
+
+@dataclass
+class ResNet18Config(ModelConfig):
+    """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+    name: str = "resnet18"
 
 
 @dataclass
 class SpeedNetConfig(ModelConfig):
-    _target_: str = "cifar_exp.models.SpeedNet"
+    """A small fast-converging conv net (airbench-style)."""
+    name: str = "speed_net"
     widths: List[int] = field(default_factory=lambda: [64, 128, 256])
     act: str = "gelu"
 
 
+# --- optimizer -----------------------------------------------------------------------------
 @dataclass
-class SGDConfig:
-    _target_: str = "torch.optim.SGD"
+class OptimizerConfig:
+    name: str = MISSING
     lr: float = 0.001
-    momentum: float = 0.0
     weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    momentum: float = 0.0
     nesterov: bool = False
 
 
 @dataclass
-class AdamConfig:
-    _target_: str = "torch.optim.Adam"
-    lr: float = 0.001
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    weight_decay: float = 0.0
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
-    _target_: str = "torch.optim.AdamW"
+    name: str = "adamw"
     weight_decay: float = 0.01
 
 
+# --- scheduler (all advance once per optimizer step) ----------------------------------------
 @dataclass
 class SchedulerConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ConstantConfig(SchedulerConfig):
     name: str = "none"
 
 
@@ -133,6 +182,7 @@ class TrainerConfig:
     compile: bool = False
     # NHWC layout for model and batches: faster for conv nets with BatchNorm on CPU and GPU
     channels_last: bool = False
+    # a progress bar on a terminal; a line per quarter epoch otherwise
     progress: bool = True
     label_smoothing: float = 0.0
     # evaluate on each image and its mirror image, averaging the logits
@@ -170,10 +220,10 @@ class CheckpointConfig:
 
 @dataclass
 class Config:
-    dataset: Any = MISSING
-    model: Any = MISSING
-    optimizer: Any = MISSING
-    scheduler: Any = MISSING
+    dataset: DatasetConfig = MISSING
+    model: ModelConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -185,30 +235,144 @@ class Config:
     objective: str = "test/acc"
 
 
+# --- the registry: one entry per option ------------------------------------------------------
+@dataclass(frozen=True)
+class Option:
+    schema: type
+    # "module:attribute" of the project function that builds it; None builds nothing
+    build: Optional[str]
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+
+def _options(*options: Option) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+REGISTRY: dict[str, dict[str, Option]] = {
+    "dataset": _options(
+        Option(Cifar10Config, "cifar_exp.data:load_torchvision"),
+        Option(Cifar100Config, "cifar_exp.data:load_torchvision"),
+        Option(ImageFolderConfig, "cifar_exp.data:load_image_folder"),
+        Option(SyntheticConfig, "cifar_exp.data:load_synthetic"),
+    ),
+    "model": _options(
+        Option(SimpleCNNConfig, "cifar_exp.models:SimpleCNN"),
+        Option(TutorialNetConfig, "cifar_exp.models:TutorialNet"),
+        Option(ResNet18Config, "cifar_exp.models:resnet18"),
+        Option(SpeedNetConfig, "cifar_exp.models:SpeedNet"),
+    ),
+    "optimizer": _options(
+        Option(SGDConfig, "cifar_exp.optim:sgd"),
+        Option(AdamConfig, "cifar_exp.optim:adam"),
+        Option(AdamWConfig, "cifar_exp.optim:adamw"),
+    ),
+    "scheduler": _options(
+        Option(ConstantConfig, None),
+        Option(CosineConfig, "cifar_exp.optim:cosine"),
+        Option(OneCycleConfig, "cifar_exp.optim:onecycle"),
+        Option(StepConfig, "cifar_exp.optim:step"),
+    ),
+}
+BASES = {"dataset": DatasetConfig, "model": ModelConfig, "optimizer": OptimizerConfig,
+         "scheduler": SchedulerConfig}
+# trainer options share one schema and differ in their defaults
+TRAINERS = {"default": TrainerConfig(), "deterministic": TrainerConfig(deterministic=True, amp=False)}
+
+
+def register(group: str, option: Option) -> None:
+    """Add an option to a group: the registry entry and its Hydra group option."""
+    if not issubclass(option.schema, BASES[group]):
+        raise TypeError(f"{option.schema.__name__} must extend {BASES[group].__name__}")
+    REGISTRY[group][option.name] = option
+    ConfigStore.instance().store(group=group, name=option.name, node=option.schema)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    schemas = {
-        "dataset": {
-            "torchvision": TorchvisionDatasetConfig,
-            "image_folder": ImageFolderConfig,
-            "synthetic": SyntheticConfig,
-        },
-        "model": {"model": ModelConfig, "speed_net": SpeedNetConfig},
-        "optimizer": {"sgd": SGDConfig, "adam": AdamConfig, "adamw": AdamWConfig},
-        "scheduler": {
-            "none": SchedulerConfig,
-            "cosine": CosineConfig,
-            "onecycle": OneCycleConfig,
-            "step": StepConfig,
-        },
-        "trainer": {"trainer": TrainerConfig},
-    }
-    for group, nodes in schemas.items():
-        for name, node in nodes.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+    for group, options in REGISTRY.items():
+        for option in options.values():
+            register(group, option)
+    for name, node in TRAINERS.items():
+        cs.store(group="trainer", name=name, node=node)
 
 
+def option(group: str, name: str) -> Option:
+    try:
+        return REGISTRY[group][name]
+    except KeyError:
+        raise UserError(f"{group}.name={name!r} is not a registered option; expected one of "
+                        f"{', '.join(REGISTRY[group])}") from None
+
+
+def builder(group: str, node: DictConfig) -> Optional[Callable[..., Any]]:
+    """The project function that builds the option `node` names (None: nothing to build)."""
+    target = option(group, node.name).build
+    if target is None:
+        return None
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
+    items = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def kwargs(node: DictConfig) -> dict[str, Any]:
+    """An option's keys as plain keyword arguments (its `name` excluded)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+
+
+def from_stored(stored: dict, origin: str) -> DictConfig:
+    """A config read from a file, rebuilt on the registered schemas: every group must name a
+    registered option and every key must belong to it, so a file can only describe a run,
+    never pick code. Anything else is a UserError naming the key."""
+    if not isinstance(stored, dict):
+        raise UserError(f"{origin}: the stored config is not a mapping")
+    _refuse_targets(stored, origin)
+    base = OmegaConf.structured(Config)
+    for group in REGISTRY:
+        node = stored.get(group)
+        name = node.get("name") if isinstance(node, dict) else None
+        if name not in REGISTRY[group]:
+            raise UserError(f"{origin}: {group}.name={name!r} is not a registered option "
+                            f"({', '.join(REGISTRY[group])})")
+        base[group] = OmegaConf.structured(REGISTRY[group][name].schema)
+    base.trainer = OmegaConf.structured(TrainerConfig)
+    try:
+        return OmegaConf.merge(base, stored)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UserError(f"{origin}: stored config key {key} is invalid "
+                        f"({str(e).splitlines()[0]})") from None
+
+
+def _refuse_targets(tree: Any, origin: str, path: str = "") -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            where = f"{path}{key}"
+            if key in ("_target_", "_partial_", "_args_"):
+                raise UserError(f"{origin}: refusing {where}={value!r}: a stored config may name "
+                                f"registered options only, never code")
+            _refuse_targets(value, origin, f"{where}.")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            _refuse_targets(value, origin, f"{path}{i}.")
+
+
+# --- small key=value tools (evaluate, predict) ---------------------------------------------------
 def run_tool(action, defaults: dict, usage: str, prog: str, argv: list[str] | None = None) -> None:
     """Entry point of a small key=value tool: --help prints `usage`, a UserError one line."""
     import sys
@@ -248,19 +412,22 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise UserError(f"{key}={value!r} is invalid: must be {allowed}")
 
 
-DATASETS = ("cifar10", "cifar100", "image_folder", "synthetic")
-SCHEDULERS = ("none", "cosine", "onecycle", "step")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 STRATEGIES = ("single", "ddp")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the first key whose value is out of range."""
-    d, o, t, c = cfg.dataset, cfg.optimizer, cfg.trainer, cfg.checkpoint
+    for group in REGISTRY:
+        chosen = option(group, cfg[group].name)
+        schema = OmegaConf.get_type(cfg[group])
+        if schema not in (dict, None) and schema is not chosen.schema:
+            raise UserError(f"{group}.name={chosen.name} does not match the {group} option's keys; "
+                            f"choose the option with {group}={chosen.name}")
+    d, o, s, t, c = cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer, cfg.checkpoint
     if OmegaConf.is_missing(d, "root"):
         raise UserError(f"dataset.root is required for dataset={d.name} (a directory with train/ and test/)")
     _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
-    _check(d.name in DATASETS, "dataset.name", f"one of {', '.join(DATASETS)}", d.name)
     _check(d.batch_size >= 1, "dataset.batch_size", "an integer >= 1", d.batch_size)
     _check(d.eval_batch_size >= 1, "dataset.eval_batch_size", "an integer >= 1", d.eval_batch_size)
     _check(d.val_size >= 0, "dataset.val_size", "an integer >= 0", d.val_size)
@@ -284,8 +451,6 @@ def validate(cfg: DictConfig) -> None:
     _check(o.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", o.weight_decay)
     if "momentum" in o:
         _check(0 <= o.momentum < 1, "optimizer.momentum", "a float in [0, 1)", o.momentum)
-    s = cfg.scheduler
-    _check(s.name in SCHEDULERS, "scheduler.name", f"one of {', '.join(SCHEDULERS)}", s.name)
     if s.name == "step":
         _check(s.step_epochs >= 1, "scheduler.step_epochs", "an integer >= 1", s.step_epochs)
     if s.name == "onecycle":

@@ -1,11 +1,12 @@
-"""Datasets as tensors: each split is decoded once to uint8 [N,3,H,W] + int64 [N], kept on
-the training device, and batched by indexing. Normalization and augmentation are batch
+"""Datasets as tensors: each split is decoded once to uint8 [N,3,H,W] + int64 [N], moved to
+the training device once, and batched by indexing. Normalization and augmentation are batch
 tensor ops; an epoch's order and augmentation draws come from (seed, epoch) alone, so any
 step of any epoch can be replayed exactly."""
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
+from cifar_exp.config import builder
 from cifar_exp.errors import UserError
+
+log = logging.getLogger("cifar_exp")
 
 CACHE_VERSION = 1
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -36,16 +40,42 @@ class Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
+class Normalize:
+    """uint8 images -> float model inputs: (x / 255 - mean) / std, in the batch layout the
+    model expects. Its constants live on one device, the one its images come from."""
+
+    def __init__(self, mean, std, device: torch.device, channels_last: bool = False):
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # in place on the fresh float copy: about twice as fast as a broadcasting addcmul on CPU
+        x = x.float().mul_(self.scale).add_(self.shift)
+        return x.contiguous(memory_format=self.memory_format)
+
+
 @dataclass
 class Dataset:
+    """All splits of a run on one device, with the one normalization of its images.
+    Training, evaluation and plots all read these tensors; nothing keeps a second copy."""
     train: Split
     test: Split
     val: Optional[Split]
     classes: list[str]
+    normalize: Normalize
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+    def loader(self, split: str, batch_size: int, **options) -> "TensorLoader":
+        return TensorLoader(getattr(self, split), batch_size, self.normalize, **options)
 
 
 # --- sources ------------------------------------------------------------------------------
@@ -65,7 +95,7 @@ def _torchvision_split(cfg: DictConfig, train: bool):
         ) from None
 
 
-def _load_torchvision(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def load_torchvision(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     splits = []
     for train in (True, False):
         ds = _torchvision_split(cfg, train)
@@ -125,15 +155,32 @@ def _folder_signature(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def _read_cache(path: Path) -> Optional[tuple[Split, Split, list[str]]]:
+    """The cached splits, or None (with a warning) when the file is not a sound cache."""
+    try:
+        blob = torch.load(path, weights_only=True)
+        train, test, classes = Split(*blob["train"]), Split(*blob["test"]), list(blob["classes"])
+        for split in (train, test):
+            ok = (split.x.dtype == torch.uint8 and split.x.dim() == 4 and split.y.dtype == torch.int64
+                  and len(split.x) == len(split.y) and 0 <= int(split.y.min()) and int(split.y.max()) < len(classes))
+            if not ok:
+                raise ValueError("unexpected tensors")
+        return train, test, classes
+    except Exception as e:  # truncated, garbage or foreign: rebuilt below
+        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+        log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path, reason)
+        return None
+
+
+def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.root).expanduser()
     cache = None
     if cfg.cache_dir:
         key = f"image_folder-{_folder_signature(root)}-{cfg.image_size}px.pt"
         cache = Path(cfg.cache_dir) / key
-        if cache.exists():
-            blob = torch.load(cache, weights_only=True)
-            return Split(*blob["train"]), Split(*blob["test"]), blob["classes"]
+        cached = _read_cache(cache) if cache.exists() else None
+        if cached is not None:
+            return cached
     classes = list(_image_files(root / "train"))
     train = _decode_folder(root / "train", classes, cfg.image_size)
     test = _decode_folder(root / "test", classes, cfg.image_size)
@@ -159,7 +206,7 @@ def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: to
     return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
 
 
-def _load_synthetic(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def load_synthetic(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     g = torch.Generator().manual_seed(cfg.data_seed)
     coarse = torch.rand(cfg.num_classes, 3, 4, 4, generator=g)
     prototypes = F.interpolate(coarse, size=(cfg.image_size,) * 2, mode="bicubic", align_corners=False)
@@ -180,16 +227,13 @@ def _hold_out(train: Split, val_size: int) -> tuple[Split, Optional[Split]]:
     return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
 
 
-def load_dataset(cfg: DictConfig) -> Dataset:
-    """The configured dataset as uint8 tensors on the CPU."""
-    if cfg.name in CIFAR_ARCHIVES:
-        train, test, classes = _load_torchvision(cfg)
-    elif cfg.name == "image_folder":
-        train, test, classes = _load_image_folder(cfg)
-    else:
-        train, test, classes = _load_synthetic(cfg)
+def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> Dataset:
+    """The configured dataset (a registered source, see config.REGISTRY), moved to `device`
+    once: the CPU copy is not kept."""
+    train, test, classes = builder("dataset", cfg)(cfg)
     train, val = _hold_out(train, cfg.val_size)
-    return Dataset(train, test, val, classes)
+    return Dataset(train.to(device), test.to(device), val.to(device) if val is not None else None,
+                   classes, Normalize(cfg.mean, cfg.std, device, channels_last))
 
 
 # --- batching -----------------------------------------------------------------------------
@@ -201,28 +245,17 @@ class TensorLoader:
     """Batches of a device-resident uint8 split, normalized (and optionally augmented with a
     random crop of a zero-padded image plus a horizontal flip) as whole-batch tensor ops."""
 
-    def __init__(self, split: Split, batch_size: int, mean, std, *, shuffle: bool,
-                 augment: bool = False, padding: int = 4, seed: int = 0, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
-        self.split, self.batch_size = split, batch_size
+    def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, shuffle: bool,
+                 augment: bool = False, padding: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.split, self.batch_size, self.normalize = split, batch_size, normalize
         # with several processes each takes every world_size-th image of each (global) batch
         self.rank, self.world_size = rank, world_size
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
-        device = split.x.device
-        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
-        self.scale, self.shift = 1.0 / (255.0 * std_t), -mean_t / std_t
         p = padding if augment else 0
         self.padded = F.pad(split.x, (p, p, p, p)) if p else split.x
 
     def __len__(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        # in place on the fresh float copy: about twice as fast as a broadcasting addcmul on CPU
-        x = x.float().mul_(self.scale).add_(self.shift)
-        return x.contiguous(memory_format=self.memory_format)
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]

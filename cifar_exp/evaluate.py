@@ -22,28 +22,25 @@ def confusion_table(confusion, classes: list[str]) -> str:
 
 def evaluate(args) -> dict:
     import torch
-    from omegaconf import OmegaConf
 
     from cifar_exp import checkpoint, plots
-    from cifar_exp.data import Split, TensorLoader, load_dataset
+    from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
-    from cifar_exp.run import pick_device
+    from cifar_exp.runtime import pick_device
 
-    path, state = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
-    cfg = OmegaConf.create(state["config"])
+    ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    cfg = ck.config
     if args.dataset_root:
         cfg.dataset.root = args.dataset_root
     device = pick_device(args.device)
-    data = load_dataset(cfg.dataset)
-    if data.classes != state["classes"]:
-        raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {state['classes']}")
-    model = checkpoint.restore_model(state, device)
-    loader = TensorLoader(Split(data.test.x.to(device), data.test.y.to(device)), cfg.dataset.eval_batch_size,
-                          cfg.dataset.mean, cfg.dataset.std, shuffle=False)
+    data = load_dataset(cfg.dataset, device)
+    if data.classes != ck.state.classes:
+        raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
+    model = checkpoint.restore_model(ck, device)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0), None,
                       torch.nn.CrossEntropyLoss(), device, eval_flip=cfg.trainer.eval_flip)
-    result = trainer.evaluate(loader, data.num_classes)
-    print(f"checkpoint {path} (epoch {state['epoch']}, step {state['trainer']['global_step']})")
+    result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size, shuffle=False), data.num_classes)
+    print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
     print(result.report(data.classes))
     print(confusion_table(result.confusion, data.classes))
     if args.plot:

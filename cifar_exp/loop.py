@@ -4,9 +4,8 @@ for the device unless a log line or a checkpoint asks for a number."""
 from __future__ import annotations
 
 import contextlib
-import sys
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -80,7 +79,6 @@ class Trainer:
     amp: bool = False
     # test-time augmentation: average the logits of each image and its mirror image
     eval_flip: bool = False
-    global_step: int = 0
 
     def __post_init__(self):
         self.autocast, self.scaler = autocast_for(self.device, self.amp)
@@ -106,18 +104,12 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step()
         self.meter.update(loss, logits, y)
-        self.global_step += 1
 
-    def train_epoch(self, loader: TensorLoader, epoch: int, start_step: int,
-                    after_step: Callable[[int], None]) -> dict[str, float]:
-        """Run the epoch's batches from `start_step`; after_step(step_in_epoch) follows each."""
+    def begin_epoch(self, start_step: int) -> None:
+        """Training mode; the epoch's sums start afresh unless resuming inside the epoch."""
         self.model.train()
         if start_step == 0:
             self.meter.reset()
-        for i, (x, y) in enumerate(loader.epoch(epoch, start_step), start=start_step + 1):
-            self.step(x, y)
-            after_step(i)
-        return self.meter.summary()
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
@@ -140,6 +132,13 @@ class Trainer:
         confusion = confusion.view(num_classes, num_classes).cpu()
         return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
 
+    @torch.inference_mode()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Predicted classes of a normalized batch, on the batch's device."""
+        self.eval_model.eval()
+        with self.autocast():
+            return self.eval_model(x).argmax(1)
+
     def state_dict(self) -> dict:
         return {
             "model": self.module.state_dict(),
@@ -147,7 +146,6 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "meter": self.meter.state_dict(),
-            "global_step": self.global_step,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -158,7 +156,6 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.meter.load_state_dict(state["meter"])
-        self.global_step = state["global_step"]
 
 
 @dataclass
@@ -186,24 +183,3 @@ class Evaluation:
         lines += [f"Accuracy for class: {c:10s} is {100 * float(a):.1f} %"
                   for c, a in zip(classes, self.per_class_acc)]
         return "\n".join(lines)
-
-
-class Progress:
-    """A one-line progress bar with the running loss, drawn only on a terminal."""
-
-    def __init__(self, enabled: bool, total: int, epoch: int, epochs: int):
-        self.enabled = enabled and sys.stderr.isatty()
-        self.total, self.label = total, f"epoch {epoch}/{epochs}"
-
-    def update(self, step: int, loss: Optional[float]) -> None:
-        if not self.enabled:
-            return
-        width = 30
-        done = int(width * step / self.total)
-        loss_txt = f" loss {loss:.4f}" if loss is not None else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * done}{'.' * (width - done)}] {step}/{self.total}{loss_txt}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")

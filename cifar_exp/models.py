@@ -1,11 +1,19 @@
-"""Classifiers for 32x32 RGB images; each takes num_classes from the dataset."""
+"""The registered classifiers for 32x32 RGB images; each takes num_classes from the dataset."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
+
+from cifar_exp.config import builder, kwargs
+
+
+def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
+    """The registered model `cfg.name` (see config.REGISTRY) for `num_classes` classes."""
+    return builder("model", cfg)(num_classes=num_classes, **kwargs(cfg))
 
 
 class SimpleCNN(nn.Module):

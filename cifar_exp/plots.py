@@ -43,6 +43,22 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncols: i
     return _save(fig, path)
 
 
+def showcase(n: int, device, k: int = 32) -> torch.Tensor:
+    """k fixed, spread-out indices into a split of n images (folder datasets are sorted by
+    class), on the split's device so indexing never mixes devices."""
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:k].sort().values
+    return idx.to(device)
+
+
+def predictions(images: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor,
+                classes: Sequence[str], path: Path) -> Path:
+    """Each image titled with its predicted class (true class below), green when right."""
+    pred, true = predicted.cpu().tolist(), labels.cpu().tolist()
+    titles = [f"{classes[p]}\n({classes[t]})" for p, t in zip(pred, true)]
+    colors = ["green" if p == t else "red" for p, t in zip(pred, true)]
+    return image_grid(images, titles, path, colors=colors)
+
+
 def learning_curves(history: list[dict], path: Path) -> Path:
     """Loss and accuracy per epoch for every split that has them."""
     plt = _pyplot()

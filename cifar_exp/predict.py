@@ -17,11 +17,11 @@ def predict(args) -> list[list[tuple[str, float]]]:
     import torch
 
     from cifar_exp import checkpoint
-    from cifar_exp.data import Split, TensorLoader, decode_image
-    from cifar_exp.run import pick_device
+    from cifar_exp.data import Normalize, decode_image
+    from cifar_exp.runtime import pick_device
 
-    path, state = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
-    cfg = state["config"]["dataset"]
+    ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    cfg = ck.config.dataset
     images = [args.images] if isinstance(args.images, str) else list(args.images)
     for image in images:
         if not Path(image).is_file():
@@ -29,12 +29,10 @@ def predict(args) -> list[list[tuple[str, float]]]:
     size = cfg.get("image_size", 32)
     x = torch.stack([torch.from_numpy(decode_image(Path(p), size)).permute(2, 0, 1) for p in images])
     device = pick_device(args.device)
-    norm = TensorLoader(Split(x, torch.zeros(len(x), dtype=torch.int64)), len(x), cfg["mean"], cfg["std"],
-                        shuffle=False)
-    model = checkpoint.restore_model(state, device)
+    model = checkpoint.restore_model(ck, device)
     with torch.inference_mode():
-        probs = model(norm.normalize(x).to(device)).float().softmax(1).cpu()
-    classes, k = state["classes"], min(args.top, len(state["classes"]))
+        probs = model(Normalize(cfg.mean, cfg.std, device)(x.to(device))).float().softmax(1).cpu()
+    classes, k = ck.state.classes, min(args.top, len(ck.state.classes))
     results = []
     for image, p in zip(images, probs):
         top = p.topk(k)

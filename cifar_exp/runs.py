@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-COLUMNS_PARAMS = ("model._target_", "optimizer._target_", "optimizer.lr", "epochs", "dataset.name")
+COLUMNS_PARAMS = ("model.name", "optimizer.name", "optimizer.lr", "epochs", "dataset.name")
 
 
 def table(runs: list[dict], metrics: list[str]) -> str:
@@ -16,8 +15,7 @@ def table(runs: list[dict], metrics: list[str]) -> str:
     rows = []
     for r in runs:
         p = r["params"]
-        short = [p.get(k, "").rsplit(".", 1)[-1] if k.endswith("_target_") else p.get(k, "")
-                 for k in COLUMNS_PARAMS]
+        short = [p.get(k, "") for k in COLUMNS_PARAMS]
         values = [r["metrics"].get(m, math.nan) for m in metrics]
         rows.append([r["run_id"][:8], r["status"], *short, *(f"{v:.4f}" for v in values), r["name"] or ""])
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
@@ -36,9 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, default=50)
     args = parser.parse_args(argv)
 
-    from cifar_exp.tracking import DEFAULT_URI, search_runs
+    from cifar_exp.tracking import search_runs, tracking_uri
 
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    uri = tracking_uri(args.tracking_uri)
     runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
     if not runs:
         print(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)

@@ -7,9 +7,9 @@ import os
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
@@ -17,21 +17,9 @@ PARENT_RUN_ENV = "CIFAR_EXP_PARENT_RUN_ID"
 EXPERIMENT_ENV = "CIFAR_EXP_EXPERIMENT_ID"
 
 
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
-    items = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    out: dict[str, Any] = {}
-    for key, value in items.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def tracking_uri(cfg: DictConfig) -> str:
-    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+def tracking_uri(explicit: Optional[str]) -> str:
+    """The one rule: the given URI, else $MLFLOW_TRACKING_URI, else MLflow's default store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
 class NullTracker:
@@ -76,7 +64,7 @@ class MlflowTracker:
     def __init__(self, cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict):
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-        self.uri = tracking_uri(cfg)
+        self.uri = tracking_uri(cfg.mlflow.tracking_uri)
         self.client = client_for(self.uri)
         self.flush_every_s = cfg.mlflow.flush_every_s
         self._buffer: list = []

@@ -1,7 +1,11 @@
-"""Test-only models, importable by runs launched from the tests (tests/ is on PYTHONPATH)."""
+"""Test-only models, registered as options of the model group (model=exploding_cnn,
+model=slow_cnn) for runs launched through `python -m testing_cli` (tests/ is on PYTHONPATH)."""
+
+from dataclasses import dataclass
 
 import torch
 
+from cifar_exp.config import ModelConfig, Option, register
 from cifar_exp.models import SimpleCNN
 
 
@@ -29,3 +33,17 @@ class SlowCNN(SimpleCNN):
 
             time.sleep(0.05)
         return super().forward(x)
+
+
+@dataclass
+class ExplodingCNNConfig(ModelConfig):
+    name: str = "exploding_cnn"
+
+
+@dataclass
+class SlowCNNConfig(ModelConfig):
+    name: str = "slow_cnn"
+
+
+register("model", Option(ExplodingCNNConfig, "helpers:ExplodingCNN"))
+register("model", Option(SlowCNNConfig, "helpers:SlowCNN"))

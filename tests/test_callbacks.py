@@ -69,7 +69,7 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
 
 
 def test_a_failed_job_leaves_the_others_and_a_summary(cli, workdir):
-    result = cli(*SWEEP, "model._target_=cifar_exp.models.SimpleCNN,helpers.ExplodingCNN,cifar_exp.models.TutorialNet")
+    result = cli(*SWEEP, "model=simple_cnn,exploding_cnn,tutorial_net", module="testing_cli")
     assert result.returncode != 0
     c, [parent], children = sweep_runs(workdir)
     statuses = sorted(r.info.status for r in children)

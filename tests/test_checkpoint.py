@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,11 @@ from cifar_exp.errors import UserError
 
 
 # --- the file format -----------------------------------------------------------------------
+FIXTURES = Path(__file__).parent / "fixtures"
+# written by cifar_exp 0.1.0 (format 1): tutorial_net, 1 epoch of synthetic data (256/64 images)
+V1 = FIXTURES / "v1_tutorial_net.pt"
+
+
 def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
     checkpoint.atomic_save({"format_version": 1, "v": torch.ones(3)}, path)
@@ -32,16 +38,81 @@ def test_atomic_save_never_leaves_a_torn_file(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         checkpoint.atomic_save({"format_version": 1, "v": torch.zeros(3)}, path)
     monkeypatch.undo()
-    assert torch.equal(checkpoint.load(path)["v"], torch.ones(3))
+    assert torch.equal(torch.load(path, weights_only=True)["v"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary left behind
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
-    checkpoint.atomic_save({"format_version": 1, "rng": checkpoint.rng_state()}, tmp_path / "c.pt")
+    checkpoint.atomic_save({"rng": checkpoint.rng_state()}, tmp_path / "c.pt")
     expected = (random.random(), np.random.rand(), torch.rand(1))
-    checkpoint.set_rng_state(checkpoint.load(tmp_path / "c.pt")["rng"])
+    checkpoint.set_rng_state(torch.load(tmp_path / "c.pt", weights_only=True)["rng"])
     assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_a_format_1_checkpoint_loads_as_run_state_and_registered_options():
+    ck = checkpoint.load(V1)
+    assert (ck.state.epoch, ck.state.step, ck.state.global_step) == (1, 0, 2)
+    assert ck.state.classes == [f"class{i}" for i in range(10)] and len(ck.state.history) == 1
+    assert ck.config.model.name == "tutorial_net" and ck.config.optimizer.name == "sgd"
+    assert ck.config.optimizer.momentum == 0.9 and "global_step" not in ck.trainer
+    model = checkpoint.restore_model(ck, torch.device("cpu"))
+    assert sum(p.numel() for p in model.parameters()) == 62006
+
+
+def _v1_with(tmp_path, **changes) -> Path:
+    raw = torch.load(V1, weights_only=True)
+    for dotted, value in changes.items():
+        node = raw
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "c.pt"
+    torch.save(raw, path)
+    return path
+
+
+def _v2_with(tmp_path, group: str, node: dict) -> Path:
+    raw = torch.load(V1, weights_only=True)
+    raw["config"]["model"] = {"name": "tutorial_net"}
+    raw["config"]["optimizer"] = {"name": "sgd", "lr": 0.05}
+    raw["config"][group] = node
+    state = {k: raw.pop(k) for k in ("epoch", "step", "best", "history", "run_id", "classes")}
+    state["global_step"] = raw["trainer"].pop("global_step")
+    path = tmp_path / "c.pt"
+    torch.save({**raw, "format_version": 2, "run": state}, path)
+    return path
+
+
+class _Evil:
+    def __reduce__(self):
+        return (open, ("/tmp/should-not-exist", "w"))
+
+
+POISON = {
+    "v1 model target": lambda t: _v1_with(t, config__model={"_target_": "builtins.open", "file": str(t / "x"),
+                                                             "mode": "w"}),
+    "v1 optimizer target": lambda t: _v1_with(t, config__optimizer={"_target_": "os.system", "command": "id"}),
+    "nested target": lambda t: _v2_with(t, "model", {"name": "tutorial_net",
+                                                     "extra": {"_target_": "builtins.open", "file": str(t / "x")}}),
+    "target beside a name": lambda t: _v2_with(t, "optimizer", {"name": "sgd", "_target_": "builtins.open"}),
+    "partial": lambda t: _v2_with(t, "scheduler", {"name": "none", "_partial_": True}),
+    "unknown option": lambda t: _v2_with(t, "model", {"name": "builtins.open"}),
+    "unknown key": lambda t: _v2_with(t, "model", {"name": "speed_net", "file": "x"}),
+    "wrong type": lambda t: _v2_with(t, "optimizer", {"name": "sgd", "lr": "abc"}),
+    "pickled object": lambda t: (torch.save({"format_version": 2, "x": _Evil()}, t / "c.pt"), t / "c.pt")[1],
+}
+
+
+@pytest.mark.parametrize("kind", POISON)
+def test_a_poisoned_checkpoint_is_refused_in_one_line(tmp_path, kind):
+    path = POISON[kind](tmp_path)
+    with pytest.raises(UserError) as err:
+        checkpoint.load(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message and "weights_only=False" not in message
+    assert not (tmp_path / "x").exists() and not Path("/tmp/should-not-exist").exists()
 
 
 @pytest.mark.parametrize("content,needle", [
@@ -49,6 +120,7 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     (b"\x00garbage", "unreadable"),
     ("not-a-checkpoint", "not a cifar_exp checkpoint"),
     ("future", "format version 99"),
+    ("incomplete", "incomplete"),
 ])
 def test_bad_checkpoint_files_are_named_in_one_error(tmp_path, content, needle):
     path = tmp_path / "c.pt"
@@ -58,6 +130,8 @@ def test_bad_checkpoint_files_are_named_in_one_error(tmp_path, content, needle):
         torch.save({"weights": torch.ones(1)}, path)
     elif content == "future":
         torch.save({"format_version": 99}, path)
+    elif content == "incomplete":
+        torch.save({"format_version": 2, "run": {"epoch": 1}}, path)
     with pytest.raises(UserError, match=needle) as err:
         checkpoint.load(path)
     assert str(path) in str(err.value)
@@ -65,24 +139,38 @@ def test_bad_checkpoint_files_are_named_in_one_error(tmp_path, content, needle):
 
 def test_find_falls_back_to_the_newest_valid_checkpoint(tmp_path):
     d = tmp_path / "run" / "checkpoints"
-    checkpoint.atomic_save({"format_version": 1, "epoch": 1}, d / "epoch_0001.pt")
-    time.sleep(0.01)
-    checkpoint.atomic_save({"format_version": 1, "epoch": 2}, d / "epoch_0002.pt")
-    checkpoint.atomic_save({"format_version": 1, "epoch": 2}, d / "last.pt")
+    d.mkdir(parents=True)
+    for name in ("epoch_0001.pt", "epoch_0002.pt", "last.pt"):
+        shutil.copy(V1, d / name)
+        time.sleep(0.01)
     (d / "last.pt").write_bytes((d / "last.pt").read_bytes()[:100])  # truncated
     said = []
-    path, state = checkpoint.find(tmp_path / "run", log=said.append)
-    assert path.name == "epoch_0002.pt" and state["epoch"] == 2
+    ck = checkpoint.find(tmp_path / "run", log=said.append)
+    assert ck.path.name == "epoch_0002.pt" and ck.state.epoch == 1
     assert "last.pt" in said[0] and "epoch_0002.pt" in said[0]
 
 
-def test_writer_keeps_last_k_and_best(tmp_path):
-    w = checkpoint.CheckpointWriter(tmp_path, keep_last=2, save_best=True, monitor="acc", mode="max")
-    for epoch, acc in enumerate([0.1, 0.5, 0.3, 0.2], start=1):
-        w.save({"epoch": epoch, "acc": acc}, epoch_end=True, is_best=acc == 0.5)
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt"]
-    assert checkpoint.load(tmp_path / "best.pt")["acc"] == 0.5
-    assert checkpoint.load(tmp_path / "last.pt")["epoch"] == 4
+class _Trainer:
+    def state_dict(self) -> dict:
+        return {"model": {}}
+
+
+def test_checkpointer_keeps_last_k_and_best_and_flushes_first(tmp_path):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"checkpoint": {"keep_last": 2, "save_best": True}})
+    flushed = []
+    writer = checkpoint.Checkpointer(tmp_path, cfg, enabled=True,
+                                     before_write=lambda: flushed.append(len(list(tmp_path.rglob("last.pt")))))
+    state = checkpoint.RunState(classes=["a", "b"])
+    for acc in [0.1, 0.5, 0.3, 0.2]:
+        is_best = state.end_epoch({"acc": acc}, "acc", "max")
+        writer.save(state, _Trainer(), epoch_end=True, is_best=is_best)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
+    assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt"]
+    best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["run"]
+    assert best["best"] == 0.5 and best["epoch"] == 2 and state.best == 0.5
+    assert flushed == [0, 1, 1, 1]  # the flush precedes each write
 
 
 # --- resume, end to end ----------------------------------------------------------------------
@@ -141,9 +229,9 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, str
     ref_dir, ref_metrics = straight
     run_dir = workdir / "killed"
     # step checkpoints only: after the resumed epoch, no epoch checkpoint resets the position
-    args = [sys.executable, "-m", "cifar_exp", *EXACT, "epochs=4", "checkpoint.every_n_steps=3",
+    args = [sys.executable, "-m", "testing_cli", *EXACT, "epochs=4", "checkpoint.every_n_steps=3",
             "checkpoint.every_n_epochs=4", "checkpoint.save_best=false",
-            "model._target_=helpers.SlowCNN", "mlflow.experiment_name=killed",
+            "model=slow_cnn", "mlflow.experiment_name=killed",
             f"hydra.run.dir={run_dir}", "resume=auto"]
     proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -153,7 +241,7 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, str
     time.sleep(random.uniform(0.0, 1.0))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["trainer"]["global_step"]
+    killed_at = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["global_step"]
     assert 0 < killed_at < 32
     done = subprocess.run(args, cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -173,7 +261,7 @@ def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, wo
     result = cli(f"resume={first}", "epochs=3", "mlflow.enabled=false")
     assert result.returncode == 0, result.output
     assert "skipped invalid checkpoint" in result.output and "epoch_0002.pt" in result.output
-    assert torch.load(last, weights_only=True)["epoch"] == 3
+    assert torch.load(last, weights_only=True)["run"]["epoch"] == 3
 
     last.write_bytes(b"junk")  # a file named explicitly is never swapped for another
     direct = cli(f"resume={last}", "mlflow.enabled=false")
@@ -184,7 +272,7 @@ def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, wo
 def test_resume_refuses_a_change_of_model_or_optimizer(cli, workdir):
     first = workdir / "first"
     assert cli(*FAST, "mlflow.enabled=false", f"hydra.run.dir={first}").returncode == 0
-    for override, key in (("model=tutorial_net", "model._target_"), ("optimizer=adam", "optimizer._target_"),
+    for override, key in (("model=tutorial_net", "model.name"), ("optimizer=adam", "optimizer.name"),
                           ("dataset.batch_size=64", "dataset.batch_size")):
         result = cli(f"resume={first}", "epochs=2", override, "mlflow.enabled=false")
         assert result.returncode == 2, result.output
@@ -207,7 +295,7 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     from omegaconf import OmegaConf
     from cifar_exp.config import SyntheticConfig
 
-    test = load_dataset(OmegaConf.structured(SyntheticConfig)).test
+    test = load_dataset(OmegaConf.structured(SyntheticConfig), torch.device("cpu")).test
     paths = []
     for i in range(2):
         paths.append(workdir / f"img{i}.png")
@@ -220,3 +308,30 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     assert len(re.findall(r"class\d \d+\.\d%", lines[0])) == 3
     bad = cli("checkpoint=/nope.pt", f"images=[{paths[0]}]", module="cifar_exp.predict")
     assert bad.returncode == 2 and "/nope.pt does not exist" in bad.stderr
+
+
+@pytest.mark.parametrize("kind", ["v1 model target", "nested target", "pickled object"])
+def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli, workdir, kind):
+    """Each tool reads the poisoned file, refuses it in one line, exits non-zero, and
+    creates nothing: no file the config names, no run dir, no MLflow run."""
+    poisoned = workdir / "poison"
+    poisoned.mkdir()
+    path = POISON[kind](poisoned)
+    image = workdir / "img.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    before = set(workdir.rglob("*"))
+    for args, module in (((f"resume={path}",), "cifar_exp"),
+                         ((f"resume={poisoned}",), "cifar_exp"),
+                         ((f"checkpoint={path}",), "cifar_exp.evaluate"),
+                         ((f"checkpoint={path}", f"images=[{image}]"), "cifar_exp.predict")):
+        result = cli(*args, "mlflow.enabled=false" if module == "cifar_exp" else "device=cpu", module=module)
+        assert result.returncode == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+        assert str(path) in lines[0] or str(poisoned) in lines[0]
+        assert "weights_only=False" not in result.output
+    created = {p for p in set(workdir.rglob("*")) - before if "outputs" not in p.parts}
+    assert not (poisoned / "x").exists() and not Path("/tmp/should-not-exist").exists()
+    assert created == set(), created

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from hydra.utils import instantiate
 
-from cifar_exp.config import register_configs, validate
+from cifar_exp.config import REGISTRY, TRAINERS, register_configs, validate
 from cifar_exp.errors import UserError
+from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 
 CONF = Path(__file__).parents[1] / "conf"
@@ -18,7 +18,9 @@ register_configs()
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    if group in REGISTRY:
+        return sorted(REGISTRY[group])
+    return sorted(TRAINERS) if group == "trainer" else sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def compose_cfg(*overrides: str):
@@ -30,8 +32,8 @@ def test_defaults_reproduce_the_notes():
     cfg = compose_cfg()
     assert cfg.dataset.name == "cifar10" and cfg.dataset.batch_size == 128
     assert list(cfg.dataset.mean) == [0.5] * 3 and list(cfg.dataset.std) == [0.5] * 3
-    assert cfg.model._target_ == "cifar_exp.models.SimpleCNN"
-    assert cfg.optimizer._target_ == "torch.optim.SGD"
+    assert cfg.model.name == "simple_cnn"
+    assert cfg.optimizer.name == "sgd"
     assert cfg.optimizer.lr == 0.001 and cfg.optimizer.momentum == 0.0
     assert cfg.scheduler.name == "none" and cfg.epochs == 1 and not cfg.dataset.augment
 
@@ -39,7 +41,7 @@ def test_defaults_reproduce_the_notes():
 @pytest.mark.parametrize("name", options("model"))
 def test_every_model_composes_and_builds(name):
     cfg = compose_cfg(f"model={name}")
-    model = instantiate(cfg.model, num_classes=7)
+    model = build_model(cfg.model, num_classes=7)
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
 
 
@@ -71,6 +73,16 @@ def test_every_other_option_composes(group, tmp_path):
         assert cfg.trainer.log_every_n_steps >= 1
 
 
+def test_every_registered_option_builds_with_its_own_function():
+    from cifar_exp.config import builder
+
+    for group, opts in REGISTRY.items():
+        for name, option in opts.items():
+            assert option.schema.name == name
+            cfg = compose_cfg(f"{group}={name}", "dataset.root=/tmp")
+            assert (builder(group, cfg[group]) is None) == (option.build is None)
+
+
 def test_validate_names_the_key():
     cfg = compose_cfg("dataset.val_size=-1")
     with pytest.raises(UserError, match="dataset.val_size"):
@@ -86,6 +98,10 @@ BAD_INPUTS = {
     "dataset.batch_size=0": "dataset.batch_size",
     "model=nope": "resnet18, simple_cnn",
     "model=speed_net model.act=tanh": "model.act",
+    "model.name=nope": "model.name='nope' is not a registered option",
+    "model.name=speed_net": "model=speed_net",
+    "model=speed_net model.depth=3": "depth",
+    "optimizer=adam optimizer.momentum=0.9": "momentum",
     "dataset=image_folder dataset.root=/no/such/dir": "/no/such/dir",
 }
 

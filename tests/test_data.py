@@ -12,9 +12,12 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar_exp.config import ImageFolderConfig, SyntheticConfig, TorchvisionDatasetConfig
-from cifar_exp.data import Split, TensorLoader, load_dataset
+from cifar_exp.config import ImageFolderConfig, SyntheticConfig, Cifar10Config
+from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
 from cifar_exp.errors import UserError
+
+
+CPU = torch.device("cpu")
 
 
 def synthetic(**kw):
@@ -22,7 +25,7 @@ def synthetic(**kw):
 
 
 def test_synthetic_is_deterministic_and_class_dependent():
-    a, b = load_dataset(synthetic(train_size=300)), load_dataset(synthetic(train_size=300))
+    a, b = load_dataset(synthetic(train_size=300), CPU), load_dataset(synthetic(train_size=300), CPU)
     assert a.train.x.dtype == torch.uint8 and a.train.x.shape == (300, 3, 32, 32)
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
     means = torch.stack([a.train.x[a.train.y == c].float().mean(0) for c in range(10)])
@@ -31,15 +34,15 @@ def test_synthetic_is_deterministic_and_class_dependent():
 
 
 def test_validation_split_is_held_out_and_fixed():
-    d = load_dataset(synthetic(train_size=300, val_size=50))
+    d = load_dataset(synthetic(train_size=300, val_size=50), CPU)
     assert len(d.train) == 250 and len(d.val) == 50
-    again = load_dataset(synthetic(train_size=300, val_size=50))
+    again = load_dataset(synthetic(train_size=300, val_size=50), CPU)
     assert torch.equal(d.val.x, again.val.x)
 
 
 def _loader(n=10, **kw) -> TensorLoader:
     x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8).view(n, 3, 4, 4)
-    return TensorLoader(Split(x, torch.arange(n)), 4, [0.5] * 3, [0.5] * 3, **kw)
+    return TensorLoader(Split(x, torch.arange(n)), 4, Normalize([0.5] * 3, [0.5] * 3, CPU), **kw)
 
 
 def test_loader_covers_every_image_once_per_epoch_and_normalizes():
@@ -64,7 +67,7 @@ def test_loader_replays_an_epoch_from_any_step():
 def test_augmentation_crops_and_flips_within_the_padded_image():
     img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
     loader = TensorLoader(Split(img.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64)), 64,
-                          [0.0] * 3, [1 / 255] * 3, shuffle=True, augment=True, padding=1)
+                          Normalize([0.0] * 3, [1 / 255] * 3, CPU), shuffle=True, augment=True, padding=1)
     x, _ = next(loader.epoch(0))
     padded = torch.nn.functional.pad(img[0, 0].float(), (1, 1, 1, 1))
     windows = {tuple(padded[r:r + 4, c:c + 4].flatten().tolist()) for r in range(3) for c in range(3)}
@@ -89,15 +92,35 @@ def test_image_folder_decodes_caches_and_resizes(tmp_path):
     cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
                           {"name": "image_folder", "root": str(tmp_path / "imgs"),
                            "cache_dir": str(tmp_path / "cache")})
-    d = load_dataset(cfg)
+    d = load_dataset(cfg, CPU)
     assert d.classes == ["cat", "dog"] and d.train.x.shape == (6, 3, 32, 32)
     assert d.train.y.tolist() == [0, 0, 0, 1, 1, 1]
     assert (d.train.x[3:, 1] == 255).all()  # dog images have a saturated green channel
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1
-    cached = load_dataset(cfg)
+    cached = load_dataset(cfg, CPU)
     assert torch.equal(cached.train.x, d.train.x) and cached.classes == d.classes
     Image.new("RGB", (32, 32)).save(tmp_path / "imgs/train/cat/new.png")
-    assert len(load_dataset(cfg).train) == 7  # a changed tree is decoded again
+    assert len(load_dataset(cfg, CPU).train) == 7  # a changed tree is decoded again
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure"])
+def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
+    _png_tree(tmp_path / "imgs")
+    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
+                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    good = load_dataset(cfg, CPU)
+    [cache] = (tmp_path / "cache").glob("*.pt")
+    if content == "truncated":
+        cache.write_bytes(cache.read_bytes()[:200])
+    elif content == "wrong structure":
+        torch.save({"train": [torch.zeros(3)], "classes": "x"}, cache)
+    else:
+        cache.write_bytes(content)
+    with caplog.at_level("WARNING", logger="cifar_exp"):
+        again = load_dataset(cfg, CPU)
+    assert torch.equal(again.train.x, good.train.x) and again.classes == good.classes
+    assert "cache" in caplog.text and "decoding the images again" in caplog.text
+    assert torch.equal(load_dataset(cfg, CPU).train.x, good.train.x)  # the rebuilt cache is sound
 
 
 def test_image_folder_rejects_an_unreadable_image(tmp_path):
@@ -106,7 +129,7 @@ def test_image_folder_rejects_an_unreadable_image(tmp_path):
     cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
                           {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None})
     with pytest.raises(UserError, match="broken.png"):
-        load_dataset(cfg)
+        load_dataset(cfg, CPU)
 
 
 def _fake_cifar10(root: Path, per_batch=4) -> None:
@@ -142,9 +165,9 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
     # the fake files cannot match the published checksums
     for module in (torchvision.datasets.cifar, torchvision.datasets.utils):
         monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
-    cfg = OmegaConf.merge(OmegaConf.structured(TorchvisionDatasetConfig),
+    cfg = OmegaConf.merge(OmegaConf.structured(Cifar10Config),
                           {"name": "cifar10", "root": str(tmp_path), "download": True})
-    d = load_dataset(cfg)
+    d = load_dataset(cfg, CPU)
     assert d.train.x.shape == (20, 3, 32, 32) and d.test.x.shape == (10, 3, 32, 32)
     assert d.classes[0] == "airplane" and d.test.y.tolist() == list(range(10))
     with open(tmp_path / "cifar-10-batches-py/data_batch_1", "rb") as f:
@@ -153,7 +176,7 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
 
 
 def test_missing_cifar_without_download_is_a_user_error(tmp_path):
-    cfg = OmegaConf.merge(OmegaConf.structured(TorchvisionDatasetConfig),
+    cfg = OmegaConf.merge(OmegaConf.structured(Cifar10Config),
                           {"name": "cifar10", "root": str(tmp_path), "download": False})
     with pytest.raises(UserError, match="dataset=synthetic"):
-        load_dataset(cfg)
+        load_dataset(cfg, CPU)

@@ -53,7 +53,7 @@ def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
     [run] = c.search_runs([c.get_experiment_by_name("ddp").experiment_id])  # still one run
     assert run.info.status == "FINISHED"
     assert [m.value for m in c.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3]
-    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["epoch"] == 3
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 3
 
 
 def test_ddp_without_torchrun_is_a_user_error(cli):

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import FAST, cli_env, run_dirs, serve_mlflow
-from cifar_exp.tracking import flatten
+from cifar_exp.config import flatten
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert run.info.run_name == "simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1"
     p = run.data.params
     assert p["optimizer.lr"] == "0.05" and p["epochs"] == "2" and p["dataset.batch_size"] == "128"
-    assert p["model._target_"] == "cifar_exp.models.SimpleCNN" and p["dataset.name"] == "synthetic"
+    assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic"
     [run_dir] = run_dirs(workdir)
     assert run.data.tags["hydra.output_dir"] == str(run_dir.resolve())
     assert "optimizer.lr=0.05" in run.data.tags["hydra.overrides"]
@@ -87,7 +87,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
 
 
 def test_a_raising_run_ends_failed_with_its_metrics(cli, workdir):
-    result = cli(*FAST, "model._target_=helpers.ExplodingCNN", "trainer.log_every_n_steps=1")
+    result = cli(*FAST, "model=exploding_cnn", "trainer.log_every_n_steps=1", module="testing_cli")
     assert result.returncode != 0
     c, run = only_run(workdir)
     assert run.info.status == "FAILED"
@@ -97,7 +97,7 @@ def test_a_raising_run_ends_failed_with_its_metrics(cli, workdir):
 
 
 def test_sigint_ends_killed_with_a_checkpoint(workdir):
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST, "model._target_=helpers.SlowCNN",
+    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn",
                              "epochs=50", "trainer.log_every_n_steps=1"],
                             cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -115,7 +115,7 @@ def test_sigint_ends_killed_with_a_checkpoint(workdir):
     assert logged == list(range(1, len(logged) + 1)) and len(logged) > 16
     [run_dir] = run_dirs(workdir)
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
-    assert state["trainer"]["global_step"] == len(logged)  # nothing logged past the checkpoint
+    assert state["run"]["global_step"] == len(logged)  # nothing logged past the checkpoint
 
 
 @pytest.fixture
@@ -161,5 +161,5 @@ def test_runs_table_lists_runs_best_first(cli, workdir):
     header, first, second = result.stdout.strip().splitlines()
     assert header.split()[:7] == ["run", "status", "model", "optimizer", "lr", "epochs", "dataset"]
     assert "0.05" in first.split() and "0.0001" in second.split()  # higher test/acc first
-    assert "FINISHED" in first and "SimpleCNN" in first
+    assert "FINISHED" in first and "simple_cnn" in first
     assert cli("--experiment", "nope", module="cifar_exp.runs").returncode == 1

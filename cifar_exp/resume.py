@@ -1,0 +1,100 @@
+"""Resume rules: which checkpoint a run continues, which keys may differ from the config it
+was trained with, and where the continued run writes."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from cifar_exp import checkpoint
+from cifar_exp.checkpoint import Checkpoint
+from cifar_exp.config import flatten
+from cifar_exp.errors import UserError
+from cifar_exp.job import Job, parse_override
+
+log = logging.getLogger("cifar_exp")
+
+# Keys that may differ from the checkpoint's config when resuming: they change how the run
+# is observed or how long it lasts, not what it computes.
+RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progress",
+               "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow.log_model",
+               "mlflow.flush_every_s", "mlflow.run_name", "mlflow.tags",
+               "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size")
+
+
+@dataclass
+class Start:
+    """How a run starts: its config, the dir its checkpoints go to, and the checkpoint it
+    continues (None for a fresh run)."""
+    cfg: DictConfig
+    run_dir: Path
+    checkpoint: Optional[Checkpoint] = None
+
+
+def plan(cfg: DictConfig, job: Job, run_dir: Path) -> Start:
+    ck = _find(cfg, run_dir)
+    if ck is None:
+        return Start(cfg, run_dir)
+    merged = resume_config(cfg, ck.config, job.overrides)
+    # a checkpoint inside a run's checkpoints/ continues that run's dir; a loose copy of
+    # one continues in this job's dir, never in whatever folder holds the file
+    home = checkpoint.run_dir_of(ck.path) or run_dir
+    log.info("resuming from %s (epoch %d, step %d)", ck.path, ck.state.epoch, ck.state.step)
+    return Start(merged, home, ck)
+
+
+def command(run_dir: Path) -> str:
+    return f"python -m cifar_exp resume={run_dir}"
+
+
+def _find(cfg: DictConfig, run_dir: Path) -> Optional[Checkpoint]:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "auto":
+        if not checkpoint.has_checkpoint(run_dir):
+            log.info("resume=auto: no checkpoint in %s, starting fresh", run_dir)
+            return None
+        return checkpoint.find(run_dir, log=log.warning)
+    return checkpoint.find(cfg.resume, log=log.warning)
+
+
+def _key_touched(key: str, overrides: Optional[list[str]]) -> bool:
+    if overrides is None:
+        return True
+    for o in overrides:
+        name = parse_override(o)[0]
+        if key == name or key.startswith(name + "."):
+            return True
+    return False
+
+
+def _is_safe(key: str) -> bool:
+    return any(key == s or key.startswith(s + ".") for s in RESUME_SAFE)
+
+
+def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[str]]) -> DictConfig:
+    """The checkpoint's config with the safe keys taken from `cfg`. A key the user set that
+    would change what the run computes is refused. `overrides` None means every key of cfg
+    counts as set by the user."""
+    merged = copy.deepcopy(saved)
+    current, old = flatten(cfg), flatten(saved)
+    # a changed option (model.name) is named before the keys that come with it
+    for key in sorted(set(current) | set(old), key=lambda k: (not k.endswith(".name"), k)):
+        if current.get(key) == old.get(key) or not _key_touched(key, overrides):
+            continue
+        if _is_safe(key):
+            OmegaConf.update(merged, key, current.get(key), force_add=True)
+        else:
+            raise UserError(
+                f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
+                f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
+                f"mlflow.log_model and dataset paths may change. Start a new run instead")
+    if merged.epochs != saved.epochs and merged.scheduler.name != "none":
+        raise UserError(f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
+                        f"its schedule spans the original {saved.epochs} epochs")
+    return merged

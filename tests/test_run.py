@@ -1,0 +1,47 @@
+"""run.py: the run-end report reads the one on-device dataset, whatever the device."""
+
+from __future__ import annotations
+
+import torch
+
+from cifar_exp import plots
+from cifar_exp.checkpoint import RunState
+from cifar_exp.data import load_dataset
+from cifar_exp.distributed import World
+from cifar_exp.loop import Evaluation
+from cifar_exp.run import build_trainer, report
+from cifar_exp.tracking import NullTracker
+from test_config import compose_cfg
+
+
+def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_device(tmp_path, monkeypatch):
+    """torch's meta device stands in for a GPU: like CUDA it refuses any op that mixes its
+    tensors with CPU tensors. The report must predict on the dataset's own device tensors
+    (the old code fed CPU images through device-resident normalization and failed on CUDA,
+    after the whole run had trained) and hand the plot tensors still on that device."""
+    meta = torch.device("meta")
+    cfg = compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40",
+                      "mlflow.enabled=false")
+    data = load_dataset(cfg.dataset, meta)
+    trainer = build_trainer(cfg, data.num_classes, steps_per_epoch=1, device=meta, world=World())
+    drawn = {}
+
+    def capture(images, predicted, labels, classes, path):
+        drawn.update(images=images, predicted=predicted, labels=labels)
+        return path
+
+    monkeypatch.setattr(plots, "predictions", capture)
+    test = Evaluation(loss=1.0, confusion=torch.eye(data.num_classes, dtype=torch.int64))
+    report(cfg, trainer, data, NullTracker(), RunState(classes=data.classes), tmp_path, test)
+    assert {t.device for t in drawn.values()} == {meta}
+    assert drawn["images"].shape == (32, 3, 32, 32) and drawn["images"].dtype == torch.uint8
+    assert drawn["predicted"].shape == drawn["labels"].shape == (32,)
+    assert (tmp_path / "plots/confusion_matrix.png").exists()
+
+
+def test_loaders_read_the_dataset_tensors_themselves():
+    cfg = compose_cfg("dataset=synthetic", "dataset.val_size=100")
+    data = load_dataset(cfg.dataset, torch.device("cpu"))
+    for split in ("train", "val", "test"):
+        loader = data.loader(split, 32, shuffle=False)
+        assert loader.split is getattr(data, split) and loader.normalize is data.normalize

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
-from cifar_exp.config import from_stored
+from cifar_exp.config import from_stored, image_size
 from cifar_exp.errors import UserError
 
 FORMAT_VERSION = 2
@@ -234,7 +234,7 @@ def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
     """The checkpoint's model (a registered option) with its weights, in eval mode."""
     from cifar_exp.models import build_model
 
-    model = build_model(ck.config.model, num_classes=len(ck.state.classes))
+    model = build_model(ck.config.model, len(ck.state.classes), image_size(ck.config.dataset))
     model.load_state_dict(ck.trainer["model"])
     return model.to(device).eval()
 

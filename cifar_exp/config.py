@@ -15,7 +15,8 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+import re
+from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -82,18 +83,22 @@ class SyntheticConfig(DatasetConfig):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    # the smallest square image the architecture accepts
+    min_image_size: ClassVar[int] = 8
 
 
 @dataclass
 class SimpleCNNConfig(ModelConfig):
     """The notes' Classifier: conv 3->16 k5, ReLU, max-pool 2, fc 3136->128, ReLU, fc."""
     name: str = "simple_cnn"
+    min_image_size: ClassVar[int] = 6
 
 
 @dataclass
 class TutorialNetConfig(ModelConfig):
     """The PyTorch CIFAR-10 tutorial's LeNet."""
     name: str = "tutorial_net"
+    min_image_size: ClassVar[int] = 16
 
 
 @dataclass
@@ -412,8 +417,28 @@ def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
         raise UserError(f"{key}={value!r} is invalid: must be {allowed}")
 
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 STRATEGIES = ("single", "ddp")
+SEED_LIMIT = 2 ** 32  # NumPy's seeds are 32-bit
+EPOCH_METRICS = ("train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch")
+
+
+def image_size(dataset: DictConfig) -> int:
+    """The square size of the dataset's images (CIFAR's are 32)."""
+    return dataset.get("image_size", 32)
+
+
+def logged_metrics(cfg: DictConfig) -> list[str]:
+    """The per-epoch metrics a run with this config logs (plus test/acc_class/<class>)."""
+    return [*EPOCH_METRICS, *(("val/loss", "val/acc") if cfg.dataset.val_size > 0 else ())]
+
+
+def _check_metric(cfg: DictConfig, key: str) -> None:
+    name = OmegaConf.select(cfg, key)
+    known = logged_metrics(cfg)
+    ok = name in known or name.startswith("test/acc_class/")
+    hint = " (val/* needs dataset.val_size > 0)" if name.startswith("val/") else ""
+    _check(ok, key, f"a metric the run logs: {', '.join(known)} or test/acc_class/<class>{hint}", name)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -424,16 +449,38 @@ def validate(cfg: DictConfig) -> None:
         if schema not in (dict, None) and schema is not chosen.schema:
             raise UserError(f"{group}.name={chosen.name} does not match the {group} option's keys; "
                             f"choose the option with {group}={chosen.name}")
-    d, o, s, t, c = cfg.dataset, cfg.optimizer, cfg.scheduler, cfg.trainer, cfg.checkpoint
+    _check_dataset(cfg.dataset)
+    _check_model(cfg)
+    _check_optimizer(cfg.optimizer, cfg.scheduler)
+    t, c, m = cfg.trainer, cfg.checkpoint, cfg.mlflow
+    _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
+    _check(0 <= cfg.seed < SEED_LIMIT, "seed", f"an integer in [0, {SEED_LIMIT})", cfg.seed)
+    _check_metric(cfg, "objective")
+    _check(DEVICE.fullmatch(t.device) is not None, "trainer.device", "auto, cpu, mps, cuda or cuda:<index>",
+           t.device)
+    _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "an integer >= 1", t.log_every_n_steps)
+    _check(0 <= t.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)", t.label_smoothing)
+    _check(t.strategy in STRATEGIES, "trainer.strategy", f"one of {', '.join(STRATEGIES)}", t.strategy)
+    _check(c.every_n_epochs >= 1, "checkpoint.every_n_epochs", "an integer >= 1", c.every_n_epochs)
+    _check(c.every_n_steps >= 0, "checkpoint.every_n_steps", "an integer >= 0", c.every_n_steps)
+    _check(c.keep_last >= 0, "checkpoint.keep_last", "an integer >= 0", c.keep_last)
+    _check(c.mode in ("min", "max"), "checkpoint.mode", "min or max", c.mode)
+    _check_metric(cfg, "checkpoint.monitor")
+    _check(bool(m.experiment_name.strip()), "mlflow.experiment_name", "a non-empty name", m.experiment_name)
+    _check(m.flush_every_s > 0, "mlflow.flush_every_s", "a float > 0", m.flush_every_s)
+
+
+def _check_dataset(d: DictConfig) -> None:
     if OmegaConf.is_missing(d, "root"):
         raise UserError(f"dataset.root is required for dataset={d.name} (a directory with train/ and test/)")
-    _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
     _check(d.batch_size >= 1, "dataset.batch_size", "an integer >= 1", d.batch_size)
     _check(d.eval_batch_size >= 1, "dataset.eval_batch_size", "an integer >= 1", d.eval_batch_size)
     _check(d.val_size >= 0, "dataset.val_size", "an integer >= 0", d.val_size)
     _check(d.crop_padding >= 0, "dataset.crop_padding", "an integer >= 0", d.crop_padding)
     _check(len(d.mean) == 3, "dataset.mean", "a list of 3 floats", list(d.mean))
     _check(len(d.std) == 3 and all(s > 0 for s in d.std), "dataset.std", "3 floats > 0", list(d.std))
+    if "image_size" in d:
+        _check(8 <= d.image_size <= 1024, "dataset.image_size", "an integer in [8, 1024]", d.image_size)
     if d.name == "image_folder":
         root = Path(d.root).expanduser()
         _check(root.is_dir(), "dataset.root", "an existing directory with train/ and test/", d.root)
@@ -444,22 +491,38 @@ def validate(cfg: DictConfig) -> None:
         _check(d.train_size > d.val_size, "dataset.train_size", "> dataset.val_size", d.train_size)
         _check(d.test_size >= 1, "dataset.test_size", "an integer >= 1", d.test_size)
         _check(d.num_classes >= 2, "dataset.num_classes", "an integer >= 2", d.num_classes)
-        _check(d.image_size >= 8, "dataset.image_size", "an integer >= 8", d.image_size)
-    if "act" in cfg.model:
-        _check(cfg.model.act in ("gelu", "relu"), "model.act", "gelu or relu", cfg.model.act)
+        _check(d.noise >= 0, "dataset.noise", "a float >= 0", d.noise)
+        _check(d.data_seed >= 0, "dataset.data_seed", "an integer >= 0", d.data_seed)
+
+
+def _check_model(cfg: DictConfig) -> None:
+    model, size = cfg.model, image_size(cfg.dataset)
+    smallest = option("model", model.name).schema.min_image_size
+    _check(size >= smallest, "dataset.image_size", f">= {smallest} for model={model.name}", size)
+    if "act" in model:
+        _check(model.act in ("gelu", "relu"), "model.act", "gelu or relu", model.act)
+    if "widths" in model:
+        _check(len(model.widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in model.widths), "model.widths",
+               "a non-empty list of even integers >= 2", list(model.widths))
+
+
+def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
     _check(o.lr > 0, "optimizer.lr", "a float > 0", o.lr)
     _check(o.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", o.weight_decay)
     if "momentum" in o:
         _check(0 <= o.momentum < 1, "optimizer.momentum", "a float in [0, 1)", o.momentum)
-    if s.name == "step":
-        _check(s.step_epochs >= 1, "scheduler.step_epochs", "an integer >= 1", s.step_epochs)
-    if s.name == "onecycle":
+        _check(not o.nesterov or o.momentum > 0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
+               o.nesterov)
+    if "betas" in o:
+        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
+               "two floats in [0, 1)", list(o.betas))
+        _check(o.eps > 0, "optimizer.eps", "a float > 0", o.eps)
+    if "eta_min" in s:
+        _check(0 <= s.eta_min < o.lr, "scheduler.eta_min", "a float in [0, optimizer.lr)", s.eta_min)
+    if "max_lr" in s:
+        _check(s.max_lr is None or s.max_lr > 0, "scheduler.max_lr", "a float > 0 (or null: optimizer.lr)",
+               s.max_lr)
         _check(0 < s.pct_start < 1, "scheduler.pct_start", "a float in (0, 1)", s.pct_start)
-    _check(t.device.split(":")[0] in DEVICES, "trainer.device", f"one of {', '.join(DEVICES)}", t.device)
-    _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "an integer >= 1", t.log_every_n_steps)
-    _check(0 <= t.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)", t.label_smoothing)
-    _check(t.strategy in STRATEGIES, "trainer.strategy", f"one of {', '.join(STRATEGIES)}", t.strategy)
-    _check(c.every_n_epochs >= 1, "checkpoint.every_n_epochs", "an integer >= 1", c.every_n_epochs)
-    _check(c.every_n_steps >= 0, "checkpoint.every_n_steps", "an integer >= 0", c.every_n_steps)
-    _check(c.keep_last >= 0, "checkpoint.keep_last", "an integer >= 0", c.keep_last)
-    _check(c.mode in ("min", "max"), "checkpoint.mode", "min or max", c.mode)
+    if "gamma" in s:
+        _check(s.step_epochs >= 1, "scheduler.step_epochs", "an integer >= 1", s.step_epochs)
+        _check(0 < s.gamma <= 1, "scheduler.gamma", "a float in (0, 1]", s.gamma)

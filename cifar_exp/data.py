@@ -122,7 +122,7 @@ def decode_image(path: Path, size: int):
             if im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             return np.asarray(im)
-    except OSError as e:
+    except Exception as e:  # OSError, PIL's DecompressionBombError, a broken decoder
         raise UserError(f"cannot read image {path}: {e}") from None
 
 

@@ -44,7 +44,10 @@ def evaluate(args) -> dict:
     print(result.report(data.classes))
     print(confusion_table(result.confusion, data.classes))
     if args.plot:
-        plots.confusion_matrix(result.confusion, data.classes, args.plot)
+        try:
+            plots.confusion_matrix(result.confusion, data.classes, args.plot)
+        except OSError as e:
+            raise UserError(f"cannot write plot={args.plot}: {e.strerror or e}") from None
     return result.metrics("test", data.classes)
 
 

@@ -11,19 +11,22 @@ from torch import nn
 from cifar_exp.config import builder, kwargs
 
 
-def build_model(cfg: DictConfig, num_classes: int) -> nn.Module:
-    """The registered model `cfg.name` (see config.REGISTRY) for `num_classes` classes."""
-    return builder("model", cfg)(num_classes=num_classes, **kwargs(cfg))
+def build_model(cfg: DictConfig, num_classes: int, image_size: int = 32) -> nn.Module:
+    """The registered model `cfg.name` (see config.REGISTRY) for `num_classes` classes and
+    square images of `image_size` pixels."""
+    return builder("model", cfg)(num_classes=num_classes, image_size=image_size, **kwargs(cfg))
 
 
 class SimpleCNN(nn.Module):
-    """The notes' Classifier, layer for layer."""
+    """The notes' Classifier, layer for layer (16 * 14 * 14 inputs to fc1 at 32 pixels; the
+    head follows the image size)."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, image_size: int = 32):
         super().__init__()
         self.conv = nn.Conv2d(3, 16, kernel_size=5)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(16 * 14 * 14, 128)
+        side = (image_size - 4) // 2
+        self.fc1 = nn.Linear(16 * side * side, 128)
         self.fc2 = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,14 +36,16 @@ class SimpleCNN(nn.Module):
 
 
 class TutorialNet(nn.Module):
-    """The PyTorch CIFAR-10 tutorial's LeNet-style network."""
+    """The PyTorch CIFAR-10 tutorial's LeNet-style network (16 * 5 * 5 inputs to fc1 at 32
+    pixels; the head follows the image size)."""
 
-    def __init__(self, num_classes: int = 10):
+    def __init__(self, num_classes: int = 10, image_size: int = 32):
         super().__init__()
+        side = ((image_size - 4) // 2 - 4) // 2
         self.conv1 = nn.Conv2d(3, 6, 5)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.pool = nn.MaxPool2d(2)
-        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc1 = nn.Linear(16 * side * side, 120)
         self.fc2 = nn.Linear(120, 84)
         self.fc3 = nn.Linear(84, num_classes)
 
@@ -53,8 +58,9 @@ class TutorialNet(nn.Module):
         return self.fc3(x)
 
 
-def resnet18(num_classes: int = 10) -> nn.Module:
-    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool."""
+def resnet18(num_classes: int = 10, image_size: int = 32) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool (any image
+    size: it ends in global average pooling)."""
     from torchvision.models import resnet18 as tv_resnet18
 
     model = tv_resnet18(num_classes=num_classes)
@@ -79,7 +85,8 @@ class SpeedNet(nn.Module):
     two conv-BN-activation layers with a max-pool each, then global max-pool and a linear
     head. ReLU is cheaper than GELU on CPU (GELU and its gradient take ~16% of a step)."""
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), act: str = "gelu"):
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), act: str = "gelu",
+                 image_size: int = 32):  # any size >= 8: it ends in global max pooling
         super().__init__()
         layers: list[nn.Module] = [_conv_bn(3, widths[0] // 2, act)]
         c_in = widths[0] // 2

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from cifar_exp import distributed, plots, resume
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
-from cifar_exp.config import flatten, validate
+from cifar_exp.config import flatten, image_size, validate
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.errors import Interrupted
 from cifar_exp.job import Job
@@ -124,7 +124,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 # --- building -------------------------------------------------------------------------------------
 def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, device: torch.device,
                   world: distributed.World) -> Trainer:
-    model = build_model(cfg.model, num_classes).to(device)
+    model = build_model(cfg.model, num_classes, image_size(cfg.dataset)).to(device)
     if cfg.trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)

@@ -20,7 +20,12 @@ def pick_device(name: str, local_rank: int = 0) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"device {name!r} is not a device name: use auto, cpu, mps, cuda or cuda:<index>") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"device {name!r} is not supported: use auto, cpu, mps, cuda or cuda:<index>")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"trainer.device={name} but no CUDA device is available (use trainer.device=auto)")
     if device.type == "cuda" and device.index is None:

@@ -12,8 +12,8 @@ from cifar_exp.models import SimpleCNN
 class ExplodingCNN(SimpleCNN):
     """SimpleCNN that raises on its 5th training forward pass."""
 
-    def __init__(self, num_classes: int = 10):
-        super().__init__(num_classes)
+    def __init__(self, num_classes: int = 10, image_size: int = 32):
+        super().__init__(num_classes, image_size)
         self.calls = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -335,3 +335,39 @@ def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli
     created = {p for p in set(workdir.rglob("*")) - before if "outputs" not in p.parts}
     assert not (poisoned / "x").exists() and not Path("/tmp/should-not-exist").exists()
     assert created == set(), created
+
+
+def _bomb(path: Path) -> Path:
+    """A small PNG file that decodes to 196 million pixels: PIL refuses it as a bomb."""
+    from PIL import Image
+
+    Image.new("1", (14000, 14000)).save(path)
+    return path
+
+
+TOOL_BAD_INPUTS = [
+    ("cifar_exp.evaluate", ["device=tpu"], "device 'tpu'"),
+    ("cifar_exp.evaluate", ["plot=/proc/no/such/dir/c.png"], "plot=/proc/no/such/dir/c.png"),
+    ("cifar_exp.evaluate", ["checkpoint_dir=x"], "unknown argument checkpoint_dir"),
+    ("cifar_exp.predict", ["images=[IMG]", "top=0"], "top=0"),
+    ("cifar_exp.predict", ["images=[IMG]", "top=-1"], "top=-1"),
+    ("cifar_exp.predict", ["images=[IMG]", "top=abc"], "top='abc'"),
+    ("cifar_exp.predict", ["images=[]"], "images=[]"),
+    ("cifar_exp.predict", ["images=[BOMB]"], "cannot read image"),
+    ("cifar_exp.predict", ["images=[/no/such.png]"], "/no/such.png does not exist"),
+]
+
+
+@pytest.mark.slow
+def test_bad_tool_inputs_are_one_line_and_exit_2(cli, workdir):
+    from PIL import Image
+
+    image = workdir / "img.png"
+    Image.new("RGB", (32, 32)).save(image)
+    bomb = _bomb(workdir / "bomb.png")
+    for module, args, needle in TOOL_BAD_INPUTS:
+        args = [a.replace("IMG", str(image)).replace("BOMB", str(bomb)) for a in args]
+        result = cli(f"checkpoint={V1}", *args, module=module)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, (args, result.output)
+        assert needle in lines[0] and "Traceback" not in result.output, (args, lines)

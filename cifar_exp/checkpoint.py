@@ -251,6 +251,13 @@ class Checkpointer:
         self.dir = checkpoint_dir(run_dir)
         self.keep_last, self.save_best = cfg.checkpoint.keep_last, cfg.checkpoint.save_best
         self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.last_good: Optional[tuple[Path, int]] = None  # (file, global step) of the newest write
+
+    def describe_last_good(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint of this run holds finite weights"
+        path, step = self.last_good
+        return f"last good checkpoint: {path} (step {step})"
 
     def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool) -> Optional[Path]:
         if not self.enabled:
@@ -260,6 +267,7 @@ class Checkpointer:
         atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
                      "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
                      "config": self.config}, last)
+        self.last_good = (last, state.global_step)
         if epoch_end and self.keep_last:
             link_or_copy(last, self.dir / f"epoch_{state.epoch:04d}.pt")
             for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:

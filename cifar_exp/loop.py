@@ -111,6 +111,12 @@ class Trainer:
         if start_step == 0:
             self.meter.reset()
 
+    def finite(self) -> bool:
+        """Whether the weights and the epoch's loss sum are all finite (a device sync: only
+        before a checkpoint)."""
+        params = [p.detach() for p in self.module.parameters()]
+        return bool(torch.isfinite(self.meter.loss_sum)) and all(bool(torch.isfinite(p).all()) for p in params)
+
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import signal
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from cifar_exp import distributed, plots, resume
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
 from cifar_exp.config import flatten, image_size, validate
 from cifar_exp.data import Dataset, load_dataset
-from cifar_exp.errors import Interrupted
+from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.models import build_model
@@ -76,11 +77,24 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d)",
                      state.epoch, cfg.epochs)
 
+        if start.checkpoint is not None:
+            ckpt.last_good = (start.checkpoint.path, state.global_step)
+
+        def diverged(value: float) -> NoReturn:
+            raise UserError(f"training diverged: the loss is {value} at step {state.global_step} (epoch "
+                            f"{state.epoch + 1}, lr {trainer.lr():.4g}); nothing was saved after it; "
+                            f"{ckpt.describe_last_good()}")
+
+        def save(*, epoch_end: bool, is_best: bool) -> None:
+            if not trainer.finite():  # a non-finite model never becomes a checkpoint
+                diverged(float(trainer.meter.loss_sum))
+            ckpt.save(state, trainer, epoch_end=epoch_end, is_best=is_best)
+
         def stop_requested() -> bool:
             return distributed.any_rank(stop.signum is not None, device)
 
         def checkpoint_and_stop(*, epoch_end: bool, is_best: bool) -> NoReturn:
-            ckpt.save(state, trainer, epoch_end=epoch_end, is_best=is_best)
+            save(epoch_end=epoch_end, is_best=is_best)
             raise Interrupted(stop.signum or signal.SIGTERM, resume.command(run_dir))
 
         test = None
@@ -96,11 +110,13 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     if state.global_step % every_log == 0:
                         loss = trainer.meter.pop_window()
                         tracker.log_metrics({"train/loss": loss, "lr": trainer.lr()}, step=state.global_step)
+                        if not math.isfinite(loss):
+                            diverged(loss)
                     bar.update(loss)
                     if stop_requested():
                         checkpoint_and_stop(epoch_end=False, is_best=False)
                     if every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train):
-                        ckpt.save(state, trainer, epoch_end=False, is_best=False)
+                        save(epoch_end=False, is_best=False)
 
             seconds = time.perf_counter() - t0  # training time: evaluation is not counted
             metrics, test = evaluate_epoch(trainer, data, evals, epoch + 1)
@@ -108,12 +124,15 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             metrics["time/images_per_s"] = (len(train) - first_step) * d.batch_size / seconds
             tracker.log_metrics(metrics, step=state.global_step)
             log_epoch(metrics, cfg.epochs)
+            for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
+                if not math.isfinite(loss):
+                    diverged(loss)
             is_best = state.end_epoch(metrics, cfg.checkpoint.monitor, cfg.checkpoint.mode)
             last = state.epoch == cfg.epochs
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best)
             if state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or (is_best and cfg.checkpoint.save_best):
-                ckpt.save(state, trainer, epoch_end=True, is_best=is_best)
+                save(epoch_end=True, is_best=is_best)
 
         test = test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:

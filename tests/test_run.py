@@ -45,3 +45,35 @@ def test_loaders_read_the_dataset_tensors_themselves():
     for split in ("train", "val", "test"):
         loader = data.loader(split, 32, shuffle=False)
         assert loader.split is getattr(data, split) and loader.normalize is data.normalize
+
+
+def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, workdir):
+    import math
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import FAST
+
+    run_dir = workdir / "run"
+    result = cli(*FAST, "optimizer.lr=1e9", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=1",
+                 f"hydra.run.dir={run_dir}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.output
+    assert "training diverged: the loss is nan at step" in lines[0]
+    assert f"last good checkpoint: {run_dir / 'checkpoints/last.pt'}" in lines[0]
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert all(torch.isfinite(t).all() for t in state["trainer"]["model"].values())
+    assert not (run_dir / "checkpoints/best.pt").exists()
+    c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["error"]
+    assert not math.isfinite(c.get_metric_history(run.info.run_id, "train/loss")[-1].value)
+
+
+def test_divergence_found_at_the_epoch_end_writes_no_checkpoint(cli, workdir):
+    from conftest import FAST
+
+    run_dir = workdir / "run"
+    result = cli(*FAST, "optimizer.lr=1e9", "mlflow.enabled=false", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2 and "no checkpoint of this run holds finite weights" in result.stderr
+    assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").iterdir())

@@ -6,7 +6,9 @@ Nothing heavy is imported at module level, so --help, --cfg and config errors st
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from typing import NoReturn
 
 import hydra
 from omegaconf import DictConfig
@@ -26,11 +28,19 @@ def _hydra_main(cfg: DictConfig) -> float:
 
     try:
         metrics = run(cfg)
-    except UserError as e:
+    except (UserError, Interrupted) as e:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # this job fails; the sweep decides what happens to the others
-        exit_with(str(e))
+        # a single run exits here, inside the job, so Hydra adds no lines of its own
+        _exit_for(e)
     return metrics.get(cfg.objective, float("nan"))
+
+
+def _exit_for(e: Exception) -> NoReturn:
+    if isinstance(e, Interrupted):
+        print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    exit_with(str(e))
 
 
 _NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
@@ -66,14 +76,17 @@ def main() -> None:
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     try:
         _hydra_main()
-    except UserError as e:
-        exit_with(str(e))
+    except (UserError, Interrupted) as e:
+        _exit_for(e)
     except (HydraException, OmegaConfBaseException) as e:
         print(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except Interrupted as e:
-        print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
-        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:  # a second stop signal: out at once, from the last checkpoint
+        print("cifar-exp: stopped at once by a second stop signal; resume from the last checkpoint "
+              "with resume=<run dir>", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
+    except OSError as e:  # Hydra making a run dir or log file in a place it cannot write
+        exit_with(f"cannot write {e.filename or 'the output dir'}: {e.strerror or e}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the registered schemas, so a checkpoint can never choose code."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
@@ -79,14 +80,25 @@ class Checkpoint:
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename: a crash at any point
-    leaves either the old file or the new one, never a torn one."""
+    """torch.save to a temporary file beside `path`, fsync, then rename: a crash at any point
+    leaves either the old file or the new one, never a torn one. The bytes are built in
+    memory first, so a full disk is a plain OSError (ENOSPC) from the write."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write(buffer.getbuffer(), path)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    _atomic_write(text.encode(), path)
+
+
+def _atomic_write(data, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -259,19 +271,35 @@ class Checkpointer:
         path, step = self.last_good
         return f"last good checkpoint: {path} (step {step})"
 
+    def check_writable(self) -> None:
+        """Fail before training, not after an epoch, when checkpoints cannot be written."""
+        if not self.enabled:
+            return
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text("", self.dir / ".write_test")
+            (self.dir / ".write_test").unlink()
+        except OSError as e:
+            raise UserError(f"cannot write checkpoints in {self.dir}: {e.strerror or e} "
+                            f"(set hydra.run.dir to a writable place)") from None
+
     def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool) -> Optional[Path]:
         if not self.enabled:
             return None
         self.before_write()
         last = self.dir / LAST
-        atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
-                     "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
-                     "config": self.config}, last)
-        self.last_good = (last, state.global_step)
-        if epoch_end and self.keep_last:
-            link_or_copy(last, self.dir / f"epoch_{state.epoch:04d}.pt")
-            for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:
-                old.unlink()
-        if is_best and self.save_best:
-            link_or_copy(last, self.dir / BEST)
+        try:
+            atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
+                         "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
+                         "config": self.config}, last)
+            self.last_good = (last, state.global_step)
+            if epoch_end and self.keep_last:
+                link_or_copy(last, self.dir / f"epoch_{state.epoch:04d}.pt")
+                for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:
+                    old.unlink()
+            if is_best and self.save_best:
+                link_or_copy(last, self.dir / BEST)
+        except OSError as e:
+            raise UserError(f"cannot write checkpoint {last}: {e.strerror or e}; nothing was replaced "
+                            f"({self.describe_last_good()})") from None
         return last

@@ -23,7 +23,8 @@ log = logging.getLogger("cifar_exp")
 # is observed or how long it lasts, not what it computes.
 RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progress",
                "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow.log_model",
-               "mlflow.flush_every_s", "mlflow.run_name", "mlflow.tags",
+               "mlflow.flush_every_s", "mlflow.run_name", "mlflow.tags", "mlflow.enabled",
+               "mlflow.tracking_uri", "mlflow.experiment_name",
                "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size")
 
 

@@ -65,12 +65,13 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         set_rng_state(start.checkpoint.rng)
         state = start.checkpoint.state
 
+    # one process writes checkpoints; each is a commit point for the metrics before it
+    ckpt = Checkpointer(run_dir, cfg, enabled=cfg.checkpoint.enabled and world.is_main)
+    ckpt.check_writable()
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
-    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world), job.log_file) as tracker:
-        state.run_id = tracker.run_id
-        # one process writes checkpoints; each is a commit point for the metrics before it
-        ckpt = Checkpointer(run_dir, cfg, enabled=cfg.checkpoint.enabled and world.is_main,
-                            before_write=tracker.flush)
+    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file) as tracker:
+        state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
+        ckpt.before_write = tracker.flush
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, fresh=start.checkpoint is None)
         if state.epoch >= cfg.epochs:
@@ -137,6 +138,8 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         test = test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:
             report(cfg, trainer, data, tracker, state, run_dir, test)
+        if stop.signum is not None:  # asked to stop while reporting: the run did not finish
+            raise Interrupted(stop.signum, resume.command(run_dir))
     return state.last_metrics
 
 
@@ -158,11 +161,12 @@ def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, devic
                    eval_flip=cfg.trainer.eval_flip)
 
 
-def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World):
+def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World,
+             run_dir: Path):
     """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only."""
     if not world.is_main:
         return NullTracker()
-    return open_tracker(cfg, state.run_id, job.run_name(cfg), job.tags(cfg, device, world.world_size))
+    return open_tracker(cfg, state.run_id, job.run_name(cfg), job.tags(cfg, device, world.world_size), run_dir)
 
 
 @contextlib.contextmanager

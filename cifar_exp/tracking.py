@@ -1,20 +1,43 @@
 """The only module that knows MLflow. A run talks to a Tracker: params, tags, buffered
-metrics, artifacts, and a final status. With tracking off, NullTracker does nothing."""
+metrics, artifacts, and a final status. With tracking off, NullTracker does nothing.
+
+Tracking trouble never stops training: the store is checked once at the start (a server
+that does not answer, an unusable SQLite file: one line, before any work), and after that
+every write goes through an outbox. Writes the store does not take are kept in order,
+retried with backoff, saved in the run dir at every checkpoint while any are pending, and
+delivered by a resume or by `python -m cifar_exp.runs --deliver <run dir>`."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import time
 import traceback
+import urllib.error
+import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from omegaconf import DictConfig
+
+from cifar_exp.errors import UserError
+
+log = logging.getLogger("cifar_exp")
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 BATCH = 1000  # MLflow's limit of metrics per log_batch call
 PARENT_RUN_ENV = "CIFAR_EXP_PARENT_RUN_ID"
 EXPERIMENT_ENV = "CIFAR_EXP_EXPERIMENT_ID"
+OUTBOX = "mlflow_outbox.json"
+# MLflow's HTTP client retries a call for minutes by default; a run retries on its own
+# schedule instead (RETRY_S), so one call gives up within seconds.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+RETRY_S = (5, 10, 20, 40, 80, 120)  # waits between delivery attempts during an outage
+FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
+PROBE_TIMEOUT_S = 5
 
 
 def tracking_uri(explicit: Optional[str]) -> str:
@@ -37,14 +60,70 @@ class NullTracker:
 
 
 def client_for(uri: str):
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
 
 
+def _reason(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def _probe(uri: str) -> None:
+    """One short request: a tracking server that does not answer is a user error now, not
+    twenty minutes of retries later."""
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise UserError(f"the MLflow tracking server {uri} does not answer ({reason}); start it, point "
+                        f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running one, or set "
+                        f"mlflow.enabled=false") from None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Processes that open a fresh SQLite store at once take turns: MLflow creates the schema
+    on first use and concurrent creators fail half-way."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///"):].split("?")[0])
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def open_store(uri: str, experiment: Optional[str] = None):
+    """A client of a reachable, initialised store, and the experiment's id (created if
+    missing) when one is named. Any problem is one UserError naming the store."""
+    if uri.startswith(("http://", "https://")):
+        _probe(uri)
+    try:
+        with _store_lock(uri):
+            client = client_for(uri)
+            client.search_experiments(max_results=1)  # creates or upgrades a SQLite schema
+            exp_id = ensure_experiment(client, experiment) if experiment else None
+    except UserError:
+        raise
+    except Exception as e:  # an unwritable path, a damaged file, a refusing server
+        raise UserError(f"cannot use the MLflow store {uri}: {_reason(e)}; fix it, point mlflow.tracking_uri "
+                        f"(or MLFLOW_TRACKING_URI) elsewhere, or set mlflow.enabled=false") from None
+    return client, exp_id
+
+
 def ensure_experiment(client, name: str, attempts: int = 5) -> str:
-    """The experiment's id, created if missing. Tolerates a concurrent creator, and retries
-    while another process is still creating a fresh store's schema."""
+    """The experiment's id, created if missing. Tolerates a concurrent creator."""
     for attempt in range(attempts):
         try:
             exp = client.get_experiment_by_name(name)
@@ -56,76 +135,222 @@ def ensure_experiment(client, name: str, attempts: int = 5) -> str:
     raise AssertionError("unreachable")
 
 
-class MlflowTracker:
-    """One MLflow run. Metrics are buffered and written with log_batch at `flush()`, which
-    the run calls at epoch ends, before every checkpoint and at the end, and which also runs
-    by itself every `flush_every_s` seconds so the UI stays live during long epochs."""
+# --- the outbox -----------------------------------------------------------------------------------
+def _deliver(client, run_id: str, op: dict) -> None:
+    """Write one queued operation to the store."""
+    from mlflow.entities import Metric, Param, RunTag
 
-    def __init__(self, cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict):
+    kind = op["op"]
+    if kind == "metrics":
+        for i in range(0, len(op["items"]), BATCH):
+            client.log_batch(run_id, metrics=[Metric(*m) for m in op["items"][i:i + BATCH]])
+    elif kind == "params":
+        items = list(op["items"].items())
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    elif kind == "tags":
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["items"].items()])
+    elif kind == "delete_tag":
+        if op["key"] in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, op["key"])
+    elif kind == "artifact":
+        path = Path(op["path"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), op["dest"])
+        elif path.exists():
+            client.log_artifact(run_id, str(path), op["dest"])
+    elif kind == "text":
+        client.log_text(run_id, op["text"], op["file"])
+    elif kind == "status":
+        client.set_terminated(run_id, op["status"])
+
+
+class Outbox:
+    """Writes not yet in the store, in order. While any are pending they are also kept in a
+    file of the run dir, so neither an outage nor a killed process loses them."""
+
+    def __init__(self, path: Optional[Path], uri: str, run_id: str):
+        self.path, self.uri, self.run_id = path, uri, run_id
+        self.ops: list[dict] = []
+
+    @classmethod
+    def read(cls, path: Path) -> "Outbox":
+        try:
+            data = json.loads(Path(path).read_text())
+            box = cls(Path(path), data["uri"], data["run_id"])
+            box.ops = list(data["ops"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise UserError(f"cannot read the MLflow outbox {path}: {_reason(e)}") from None
+        return box
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        from cifar_exp.checkpoint import atomic_write_text
+
+        atomic_write_text(json.dumps({"uri": self.uri, "run_id": self.run_id, "ops": self.ops}), self.path)
+
+    def clear(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+    def deliver(self, client) -> None:
+        """Deliver in order; on a failure the undelivered rest stays queued and it raises."""
+        while self.ops:
+            _deliver(client, self.run_id, self.ops[0])
+            del self.ops[0]
+
+
+def deliver_outbox(run_dir: Path) -> str:
+    """`python -m cifar_exp.runs --deliver <run dir>`: hand over what a run could not."""
+    path = Path(run_dir) / OUTBOX if Path(run_dir).is_dir() else Path(run_dir)
+    if not path.is_file():
+        raise UserError(f"no MLflow outbox at {path}: nothing to deliver")
+    box = Outbox.read(path)
+    count = len(box.ops)
+    client, _ = open_store(box.uri)
+    try:
+        box.deliver(client)
+    except Exception as e:
+        box.save()
+        raise UserError(f"delivery to {box.uri} stopped ({_reason(e)}); {len(box.ops)} of {count} writes "
+                        f"remain in {path}") from None
+    box.clear()
+    return f"delivered {count} writes to run {box.run_id} at {box.uri}"
+
+
+class MlflowTracker:
+    """One MLflow run. Metrics are buffered and queued with the other writes; `flush()`
+    delivers the queue. The run calls it at epoch ends, before every checkpoint and at the
+    end, and it runs by itself every `flush_every_s` seconds so the UI stays live."""
+
+    def __init__(self, cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict,
+                 run_dir: Optional[Path] = None):
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
         self.uri = tracking_uri(cfg.mlflow.tracking_uri)
-        self.client = client_for(self.uri)
+        experiment = None if os.environ.get(EXPERIMENT_ENV) else cfg.mlflow.experiment_name
+        self.client, exp_id = open_store(self.uri, experiment)
+        exp_id = os.environ.get(EXPERIMENT_ENV) or exp_id
         self.flush_every_s = cfg.mlflow.flush_every_s
         self._buffer: list = []
         self._last_flush = time.monotonic()
-        self.resumed = run_id is not None
+        self._failures, self._retry_at = 0, 0.0
         tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
-        if run_id is None:
-            exp_id = os.environ.get(EXPERIMENT_ENV) or ensure_experiment(self.client, cfg.mlflow.experiment_name)
+        self.resumed = run_id is not None and self._exists(run_id)
+        if self.resumed:
+            self.run_id = run_id
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            if run_id is not None:
+                log.warning("the checkpoint's MLflow run %s is not in %s: this segment is logged as a new "
+                            "run, tagged cifar_exp.resumed_from_run=%s", run_id, self.uri, run_id)
+                tags["cifar_exp.resumed_from_run"] = run_id
             tags = {MLFLOW_RUN_NAME: run_name, **tags}
             if os.environ.get(PARENT_RUN_ENV):
                 tags[MLFLOW_PARENT_RUN_ID] = os.environ[PARENT_RUN_ENV]
-            run = self.client.create_run(exp_id, run_name=run_name, tags=tags)
-            self.run_id = run.info.run_id
-        else:
-            self.run_id = run_id
-            self.client.update_run(run_id, status="RUNNING")
+            self.run_id = self.client.create_run(exp_id, run_name=run_name, tags=tags).info.run_id
+        path = Path(run_dir) / OUTBOX if run_dir is not None else None
+        self.outbox = Outbox(path, self.uri, self.run_id)
+        if self.resumed:
+            self._take_over(path)
             self.set_tags(tags)
+        # (key -> last step) already in the store: a resume never logs a step twice
+        self._logged_until = self._last_steps() if self.resumed else {}
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:
+            return False
+
+    def _take_over(self, path: Optional[Path]) -> None:
+        """Writes an earlier segment could not deliver go first."""
+        if path is not None and path.is_file():
+            earlier = Outbox.read(path)
+            if earlier.run_id == self.run_id:
+                self.outbox.ops = earlier.ops
+                log.info("delivering %d writes an earlier segment kept in %s", len(earlier.ops), path)
+                self.flush()
+
+    def _last_steps(self) -> dict[str, int]:
+        keys = self.client.get_run(self.run_id).data.metrics
+        return {k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
+
+    @property
+    def pending(self) -> int:
+        return len(self.outbox.ops) + len(self._buffer)
+
+    def _queue(self, op: dict) -> None:
+        self._queue_metrics()
+        self.outbox.ops.append(op)
+
+    def _queue_metrics(self) -> None:
+        if self._buffer:
+            self.outbox.ops.append({"op": "metrics", "items": self._buffer})
+            self._buffer = []
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param, RunTag
-
         # Params are write-once in MLflow; on resume a changed safe key becomes a tag.
         existing = self.client.get_run(self.run_id).data.params if self.resumed else {}
-        new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in existing]
-        changed = [RunTag(f"resumed.{k}", str(v)) for k, v in params.items()
-                   if k in existing and existing[k] != str(v)[:6000]]
-        for i in range(0, len(new), 100):
-            self.client.log_batch(self.run_id, params=new[i:i + 100])
+        values = {k: str(v)[:6000] for k, v in params.items()}
+        self._queue({"op": "params", "items": {k: v for k, v in values.items() if k not in existing}})
+        changed = {f"resumed.{k}": v for k, v in values.items() if k in existing and existing[k] != v}
         if changed:
-            self.client.log_batch(self.run_id, tags=changed)
+            self._queue({"op": "tags", "items": changed})
+        self.flush()
 
     def set_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+        self._queue({"op": "tags", "items": {k: str(v)[:5000] for k, v in tags.items()}})
+        self.flush()
 
     def log_metrics(self, metrics: dict, step: int) -> None:
-        from mlflow.entities import Metric
-
         ts = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), ts, step) for k, v in metrics.items())
+        self._buffer.extend([k, float(v), ts, step] for k, v in metrics.items()
+                            if step > self._logged_until.get(k, -1))
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
-    def flush(self) -> None:
-        while self._buffer:
-            self.client.log_batch(self.run_id, metrics=self._buffer[:BATCH])
-            del self._buffer[:BATCH]
-        self._last_flush = time.monotonic()
-
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
-        path = Path(path)
-        if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
-        elif path.exists():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._queue({"op": "artifact", "path": str(Path(path).resolve()), "dest": artifact_path})
+        self.flush()
+
+    def flush(self) -> bool:
+        """Deliver what is queued, unless an outage's backoff says wait; while anything is
+        pending it is saved in the run dir. True when nothing is pending."""
+        self._queue_metrics()
+        self._last_flush = time.monotonic()
+        if self.outbox.ops and time.monotonic() >= self._retry_at:
+            try:
+                self.outbox.deliver(self.client)
+            except Exception as e:
+                self._failures += 1
+                wait = RETRY_S[min(self._failures, len(RETRY_S)) - 1]
+                self._retry_at = time.monotonic() + wait
+                if self._failures == 1:
+                    log.warning("warning: the MLflow store %s does not take writes (%s); training goes on and "
+                                "%d writes wait for it (next try in %d s)", self.uri, _reason(e),
+                                len(self.outbox.ops), wait)
+            else:
+                if self._failures:
+                    log.info("the MLflow store %s is back: everything is delivered", self.uri)
+                self._failures, self._retry_at = 0, 0.0
+        if self.outbox.ops:
+            self.outbox.save()
+        else:
+            self.outbox.clear()
+        return not self.outbox.ops
 
     def log_model(self, model, example) -> None:
         """The model in MLflow's pytorch flavor, exported with torch.export ("pt2"): loading
         it runs no pickled code. Requirements are given, not inferred, to skip the slow
-        dependency-inference subprocess."""
+        dependency-inference subprocess. Skipped with a warning while the store is away:
+        the checkpoint holds the same weights."""
+        if not self.flush():
+            log.warning("warning: the model is not logged to MLflow (the store is unreachable); "
+                        "the checkpoint holds it")
+            return
         import mlflow
         import mlflow.pytorch
         import torch
@@ -142,22 +367,37 @@ class MlflowTracker:
                 model, name="model", signature=signature, input_example=example.cpu().numpy(),
                 serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
+        except Exception as e:
+            log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", _reason(e))
         finally:
-            mlflow.end_run(status="RUNNING")  # finish() sets the real final status
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status="RUNNING")  # finish() sets the real final status
 
     def finish(self, status: str, error: Optional[BaseException] = None) -> None:
         if error is not None:
-            text = "".join(traceback.format_exception(error))
-            self.set_tags({"error": f"{type(error).__name__}: {error}"})
-            self.client.log_text(self.run_id, text, "error.txt")
-        self.flush()
-        self.client.set_terminated(self.run_id, status)
+            self._queue({"op": "tags", "items": {"error": f"{type(error).__name__}: {error}"[:5000]}})
+            self._queue({"op": "text", "text": "".join(traceback.format_exception(error)), "file": "error.txt"})
+        elif status == "FINISHED" and self.resumed:
+            self._queue({"op": "delete_tag", "key": "error"})  # an earlier segment's failure is over
+        self._queue({"op": "status", "status": status})
+        deadline = time.monotonic() + FINISH_RETRY_S
+        while not self.flush() and time.monotonic() < deadline:
+            time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
+            self._retry_at = 0.0
+        if self.outbox.ops:
+            log.warning("warning: the MLflow store %s is still unreachable: %d writes (the final status "
+                        "%s among them) are kept in %s; deliver them with: python -m cifar_exp.runs "
+                        "--deliver %s", self.uri, len(self.outbox.ops), status, self.outbox.path,
+                        self.outbox.path.parent if self.outbox.path else "")
 
 
-def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict):
+def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path):
     if not cfg.mlflow.enabled:
+        if run_id is not None:
+            log.info("tracking is off for this segment (mlflow.enabled=false); the checkpoint keeps "
+                     "its MLflow run %s for a later resume", run_id)
         return NullTracker()
-    return MlflowTracker(cfg, run_id, run_name, tags)
+    return MlflowTracker(cfg, run_id, run_name, tags, run_dir)
 
 
 def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit: int) -> list[dict]:
@@ -179,8 +419,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict)
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    client = client_for(uri)
-    exp_id = ensure_experiment(client, experiment)
+    client, exp_id = open_store(uri, experiment)
     run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **{k: str(v) for k, v in tags.items()}})
     if params:
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])

@@ -27,12 +27,20 @@ class ExplodingCNN(SimpleCNN):
 class SlowCNN(SimpleCNN):
     """SimpleCNN that sleeps in each training step, so a test can signal it mid-epoch."""
 
+    seconds = 0.05
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             import time
 
-            time.sleep(0.05)
+            time.sleep(self.seconds)
         return super().forward(x)
+
+
+class SleepyCNN(SlowCNN):
+    """A step of a whole second: two signals sent a moment apart land in the same step."""
+
+    seconds = 1.0
 
 
 @dataclass
@@ -46,4 +54,10 @@ class SlowCNNConfig(ModelConfig):
 
 
 register("model", Option(ExplodingCNNConfig, "helpers:ExplodingCNN"))
+@dataclass
+class SleepyCNNConfig(ModelConfig):
+    name: str = "sleepy_cnn"
+
+
 register("model", Option(SlowCNNConfig, "helpers:SlowCNN"))
+register("model", Option(SleepyCNNConfig, "helpers:SleepyCNN"))

@@ -371,3 +371,58 @@ def test_bad_tool_inputs_are_one_line_and_exit_2(cli, workdir):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1, (args, result.output)
         assert needle in lines[0] and "Traceback" not in result.output, (args, lines)
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path, monkeypatch):
+    import errno
+
+    from omegaconf import OmegaConf
+
+    writer = checkpoint.Checkpointer(tmp_path, OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True}}),
+                                     enabled=True)
+    state = checkpoint.RunState(classes=["a"], epoch=1, global_step=10)
+    writer.save(state, _Trainer(), epoch_end=True, is_best=False)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    state.epoch, state.global_step = 2, 20
+    with pytest.raises(UserError) as err:
+        writer.save(state, _Trainer(), epoch_end=True, is_best=False)
+    monkeypatch.undo()
+    assert "No space left on device" in str(err.value) and "(step 10)" in str(err.value)
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt"]
+
+
+def _immutable(path: Path) -> bool:
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["a file in the way", "an immutable dir", "a read-only run dir"])
+def test_unwritable_output_is_one_line_before_training(cli, workdir, how):
+    run_dir = workdir / "run"
+    run_dir.mkdir()
+    target = run_dir / "checkpoints"
+    if how == "a file in the way":
+        target.write_text("not a directory")
+    elif how == "an immutable dir":
+        target.mkdir()
+        if not _immutable(target):
+            pytest.skip("chattr +i is not permitted here")
+    else:
+        run_dir = target = Path("/sys/kernel/cifar_exp_run")  # sysfs refuses new entries, even to root
+    try:
+        result = cli(*FAST, f"hydra.run.dir={run_dir}")
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.output[-2000:]
+    assert str(target) in lines[0] and "Traceback" not in result.output
+    assert "epoch 1" not in result.stdout
+    from mlflow.tracking import MlflowClient
+
+    store = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    assert store.search_runs([e.experiment_id for e in store.search_experiments()]) == []  # no run opened

@@ -108,7 +108,7 @@ def test_sigint_ends_killed_with_a_checkpoint(workdir):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err
-    assert "resume with" in err and "resume=" in err
+    assert "resume with" in err and "resume=" in err and "Error executing job" not in err
     c, run = only_run(workdir)
     assert run.info.status == "KILLED"
     logged = steps(c, run.info.run_id, "train/loss")
@@ -163,3 +163,133 @@ def test_runs_table_lists_runs_best_first(cli, workdir):
     assert "0.05" in first.split() and "0.0001" in second.split()  # higher test/acc first
     assert "FINISHED" in first and "simple_cnn" in first
     assert cli("--experiment", "nope", module="cifar_exp.runs").returncode == 1
+
+
+# --- faults: nothing lost, nothing left lying ------------------------------------------------
+def test_four_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path):
+    """No store exists yet: the four processes take turns creating it."""
+    procs = [subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST, f"seed={i}", "mlflow.log_model=false"],
+                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(4)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, outputs
+    c = client(tmp_path)
+    runs = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["0", "1", "2", "3"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+@pytest.mark.parametrize("store,needle", [
+    ("http://127.0.0.1:1", "does not answer"),
+    ("sqlite:////sys/kernel/no/mlflow.db", "cannot use the MLflow store sqlite:////sys/kernel/no/mlflow.db"),
+    ("GARBAGE", "cannot use the MLflow store"),
+    ("TRUNCATED", "cannot use the MLflow store"),
+])
+def test_an_unusable_store_is_one_line_before_any_work(cli, workdir, store, needle):
+    if store == "GARBAGE":
+        (workdir / "bad.db").write_bytes(b"this is not a database" * 100)
+        store = f"sqlite:///{workdir / 'bad.db'}"
+    elif store == "TRUNCATED":
+        (workdir / "bad.db").write_bytes((workdir / "mlflow.db").read_bytes()[:5000])
+        store = f"sqlite:///{workdir / 'bad.db'}"
+    started = time.monotonic()
+    result = cli(*FAST, f"mlflow.tracking_uri={store}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.output[-2000:]
+    assert needle in lines[0] and "mlflow.enabled=false" in lines[0]
+    assert "epoch 1" not in result.stdout and time.monotonic() - started < 60
+
+
+def test_resume_into_another_store_or_with_tracking_off(cli, workdir):
+    first = workdir / "first"
+    assert cli(*FAST, f"hydra.run.dir={first}", "mlflow.log_model=false").returncode == 0
+    _, original = only_run(workdir)
+    other = workdir / "other.db"
+    moved = cli(f"resume={first}", "epochs=2", "mlflow.log_model=false", MLFLOW_TRACKING_URI=f"sqlite:///{other}")
+    assert moved.returncode == 0, moved.output[-2000:]
+    assert f"is not in sqlite:///{other}" in moved.output
+    c = MlflowClient_for(other)
+    [new] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert new.info.status == "FINISHED" and new.data.tags["cifar_exp.resumed_from_run"] == original.info.run_id
+
+    second = workdir / "second"
+    assert cli(*FAST, f"hydra.run.dir={second}", "mlflow.log_model=false",
+               "mlflow.experiment_name=off").returncode == 0
+    c = client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("off").experiment_id])
+    off = cli(f"resume={second}", "epochs=2", "mlflow.enabled=false")
+    assert off.returncode == 0 and "tracking is off for this segment" in off.output
+    ckpt = torch.load(second / "checkpoints/last.pt", weights_only=True)
+    assert ckpt["run"]["epoch"] == 2 and ckpt["run"]["run_id"] == run.info.run_id  # kept for later
+    assert cli(f"resume={second}", "epochs=3", "mlflow.enabled=true", "mlflow.log_model=false").returncode == 0
+    [run] = c.search_runs([c.get_experiment_by_name("off").experiment_id])  # still one run
+    assert run.info.status == "FINISHED" and run.data.metrics["epoch"] == 3
+
+
+def MlflowClient_for(db):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{db}")
+
+
+def shutil_copy(run_dir, epoch):
+    import shutil
+
+    shutil.copy(run_dir / f"checkpoints/epoch_{epoch:04d}.pt", run_dir / "checkpoints/last.pt")
+
+
+def test_a_resume_after_a_lost_checkpoint_logs_no_step_twice(cli, workdir):
+    """Metrics reach the store before the checkpoint rename; a kill between the two leaves
+    points past the checkpoint in the store. The resume must not log them again."""
+    run_dir = workdir / "run"
+    assert cli(*FAST, "epochs=2", "checkpoint.keep_last=2", "trainer.log_every_n_steps=1",
+               "mlflow.log_model=false", f"hydra.run.dir={run_dir}").returncode == 0
+    shutil_copy(run_dir, 1)  # as if the epoch-2 checkpoint never reached its name
+    result = cli(f"resume={run_dir}", "mlflow.log_model=false")
+    assert result.returncode == 0, result.output[-2000:]
+    c, run = only_run(workdir)
+    for key in ("train/loss", "lr", "test/acc", "epoch"):
+        points = [m.step for m in c.get_metric_history(run.info.run_id, key)]
+        assert len(points) == len(set(points)), key
+    assert steps(c, run.info.run_id, "train/loss") == list(range(1, 33))
+
+
+def test_a_finished_resume_drops_the_error_of_an_earlier_segment(cli, workdir):
+    run_dir = workdir / "run"
+    assert cli(*FAST, "mlflow.log_model=false", f"hydra.run.dir={run_dir}").returncode == 0
+    c, run = only_run(workdir)
+    c.set_tag(run.info.run_id, "error", "RuntimeError: an earlier segment failed")
+    c.set_terminated(run.info.run_id, "FAILED")
+    assert cli(f"resume={run_dir}", "epochs=2", "mlflow.log_model=false").returncode == 0
+    _, run = only_run(workdir)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+
+
+def test_sigterm_while_reporting_ends_killed(workdir):
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Accuracy of the network"):  # the report (plots, model) has begun
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    _, run = only_run(workdir)
+    assert run.info.status == "KILLED"
+
+
+def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
+    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=sleepy_cnn", "epochs=50"],
+                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("run dir"):
+            break
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.2)  # a separate signal, inside the same one-second step
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    _, run = only_run(workdir)
+    assert run.info.status == "KILLED"

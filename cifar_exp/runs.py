@@ -1,11 +1,13 @@
 """`python -m cifar_exp.runs`: the runs of an experiment as a table, best first, for the
-terminal user who does not open `mlflow ui`."""
+terminal user who does not open `mlflow ui`. `--deliver <run dir>` hands a store the writes
+a run kept while the store was away."""
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
+from pathlib import Path
 
 COLUMNS_PARAMS = ("model.name", "optimizer.name", "optimizer.lr", "epochs", "dataset.name")
 
@@ -32,7 +34,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
     parser.add_argument("--metrics", default="test/acc,test/loss", help="comma-separated metric columns")
     parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--deliver", metavar="RUN_DIR",
+                        help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away")
     args = parser.parse_args(argv)
+    if args.deliver:
+        from cifar_exp.errors import UserError, exit_with
+        from cifar_exp.tracking import deliver_outbox
+
+        try:
+            print(deliver_outbox(Path(args.deliver)))
+        except UserError as e:
+            exit_with(str(e), prog="cifar-exp-runs")
+        return
 
     from cifar_exp.tracking import search_runs, tracking_uri
 

@@ -88,9 +88,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 180):
-    """A real `mlflow server` on a free loopback port; yields its URL."""
-    port = free_port()
+def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 180, port: int = 0):
+    """A real `mlflow server` on a loopback port (a free one unless given); yields its URL."""
+    port = port or free_port()
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                              "--port", str(port), "--backend-store-uri", backend_uri,
                              "--artifacts-destination", str(artifacts), "--workers", "1"],

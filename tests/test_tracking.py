@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 import torch
 
-from conftest import FAST, cli_env, run_dirs, serve_mlflow
+from conftest import FAST, cli_env, free_port, run_dirs, serve_mlflow
 from cifar_exp.config import flatten
 
 pytestmark = pytest.mark.slow
@@ -293,3 +293,73 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     _, run = only_run(workdir)
     assert run.info.status == "KILLED"
+
+
+def _outage_run(workdir, url, run_dir, epochs):
+    """A run against `url`, returned once its first epoch has been logged."""
+    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", f"epochs={epochs}",
+                             "trainer.log_every_n_steps=1", "mlflow.log_model=false",
+                             f"mlflow.tracking_uri={url}", f"hydra.run.dir={run_dir}"],
+                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/"):
+            return proc
+    pytest.fail(f"the run ended before its first epoch: {proc.communicate()[0]}")
+
+
+def _complete(url, epochs):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=url)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert steps(c, run.info.run_id, "train/loss") == list(range(1, 16 * epochs + 1))  # each step once
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "epoch")] == list(range(1, epochs + 1))
+    assert "plots/confusion_matrix.png" in {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+
+
+def test_a_server_that_goes_away_mid_run_loses_nothing(workdir, mlflow_template):
+    import shutil
+
+    shutil.copy(mlflow_template, workdir / "server.db")
+    serve = dict(backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir,
+                 port=free_port())
+    with serve_mlflow(**serve) as url:
+        proc = _outage_run(workdir, url, workdir / "run", epochs=8)
+    # the server is gone: training goes on and writes wait ...
+    for line in proc.stdout:
+        if "does not take writes" in line:
+            break
+    # ... until it comes back on the same port
+    with serve_mlflow(**serve) as url:
+        out = proc.communicate(timeout=300)[0]
+        assert proc.returncode == 0, out[-3000:]
+        assert "is back" in out
+        _complete(url, 8)
+    assert not (workdir / "run/mlflow_outbox.json").exists()
+
+
+def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, mlflow_template):
+    import shutil
+
+    from conftest import run_cli
+
+    shutil.copy(mlflow_template, workdir / "server.db")
+    serve = dict(backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir,
+                 port=free_port())
+    run_dir = workdir / "run"
+    with serve_mlflow(**serve):
+        proc = _outage_run(workdir, serve_url(serve), run_dir, epochs=3)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out[-3000:]  # the training itself succeeded
+    assert f"python -m cifar_exp.runs --deliver {run_dir}" in out
+    assert (run_dir / "mlflow_outbox.json").exists() and (run_dir / "checkpoints/last.pt").exists()
+    with serve_mlflow(**serve) as url:
+        delivered = run_cli("--deliver", str(run_dir), cwd=workdir, module="cifar_exp.runs")
+        assert delivered.returncode == 0 and "delivered" in delivered.stdout, delivered.output
+        _complete(url, 3)
+    assert not (run_dir / "mlflow_outbox.json").exists()
+
+
+def serve_url(serve: dict) -> str:
+    return f"http://127.0.0.1:{serve['port']}"

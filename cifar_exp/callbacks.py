@@ -70,6 +70,24 @@ class SweepTracking(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         self._finish()
 
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        """A sweep job that failed before it opened its MLflow run (a bad value, a missing
+        dataset, a device error) is still recorded: a FAILED child with its error. Runs in
+        the job's own process, wherever the launcher put it."""
+        from hydra.core.utils import JobStatus
+
+        parent = os.environ.get(tracking.PARENT_RUN_ENV)
+        if job_return.status != JobStatus.FAILED or not parent or not config.mlflow.enabled:
+            return
+        from cifar_exp.job import Job
+
+        job = Job.current()
+        error = getattr(job_return, "_return_value", None)  # the job's exception
+        tracking.record_failed_job(tracking.tracking_uri(config.mlflow.tracking_uri),
+                                   os.environ[tracking.EXPERIMENT_ENV], parent, job.run_name(config),
+                                   {"hydra.job.num": str(job.num), "hydra.overrides": " ".join(job.overrides or []),
+                                    "hydra.output_dir": str(job.output_dir.resolve())}, error)
+
     def _finish(self) -> None:
         if self.parent is None:
             return

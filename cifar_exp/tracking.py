@@ -434,6 +434,22 @@ def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[dict]:
              "tags": r.data.tags, "metrics": r.data.metrics} for r in runs]
 
 
+def record_failed_job(uri: str, experiment_id: str, parent_id: str, name: str, tags: dict,
+                      error: Optional[BaseException]) -> None:
+    """A FAILED child for a sweep job that failed before opening its own run; nothing when
+    the job's run exists (it recorded its own failure)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+    client = client_for(uri)
+    num = tags["hydra.job.num"]
+    if any(c["tags"].get("hydra.job.num") == num for c in child_runs(uri, experiment_id, parent_id)):
+        return
+    message = f"{type(error).__name__}: {error}" if error is not None else "failed before training"
+    run = client.create_run(experiment_id, run_name=name, tags={
+        MLFLOW_RUN_NAME: name, MLFLOW_PARENT_RUN_ID: parent_id, "error": message[:5000], **tags})
+    client.set_terminated(run.info.run_id, "FAILED")
+
+
 def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: dict, files: list[Path]) -> None:
     from mlflow.entities import Metric, RunTag
 

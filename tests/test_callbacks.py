@@ -107,3 +107,19 @@ def test_seed_sweep_reports_mean_and_std():
     assert s["metrics"]["test/acc_mean"] == pytest.approx(0.6)
     assert s["metrics"]["test/acc_std"] == pytest.approx(0.1)
     assert s["tags"]["best_run_id"] == "1" and s["status"] == "FINISHED"
+
+
+def test_jobs_that_fail_before_training_are_recorded(cli, workdir):
+    result = cli(*SWEEP, "optimizer.lr=0.01,-1", "dataset.val_size=0,5000")
+    assert result.returncode != 0
+    c, [parent], children = sweep_runs(workdir)
+    assert len(children) == 4 and parent.info.status == "FAILED"
+    failed = sorted((r for r in children if r.info.status == "FAILED"), key=lambda r: r.data.tags["hydra.job.num"])
+    assert [r.data.tags["hydra.overrides"].split()[-2:] for r in failed] == [
+        ["optimizer.lr=0.01", "dataset.val_size=5000"], ["optimizer.lr=-1", "dataset.val_size=0"],
+        ["optimizer.lr=-1", "dataset.val_size=5000"]]
+    assert "must be > dataset.val_size" in failed[0].data.tags["error"]  # 5000 of 600 images
+    assert "optimizer.lr=-1.0 is invalid" in failed[1].data.tags["error"]
+    rows = summary_rows(c, parent)
+    assert sorted(r["status"] for r in rows) == ["FAILED", "FAILED", "FAILED", "FINISHED"]
+    assert parent.data.metrics["jobs"] == 4

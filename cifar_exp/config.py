@@ -375,6 +375,8 @@ def _refuse_targets(tree: Any, origin: str, path: str = "") -> None:
     elif isinstance(tree, list):
         for i, value in enumerate(tree):
             _refuse_targets(value, origin, f"{path}{i}.")
+    elif isinstance(tree, str) and "${" in tree:  # a resolver would run on reading
+        raise UserError(f"{origin}: refusing {path.rstrip('.')}={tree!r}: a stored config holds plain values only")
 
 
 # --- small key=value tools (evaluate, predict) ---------------------------------------------------

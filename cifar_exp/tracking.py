@@ -94,9 +94,14 @@ def _store_lock(uri: str) -> Iterator[None]:
         yield
         return
     import fcntl
+    import hashlib
+    import tempfile
 
-    db = Path(uri[len("sqlite:///"):].split("?")[0])
-    with open(db.with_name(db.name + ".lock"), "a") as lock:
+    # beside the other processes of this machine (all a SQLite file can serve), not in the
+    # user's launch directory
+    db = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
+    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"cifar_exp-store-{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -102,6 +102,13 @@ POISON = {
     "unknown key": lambda t: _v2_with(t, "model", {"name": "speed_net", "file": "x"}),
     "wrong type": lambda t: _v2_with(t, "optimizer", {"name": "sgd", "lr": "abc"}),
     "pickled object": lambda t: (torch.save({"format_version": 2, "x": _Evil()}, t / "c.pt"), t / "c.pt")[1],
+    "v1 unregistered class": lambda t: _v1_with(t, config__model={"_target_": "torch.nn.Linear", "in_features": 1,
+                                                                   "out_features": 1}),
+    "target in a list": lambda t: _v2_with(t, "dataset", {"name": "synthetic",
+                                                          "mean": [{"_target_": "builtins.open"}, 0.5, 0.5]}),
+    "target in tags": lambda t: _v2_with(t, "mlflow", {"tags": {"_target_": "builtins.exec"}}),
+    "interpolation": lambda t: _v2_with(t, "dataset", {"name": "synthetic", "root": "${oc.env:HOME}"}),
+    "unknown top-level key": lambda t: _v2_with(t, "hydra", {"run": {"dir": "/tmp"}}),
 }
 
 

@@ -37,20 +37,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deliver", metavar="RUN_DIR",
                         help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away")
     args = parser.parse_args(argv)
-    if args.deliver:
-        from cifar_exp.errors import UserError, exit_with
-        from cifar_exp.tracking import deliver_outbox
 
-        try:
-            print(deliver_outbox(Path(args.deliver)))
-        except UserError as e:
-            exit_with(str(e), prog="cifar-exp-runs")
-        return
-
-    from cifar_exp.tracking import search_runs, tracking_uri
+    from cifar_exp.errors import UserError, exit_with
+    from cifar_exp.tracking import deliver_outbox, search_runs, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
-    runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
+    try:
+        if args.deliver:
+            print(deliver_outbox(Path(args.deliver)))
+            return
+        runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
+    except UserError as e:
+        exit_with(str(e), prog="cifar-exp-runs")
     if not runs:
         print(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
         raise SystemExit(1)

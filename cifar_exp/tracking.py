@@ -406,8 +406,12 @@ def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: di
 
 
 def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit: int) -> list[dict]:
-    """Runs of an experiment as plain dicts (id, name, status, params, metrics), best first."""
-    client = client_for(uri)
+    """Runs of an experiment as plain dicts (id, name, status, params, metrics), best first.
+    Reading never creates a store: a SQLite file that is not there is a UserError."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
+        raise UserError(f"no MLflow store at {uri} (run this where you launched the runs, or give "
+                        f"--tracking-uri)")
+    client, _ = open_store(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []

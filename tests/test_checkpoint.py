@@ -433,3 +433,16 @@ def test_unwritable_output_is_one_line_before_training(cli, workdir, how):
 
     store = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     assert store.search_runs([e.experiment_id for e in store.search_experiments()]) == []  # no run opened
+
+
+@pytest.mark.slow
+def test_resuming_a_loose_checkpoint_file_writes_beside_the_new_run(cli, workdir):
+    loose = workdir / "kept" / "model.pt"
+    loose.parent.mkdir()
+    shutil.copy(V1, loose)
+    run_dir = workdir / "continued"
+    result = cli(f"resume={loose}", "epochs=2", "mlflow.enabled=false", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.output[-2000:]
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 2
+    assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == ["continued", "kept"]
+    assert [p.name for p in loose.parent.iterdir()] == ["model.pt"]

@@ -34,3 +34,10 @@ def test_speed_net_output_width_and_activation():
     relu = SpeedNet(widths=(8, 16, 32), act="relu")
     assert any(isinstance(l, nn.ReLU) for l in relu.modules())
     assert not any(isinstance(l, nn.GELU) for l in relu.modules())
+
+
+def test_the_notes_models_follow_the_image_size():
+    for size in (16, 48, 64):
+        assert SimpleCNN(image_size=size)(torch.zeros(2, 3, size, size)).shape == (2, 10)
+        assert TutorialNet(image_size=size)(torch.zeros(2, 3, size, size)).shape == (2, 10)
+    assert SimpleCNN().fc1.in_features == 16 * 14 * 14 and TutorialNet().fc1.in_features == 16 * 5 * 5

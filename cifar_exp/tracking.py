@@ -283,10 +283,6 @@ class MlflowTracker:
         keys = self.client.get_run(self.run_id).data.metrics
         return {k: max(m.step for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
 
-    @property
-    def pending(self) -> int:
-        return len(self.outbox.ops) + len(self._buffer)
-
     def _queue(self, op: dict) -> None:
         self._queue_metrics()
         self.outbox.ops.append(op)

@@ -51,27 +51,30 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = pick_device(cfg.trainer.device, world.local_rank)
-    data = load_dataset(cfg.dataset, device, cfg.trainer.channels_last)
-    d = cfg.dataset
-    shard = {"rank": world.rank, "world_size": world.world_size}
-    train = data.loader("train", d.batch_size, shuffle=True, augment=d.augment, padding=d.crop_padding,
-                        seed=cfg.seed, **shard)
-    evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, **shard)
-             for s in ("val", "test") if getattr(data, s) is not None}
-    trainer = build_trainer(cfg, data.num_classes, len(train), device, world)
-    state = RunState(classes=data.classes)
-    if start.checkpoint is not None:
-        trainer.load_state_dict(start.checkpoint.trainer)
-        set_rng_state(start.checkpoint.rng)
-        state = start.checkpoint.state
-
     # one process writes checkpoints; each is a commit point for the metrics before it
     ckpt = Checkpointer(run_dir, cfg, enabled=cfg.checkpoint.enabled and world.is_main)
     ckpt.check_writable()
+    state = start.checkpoint.state if start.checkpoint is not None else RunState(classes=[])
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
+    # the store is checked before the data is loaded, and whatever fails after is recorded
     with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file) as tracker:
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
+
+        data = load_dataset(cfg.dataset, device, cfg.trainer.channels_last)
+        if start.checkpoint is not None and data.classes != state.classes:
+            raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {state.classes}")
+        state.classes = data.classes
+        d = cfg.dataset
+        shard = {"rank": world.rank, "world_size": world.world_size}
+        train = data.loader("train", d.batch_size, shuffle=True, augment=d.augment, padding=d.crop_padding,
+                            seed=cfg.seed, **shard)
+        evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, **shard)
+                 for s in ("val", "test") if getattr(data, s) is not None}
+        trainer = build_trainer(cfg, data.num_classes, len(train), device, world)
+        if start.checkpoint is not None:
+            trainer.load_state_dict(start.checkpoint.trainer)
+            set_rng_state(start.checkpoint.rng)
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, fresh=start.checkpoint is None)
         if state.epoch >= cfg.epochs:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import tracking
 from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
-from cifar_exp.job import parse_override
+from cifar_exp.job import SWEPT_ENV, parse_override
 
 
 class ValidateConfig(Callback):
@@ -55,14 +55,20 @@ class SweepTracking(Callback):
         sweep_dir = config.hydra.sweep.dir
         name = f"sweep {' '.join(overrides)}".strip()
         uri = tracking.tracking_uri(config.mlflow.tracking_uri)
-        exp_id, parent_id = tracking.start_parent(
-            uri, config.mlflow.experiment_name, name,
-            params=dict(parse_override(o) for o in overrides),
-            tags={"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
-                  "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_},
-        )
+        # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
+        # numeric optimizer.lr column then holds numbers only
+        params = {(f"sweep.{k}" if k in swept else k): v for k, v in map(parse_override, overrides)}
+        try:
+            exp_id, parent_id = tracking.start_parent(
+                uri, config.mlflow.experiment_name, name, params=params,
+                tags={"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
+                      "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_},
+            )
+        except UserError as e:  # Hydra would turn it into a warning and start every job anyway
+            exit_with(str(e))
         os.environ[tracking.PARENT_RUN_ENV] = parent_id
         os.environ[tracking.EXPERIMENT_ENV] = exp_id
+        os.environ[SWEPT_ENV] = ",".join(swept)
         self.parent = {"uri": uri, "experiment_id": exp_id, "run_id": parent_id, "swept": swept,
                        "objective": config.objective, "sweep_dir": Path(sweep_dir)}
         atexit.register(self._finish)
@@ -92,8 +98,8 @@ class SweepTracking(Callback):
         if self.parent is None:
             return
         p, self.parent = self.parent, None
-        os.environ.pop(tracking.PARENT_RUN_ENV, None)
-        os.environ.pop(tracking.EXPERIMENT_ENV, None)
+        for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, SWEPT_ENV):
+            os.environ.pop(name, None)
         children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
         summary = sweep_summary(children, p["objective"], p["swept"])
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))

@@ -49,6 +49,7 @@ class RunState:
     best: Optional[float] = None
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
     run_id: Optional[str] = None
+    segment: int = 0        # how many times the run was resumed
 
     def advance(self) -> None:
         self.step += 1

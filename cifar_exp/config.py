@@ -208,6 +208,10 @@ class MlflowConfig:
     # buffered metrics are written at least this often (and at every epoch end and checkpoint)
     flush_every_s: float = 30.0
     tags: Dict[str, str] = field(default_factory=dict)
+    # CPU, memory (and GPU) use, sampled by MLflow's own monitor this often; 0 turns it off
+    system_metrics_every_s: float = 10.0
+    # also register the logged model under this name in the Model Registry
+    registered_model_name: Optional[str] = None
 
 
 @dataclass
@@ -470,6 +474,10 @@ def validate(cfg: DictConfig) -> None:
     _check_metric(cfg, "checkpoint.monitor")
     _check(bool(m.experiment_name.strip()), "mlflow.experiment_name", "a non-empty name", m.experiment_name)
     _check(m.flush_every_s > 0, "mlflow.flush_every_s", "a float > 0", m.flush_every_s)
+    _check(m.system_metrics_every_s >= 0, "mlflow.system_metrics_every_s", "a float >= 0 (0: off)",
+           m.system_metrics_every_s)
+    _check(m.registered_model_name is None or bool(m.registered_model_name.strip()),
+           "mlflow.registered_model_name", "a non-empty name or null", m.registered_model_name)
 
 
 def _check_dataset(d: DictConfig) -> None:

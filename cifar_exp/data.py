@@ -77,6 +77,26 @@ class Dataset:
     def loader(self, split: str, batch_size: int, **options) -> "TensorLoader":
         return TensorLoader(getattr(self, split), batch_size, self.normalize, **options)
 
+    def lineage(self, cfg: DictConfig) -> list[dict]:
+        """Each split's name, source, content digest (of the decoded tensors themselves) and
+        size: what the tracker records as the run's inputs."""
+        generated = cfg.name == "synthetic"
+        source = f"generated (data_seed={cfg.data_seed})" if generated else str(Path(cfg.root).expanduser().resolve())
+        kind = "generated" if generated else "local" if cfg.name == "image_folder" else "torchvision"
+        out = []
+        for context in ("train", "val", "test"):
+            split = getattr(self, context)
+            if split is None:
+                continue
+            digest = hashlib.blake2b(digest_size=8)
+            for t in (split.x, split.y):
+                digest.update(t.cpu().contiguous().numpy())
+            out.append({"context": context, "name": f"{cfg.name}/{context}", "digest": digest.hexdigest(),
+                        "source": source, "source_type": kind,
+                        "profile": {"num_images": len(split), "num_classes": self.num_classes,
+                                    "image_shape": list(split.x.shape[1:])}})
+        return out
+
 
 # --- sources ------------------------------------------------------------------------------
 def _torchvision_split(cfg: DictConfig, train: bool):

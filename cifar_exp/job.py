@@ -3,6 +3,9 @@ tagged with. The only module that asks Hydra about the running job."""
 
 from __future__ import annotations
 
+import getpass
+import os
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +17,13 @@ from cifar_exp import __version__
 
 # Overrides that say nothing about the experiment itself stay out of derived run names.
 RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")
+# the keys a --multirun sweeps, set by the sweep for its jobs: they lead the jobs' run names
+SWEPT_ENV = "CIFAR_EXP_SWEPT"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"python -m cifar_exp resume={run_dir}"
 
 
 def parse_override(override: str) -> tuple[str, str]:
@@ -45,35 +55,67 @@ class Job:
                    num=hc.job.num if hc.mode == RunMode.MULTIRUN else None)
 
     def run_name(self, cfg: DictConfig) -> str:
-        """'simple_cnn lr=0.01 epochs=5': the model, then each override by its last key part."""
+        """'simple_cnn lr=0.01 epochs=5': the model, then each override by its last key part;
+        in a sweep the swept values come first ('lr=0.01 simple_cnn epochs=5'), so runs
+        tell apart in a narrow column."""
         if cfg.mlflow.run_name:
             return cfg.mlflow.run_name
-        parts = [self.choices.get("model") or cfg.model.name]
+        swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(","))) if self.num is not None else set()
+        first, rest = [], []
         for o in self.overrides or []:
             key, value = parse_override(o)
-            if key not in RUN_NAME_SKIP and not key.startswith(("mlflow.", "checkpoint.", "hydra")):
-                parts.append(f"{key.rsplit('.', 1)[-1]}={_short(value)}" if "." in key else o.lstrip("+~"))
-        return " ".join(parts)
+            if key in swept:
+                first.append(_short_override(key, value, o))
+            elif key not in RUN_NAME_SKIP and not key.startswith(("mlflow.", "checkpoint.", "hydra")):
+                rest.append(_short_override(key, value, o))
+        return " ".join([*first, self.choices.get("model") or cfg.model.name, *rest])
 
-    def tags(self, cfg: DictConfig, device, world_size: int) -> dict:
+    def command(self) -> str:
+        return " ".join(["python -m cifar_exp", *map(shlex.quote, self.overrides or [])])
+
+    def tags(self, cfg: DictConfig, device, world_size: int, run_dir: Path, segment: int) -> dict:
+        """A fresh run's tags; for resume segment n >= 1 only resume.count and resume.<n>.*
+        tags, so a resume adds to the record and never replaces what the run began with."""
         import torch
 
+        facts = {"command": self.command(), "output_dir": str(self.output_dir.resolve()), "device": str(device),
+                 "world_size": world_size, "version.cifar_exp": __version__, "version.torch": torch.__version__}
+        if segment:
+            return {"resume.count": segment, **{f"resume.{segment}.{k}": v for k, v in facts.items()}}
         tags = {
             "world_size": world_size,
-            "hydra.output_dir": str(self.output_dir.resolve()),
+            "hydra.output_dir": facts["output_dir"],
             "hydra.overrides": " ".join(self.overrides or []),
-            "device": str(device),
+            "device": facts["device"],
             "version.cifar_exp": __version__,
             "version.torch": torch.__version__,
             "mlflow.source.name": "cifar_exp",
+            "mlflow.user": _user(),
+            "mlflow.note.content": self.description(run_dir),
             **cfg.mlflow.tags,
         }
         if self.num is not None:
             tags["hydra.job.num"] = self.num
-        commit = git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
+        for key, where in (("mlflow.source.git.commit", None), ("cifar_exp.git_commit", PACKAGE_DIR)):
+            commit = git_commit(where)
+            if commit:
+                tags[key] = commit
         return tags
+
+    def description(self, run_dir: Path) -> str:
+        """The run's description in the MLflow UI (markdown)."""
+        run_dir = Path(run_dir).resolve()
+        return "\n".join([
+            f"`{self.command()}` (cifar_exp {__version__})", "",
+            f"- output dir: `{self.output_dir.resolve()}`",
+            f"- checkpoints: `{run_dir / 'checkpoints'}`",
+            f"- resume or extend: `{resume_command(run_dir)} [epochs=N]`",
+            f"- evaluate: `python -m cifar_exp.evaluate checkpoint={run_dir}`",
+        ])
+
+
+def _short_override(key: str, value: str, override: str) -> str:
+    return f"{key.rsplit('.', 1)[-1]}={_short(value)}" if "." in key else override.lstrip("+~")
 
 
 def _short(value: str) -> str:
@@ -84,9 +126,17 @@ def _short(value: str) -> str:
         return value
 
 
-def git_commit() -> Optional[str]:
+def _user() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        return str(os.getuid())
+
+
+def git_commit(where: Optional[Path] = None) -> Optional[str]:
+    """The commit checked out in `where` (the launch directory by default), if a repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=where)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

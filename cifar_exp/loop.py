@@ -56,7 +56,7 @@ class EpochMeter:
         sums = all_reduce_sum(torch.stack([self.loss_sum, self.correct.double(),
                                            torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)]))
         loss_sum, correct, seen = sums.tolist()
-        return {"loss": loss_sum / max(seen, 1), "acc": correct / max(seen, 1)}
+        return {"loss": loss_sum / max(seen, 1), "acc": round(correct) / max(round(seen), 1)}
 
     def state_dict(self) -> dict:
         return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
@@ -169,23 +169,26 @@ class Evaluation:
     loss: float
     confusion: torch.Tensor  # [true, predicted] counts
 
-    @property
-    def acc(self) -> float:
-        return float(self.confusion.diag().sum() / self.confusion.sum().clamp(min=1))
+    # Accuracies are ratios of Python integers: 494 of 500 is reported as 0.988, not as the
+    # float32 0.98799997...
 
     @property
-    def per_class_acc(self) -> torch.Tensor:
-        return self.confusion.diag() / self.confusion.sum(1).clamp(min=1)
+    def acc(self) -> float:
+        return int(self.confusion.diag().sum()) / max(int(self.confusion.sum()), 1)
+
+    @property
+    def per_class_acc(self) -> list[float]:
+        return [int(c) / max(int(n), 1) for c, n in zip(self.confusion.diag(), self.confusion.sum(1))]
 
     def metrics(self, prefix: str, classes: list[str]) -> dict[str, float]:
         out = {f"{prefix}/loss": self.loss, f"{prefix}/acc": self.acc}
         if prefix == "test":
-            out.update({f"test/acc_class/{c}": float(a) for c, a in zip(classes, self.per_class_acc)})
+            out.update({f"test/acc_class/{c}": a for c, a in zip(classes, self.per_class_acc)})
         return out
 
     def report(self, classes: list[str]) -> str:
         lines = [f"Accuracy of the network on the {int(self.confusion.sum())} test images: "
                  f"{100 * self.acc:.2f} % (test loss {self.loss:.4f})"]
-        lines += [f"Accuracy for class: {c:10s} is {100 * float(a):.1f} %"
+        lines += [f"Accuracy for class: {c:10s} is {100 * a:.1f} %"
                   for c, a in zip(classes, self.per_class_acc)]
         return "\n".join(lines)

@@ -59,18 +59,36 @@ def predictions(images: torch.Tensor, predicted: torch.Tensor, labels: torch.Ten
     return image_grid(images, titles, path, colors=colors)
 
 
+# panel -> split -> the per-epoch metric drawn for it
+CURVES = {
+    "loss": {"train": "train/loss_epoch", "val": "val/loss", "test": "test/loss"},
+    "accuracy": {"train": "train/acc", "val": "val/acc", "test": "test/acc"},
+}
+
+
+def curve_series(history: list[dict]) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """For each panel, each split's (epochs, values), for the splits the history holds."""
+    series: dict[str, dict] = {}
+    for panel, splits in CURVES.items():
+        for split, key in splits.items():
+            points = [(int(h["epoch"]), h[key]) for h in history if key in h]
+            if points:
+                series.setdefault(panel, {})[split] = ([e for e, _ in points], [v for _, v in points])
+    return series
+
+
 def learning_curves(history: list[dict], path: Path) -> Path:
-    """Loss and accuracy per epoch for every split that has them."""
+    """Loss and accuracy per epoch for every split that has them, against whole epochs."""
     plt = _pyplot()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    epochs = [h["epoch"] for h in history]
-    for split in ("train", "val", "test"):
-        if f"{split}/loss" in history[0]:
-            ax_loss.plot(epochs, [h[f"{split}/loss"] for h in history], marker="o", label=split)
-            ax_acc.plot(epochs, [h[f"{split}/acc"] for h in history], marker="o", label=split)
-    for ax, name in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (panel, splits) in zip(axes, curve_series(history).items()):
+        for split, (epochs, values) in splits.items():
+            ax.plot(epochs, values, marker="o", label=split)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
+        ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
@@ -108,21 +126,39 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _axis_values(values: list) -> tuple[list, list[str] | None]:
+    """x positions, and category labels when the values are names or few whole numbers
+    (seeds, batch sizes): those get one evenly spaced tick each."""
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        categories = sorted(set(map(str, values)))
+        return [categories.index(str(v)) for v in values], categories
+    distinct = sorted(set(numbers))
+    if all(n.is_integer() for n in distinct) and len(distinct) <= 12:
+        labels = [f"{n:g}" for n in distinct]
+        return [distinct.index(n) for n in numbers], labels
+    return numbers, None
+
+
 def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path: Path) -> Path:
     """One panel per swept key: each finished job's objective against that key's value."""
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
         points = [(r["params"].get(key), r[objective]) for r in rows if r.get(objective) is not None]
-        values = [p[0] for p in points]
-        try:
-            xs = [float(v) for v in values]
-            if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
-                ax.set_xscale("log")
-        except (TypeError, ValueError):
-            categories = sorted(set(map(str, values)))
-            xs = [categories.index(str(v)) for v in values]
-            ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
+        xs, categories = _axis_values([p[0] for p in points])
+        if categories is not None:
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 6 else 0)
+            ax.set_xlim(-0.5, len(categories) - 0.5)
+        elif xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            # plain numbers at 1, 2 and 5 of each decade: 0.001 0.002 0.005 0.01 ...
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.scatter(xs, [p[1] for p in points], s=36)
         ax.set_xlabel(key)
         ax.set_ylabel(objective)

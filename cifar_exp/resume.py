@@ -49,10 +49,6 @@ def plan(cfg: DictConfig, job: Job, run_dir: Path) -> Start:
     return Start(merged, home, ck)
 
 
-def command(run_dir: Path) -> str:
-    return f"python -m cifar_exp resume={run_dir}"
-
-
 def _find(cfg: DictConfig, run_dir: Path) -> Optional[Checkpoint]:
     if cfg.resume is None:
         return None

@@ -18,10 +18,10 @@ from omegaconf import DictConfig
 
 from cifar_exp import distributed, plots, resume
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
-from cifar_exp.config import flatten, image_size, validate
+from cifar_exp.config import REGISTRY, flatten, image_size, validate
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.errors import Interrupted, UserError
-from cifar_exp.job import Job
+from cifar_exp.job import Job, resume_command
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
@@ -54,10 +54,14 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
     # one process writes checkpoints; each is a commit point for the metrics before it
     ckpt = Checkpointer(run_dir, cfg, enabled=cfg.checkpoint.enabled and world.is_main)
     ckpt.check_writable()
-    state = start.checkpoint.state if start.checkpoint is not None else RunState(classes=[])
+    state = RunState(classes=[])
+    if start.checkpoint is not None:
+        state = start.checkpoint.state
+        state.segment += 1
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
     # the store is checked before the data is loaded, and whatever fails after is recorded
-    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file) as tracker:
+    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file,
+                                        state.segment, resume_command(run_dir)) as tracker:
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
 
@@ -76,7 +80,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             trainer.load_state_dict(start.checkpoint.trainer)
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
-            log_start(cfg, job, tracker, data, run_dir, device, fresh=start.checkpoint is None)
+            log_start(cfg, job, tracker, data, run_dir, device, state.segment)
         if state.epoch >= cfg.epochs:
             log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d)",
                      state.epoch, cfg.epochs)
@@ -99,7 +103,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
         def checkpoint_and_stop(*, epoch_end: bool, is_best: bool) -> NoReturn:
             save(epoch_end=epoch_end, is_best=is_best)
-            raise Interrupted(stop.signum or signal.SIGTERM, resume.command(run_dir))
+            raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
         test = None
         for epoch in range(state.epoch, cfg.epochs):
@@ -111,7 +115,8 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     trainer.step(x, y)
                     state.advance()
                     loss = None
-                    if state.global_step % every_log == 0:
+                    # every n steps, and at each epoch's last step so short epochs have a curve too
+                    if state.global_step % every_log == 0 or state.step == len(train):
                         loss = trainer.meter.pop_window()
                         tracker.log_metrics({"train/loss": loss, "lr": trainer.lr()}, step=state.global_step)
                         if not math.isfinite(loss):
@@ -142,7 +147,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         if world.is_main:
             report(cfg, trainer, data, tracker, state, run_dir, test)
         if stop.signum is not None:  # asked to stop while reporting: the run did not finish
-            raise Interrupted(stop.signum, resume.command(run_dir))
+            raise Interrupted(stop.signum, resume_command(run_dir))
     return state.last_metrics
 
 
@@ -169,23 +174,28 @@ def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, w
     """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only."""
     if not world.is_main:
         return NullTracker()
-    return open_tracker(cfg, state.run_id, job.run_name(cfg), job.tags(cfg, device, world.world_size), run_dir)
+    tags = job.tags(cfg, device, world.world_size, run_dir, state.segment)
+    return open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir)
 
 
 @contextlib.contextmanager
-def tracked(tracker, log_file):
-    """Ends the tracked run with a status that tells the truth about how the block exited."""
+def tracked(tracker, log_file, segment: int, resume_hint: str):
+    """Ends the tracked run with a status that tells the truth about how the block exited.
+    The job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a
+    KILLED run is tagged with the command that resumes it."""
+    where = f"resume_{segment}" if segment else None
     try:
         yield tracker
     except (Interrupted, KeyboardInterrupt):
-        tracker.log_artifact(log_file)
+        tracker.set_tags({"cifar_exp.resume_command": resume_hint})
+        tracker.log_artifact(log_file, where)
         tracker.finish("KILLED")
         raise
     except BaseException as e:
-        tracker.log_artifact(log_file)
+        tracker.log_artifact(log_file, where)
         tracker.finish("FAILED", e)
         raise
-    tracker.log_artifact(log_file)
+    tracker.log_artifact(log_file, where)
     tracker.finish("FINISHED")
 
 
@@ -209,13 +219,19 @@ def log_epoch(m: dict, epochs: int) -> None:
 
 
 # --- the run's start and end ----------------------------------------------------------------------
-def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, fresh: bool) -> None:
+def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int) -> None:
+    """The run's params (the dotted keys, and each group's option as a short param), its
+    data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
+    as hydra/resume_<n>/, so the record only grows."""
     log.info("run dir %s | device %s | %d train / %d test images, %d classes%s",
              run_dir, device, len(data.train), len(data.test), data.num_classes,
              f" | mlflow run {tracker.run_id}" if tracker.run_id else "")
-    tracker.log_params(flatten(cfg))
-    tracker.log_artifact(job.output_dir / ".hydra", "hydra")
-    if fresh:
+    tracker.log_params({**flatten(cfg), **{group: cfg[group].name for group in REGISTRY},
+                        "trainer": job.choices.get("trainer", "default")})
+    tracker.log_artifact(job.output_dir / ".hydra", f"hydra/resume_{segment}" if segment else "hydra")
+    if tracker.run_id and not segment:
+        tracker.log_inputs(data.lineage(cfg.dataset))
+    if not segment:
         idx = plots.showcase(len(data.train), data.device)
         grid = plots.image_grid(data.train.x[idx], [data.classes[i] for i in data.train.y[idx].tolist()],
                                 run_dir / "plots" / "samples.png")
@@ -239,4 +255,5 @@ def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: Run
                          "plots")
     if cfg.mlflow.enabled and cfg.mlflow.log_model:
         example = data.normalize(images[:2]).cpu()
-        tracker.log_model(copy.deepcopy(trainer.module).cpu(), example)
+        tracker.log_model(copy.deepcopy(trainer.module).cpu(), example, f"{cfg.model.name}-{tracker.run_id[:8]}",
+                          state.last_metrics.keys())

@@ -54,7 +54,8 @@ class NullTracker:
     def set_tags(self, tags: dict) -> None: ...
     def log_metrics(self, metrics: dict, step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
-    def log_model(self, model, example) -> None: ...
+    def log_inputs(self, inputs: list[dict]) -> None: ...
+    def log_model(self, model, example, name: str, metric_keys) -> None: ...
     def flush(self) -> None: ...
     def finish(self, status: str, error: Optional[BaseException] = None) -> None: ...
 
@@ -166,8 +167,18 @@ def _deliver(client, run_id: str, op: dict) -> None:
             client.log_artifact(run_id, str(path), op["dest"])
     elif kind == "text":
         client.log_text(run_id, op["text"], op["file"])
+    elif kind == "inputs":
+        client.log_inputs(run_id, datasets=[_dataset_input(i) for i in op["items"]])
     elif kind == "status":
         client.set_terminated(run_id, op["status"])
+
+
+def _dataset_input(item: dict):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(item["name"], item["digest"], item["source_type"], json.dumps({"uri": item["source"]}),
+                      profile=json.dumps(item["profile"]))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", item["context"])])
 
 
 class Outbox:
@@ -238,7 +249,9 @@ class MlflowTracker:
         self.client, exp_id = open_store(self.uri, experiment)
         exp_id = os.environ.get(EXPERIMENT_ENV) or exp_id
         self.flush_every_s = cfg.mlflow.flush_every_s
+        self.registered_model_name = cfg.mlflow.registered_model_name
         self._buffer: list = []
+        self._latest: dict[str, list] = {}  # key -> its newest point, to link to the logged model
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
         tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
@@ -262,6 +275,20 @@ class MlflowTracker:
             self.set_tags(tags)
         # (key -> last step) already in the store: a resume never logs a step twice
         self._logged_until = self._last_steps() if self.resumed else {}
+        self._monitor = self._system_metrics(cfg.mlflow.system_metrics_every_s)
+
+    def _system_metrics(self, every_s: float):
+        """MLflow's own monitor (CPU, memory, disk, network; GPU where pynvml finds one),
+        continuing a resumed run's series."""
+        if every_s <= 0:
+            return None
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
+        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, samples_before_logging=1,
+                                       resume_logging=self.resumed, tracking_uri=self.uri)
+        monitor.start()
+        return monitor
 
     def _exists(self, run_id: str) -> bool:
         try:
@@ -308,13 +335,19 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
-        self._buffer.extend([k, float(v), ts, step] for k, v in metrics.items()
-                            if step > self._logged_until.get(k, -1))
+        points = [[k, float(v), ts, step] for k, v in metrics.items() if step > self._logged_until.get(k, -1)]
+        self._buffer.extend(points)
+        self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
         self._queue({"op": "artifact", "path": str(Path(path).resolve()), "dest": artifact_path})
+        self.flush()
+
+    def log_inputs(self, inputs: list[dict]) -> None:
+        """The run's datasets (name, digest, source, profile, context) in MLflow's lineage."""
+        self._queue({"op": "inputs", "items": inputs})
         self.flush()
 
     def flush(self) -> bool:
@@ -343,11 +376,13 @@ class MlflowTracker:
             self.outbox.clear()
         return not self.outbox.ops
 
-    def log_model(self, model, example) -> None:
+    def log_model(self, model, example, name: str, metric_keys) -> None:
         """The model in MLflow's pytorch flavor, exported with torch.export ("pt2"): loading
         it runs no pickled code. Requirements are given, not inferred, to skip the slow
-        dependency-inference subprocess. Skipped with a warning while the store is away:
-        the checkpoint holds the same weights."""
+        dependency-inference subprocess. The run's final `metric_keys` are linked to it
+        (the same points again, with the model's id: the run's series do not grow), and
+        it is registered when mlflow.registered_model_name is set. Skipped with a warning
+        while the store is away: the checkpoint holds the same weights."""
         if not self.flush():
             log.warning("warning: the model is not logged to MLflow (the store is unreachable); "
                         "the checkpoint holds it")
@@ -364,10 +399,14 @@ class MlflowTracker:
         mlflow.set_tracking_uri(self.uri)
         mlflow.start_run(run_id=self.run_id)
         try:
-            mlflow.pytorch.log_model(
-                model, name="model", signature=signature, input_example=example.cpu().numpy(),
+            info = mlflow.pytorch.log_model(
+                model, name=name, signature=signature, input_example=example.cpu().numpy(),
                 serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                registered_model_name=self.registered_model_name,
             )
+            linked = [[*self._latest[k], info.model_id] for k in metric_keys if k in self._latest]
+            self._queue({"op": "metrics", "items": linked})
+            self.flush()
         except Exception as e:
             log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", _reason(e))
         finally:
@@ -380,6 +419,8 @@ class MlflowTracker:
             self._queue({"op": "text", "text": "".join(traceback.format_exception(error)), "file": "error.txt"})
         elif status == "FINISHED" and self.resumed:
             self._queue({"op": "delete_tag", "key": "error"})  # an earlier segment's failure is over
+        if self._monitor is not None:
+            self._monitor.finish()
         self._queue({"op": "status", "status": status})
         deadline = time.monotonic() + FINISH_RETRY_S
         while not self.flush() and time.monotonic() < deadline:

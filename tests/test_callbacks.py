@@ -66,6 +66,11 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     assert parent.data.metrics["best/test/acc"] == best.data.metrics["test/acc"]
     dirs = {r.data.tags["hydra.output_dir"] for r in children}
     assert len(dirs) == 4 and all("/multirun/" in d for d in dirs)
+    # the swept values lead each child's name; the parent keeps the swept lists apart
+    for r in children:
+        assert r.info.run_name.startswith(f"lr={r.data.params['optimizer.lr']} seed={r.data.params['seed']} ")
+    assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.05" and parent.data.params["sweep.seed"] == "0,1"
+    assert "optimizer.lr" not in parent.data.params
 
 
 def test_a_failed_job_leaves_the_others_and_a_summary(cli, workdir):

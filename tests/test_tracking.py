@@ -40,7 +40,8 @@ def test_flatten_dotted_keys():
 
 
 def test_two_epoch_run_is_fully_logged(cli, workdir):
-    result = cli(*FAST, "epochs=2", "trainer.log_every_n_steps=1")
+    result = cli(*FAST, "epochs=2", "trainer.log_every_n_steps=1", "mlflow.system_metrics_every_s=0.5",
+                 "mlflow.registered_model_name=synthetic-cnn")
     assert result.returncode == 0, result.output
     c, run = only_run(workdir)
     assert run.info.status == "FINISHED"
@@ -48,10 +49,28 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     p = run.data.params
     assert p["optimizer.lr"] == "0.05" and p["epochs"] == "2" and p["dataset.batch_size"] == "128"
     assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic"
+    # each group's option as a short param, for the runs table and comparisons
+    assert [p[g] for g in ("model", "optimizer", "scheduler", "dataset", "trainer")] == [
+        "simple_cnn", "sgd", "none", "synthetic", "default"]
     [run_dir] = run_dirs(workdir)
-    assert run.data.tags["hydra.output_dir"] == str(run_dir.resolve())
-    assert "optimizer.lr=0.05" in run.data.tags["hydra.overrides"]
-    assert run.data.tags["device"] == "cpu" and run.data.tags["version.torch"] == torch.__version__
+    tags = run.data.tags
+    assert tags["hydra.output_dir"] == str(run_dir.resolve())
+    assert "optimizer.lr=0.05" in tags["hydra.overrides"]
+    assert tags["device"] == "cpu" and tags["version.torch"] == torch.__version__
+    assert tags["mlflow.user"] and len(tags["cifar_exp.git_commit"]) == 40  # the package's own commit
+    note = tags["mlflow.note.content"]
+    assert "python -m cifar_exp dataset=synthetic" in note and f"resume={run_dir.resolve()}" in note
+
+    # lineage: each split's name, source, digest and size
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "train"] and inputs["train"].name == "synthetic/train"
+    assert len(inputs["train"].digest) == 16 and '"num_images": 2000' in inputs["train"].profile
+    assert inputs["train"].digest != inputs["test"].digest
+    # MLflow's own system metrics monitor
+    assert c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    # reported numbers come from integer counts: 0.988 is 0.988, not 0.98799997
+    for m in c.get_metric_history(run.info.run_id, "test/acc"):
+        assert m.value == round(m.value * 500) / 500
 
     per_epoch = 16  # ceil(2000 / 128)
     assert steps(c, run.info.run_id, "train/loss") == list(range(1, 2 * per_epoch + 1))
@@ -77,7 +96,12 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
     [logged] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
-    assert logged.source_run_id == run.info.run_id
+    assert logged.source_run_id == run.info.run_id and logged.name == f"simple_cnn-{run.info.run_id[:8]}"
+    linked = {m.key: m.value for m in logged.metrics}
+    assert linked["test/acc"] == run.data.metrics["test/acc"] and linked["epoch"] == 2
+    assert len(c.get_metric_history(run.info.run_id, "test/acc")) == 2  # linking added no point
+    [version] = c.search_model_versions("name='synthetic-cnn'")
+    assert version.run_id == run.info.run_id
     loaded = mlflow.pytorch.load_model(logged.model_uri)
     reference = SimpleCNN()
     reference.load_state_dict(torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["trainer"]["model"])
@@ -111,6 +135,8 @@ def test_sigint_ends_killed_with_a_checkpoint(workdir):
     assert "resume with" in err and "resume=" in err and "Error executing job" not in err
     c, run = only_run(workdir)
     assert run.info.status == "KILLED"
+    [run_dir] = run_dirs(workdir)
+    assert run.data.tags["cifar_exp.resume_command"] == f"python -m cifar_exp resume={run_dir}"
     logged = steps(c, run.info.run_id, "train/loss")
     assert logged == list(range(1, len(logged) + 1)) and len(logged) > 16
     [run_dir] = run_dirs(workdir)
@@ -363,3 +389,29 @@ def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, m
 
 def serve_url(serve: dict) -> str:
     return f"http://127.0.0.1:{serve['port']}"
+
+
+def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli, workdir):
+    """The record only grows: the first segment's config, overrides, output dir and log stay;
+    the resume is logged beside them. Short epochs (16 steps, logging every 50) still get a
+    train/loss and lr point at each epoch's end."""
+    import yaml
+
+    first = workdir / "first"
+    assert cli(*FAST, "mlflow.log_model=false", "mlflow.system_metrics_every_s=0.5",
+               f"hydra.run.dir={first}").returncode == 0
+    assert cli(f"resume={first}", "epochs=2", "mlflow.log_model=false").returncode == 0
+    c, run = only_run(workdir)
+    rid, tags = run.info.run_id, run.data.tags
+    config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/config.yaml")))
+    assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 1
+    assert tags["hydra.output_dir"] == str(first.resolve()) and "optimizer.lr=0.05" in tags["hydra.overrides"]
+    assert tags["resume.count"] == "1" and tags["resume.1.command"] == f"python -m cifar_exp resume={first} epochs=2 " \
+                                                                      "mlflow.log_model=false"
+    resumed = {a.path for a in c.list_artifacts(rid, "hydra/resume_1")}
+    assert "hydra/resume_1/overrides.yaml" in resumed
+    assert "epoch 1/1" in open(c.download_artifacts(rid, "cifar_exp.log")).read()
+    assert "epoch 2/2" in open(c.download_artifacts(rid, "resume_1/cifar_exp.log")).read()
+    assert steps(c, rid, "train/loss") == [16, 32] and steps(c, rid, "lr") == [16, 32]
+    system = steps(c, rid, "system/cpu_utilization_percentage")
+    assert len(system) == len(set(system))  # the resumed series continues, no step twice

@@ -1,0 +1,45 @@
+"""plots.py: what the figures draw."""
+
+from __future__ import annotations
+
+import torch
+
+from cifar_exp import plots
+
+
+def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path):
+    history = [{"epoch": e, "train/loss_epoch": 2.0 / e, "train/acc": 0.3 * e, "val/loss": 2.1 / e,
+                "val/acc": 0.28 * e, "test/loss": 2.2 / e, "test/acc": 0.25 * e} for e in (1, 2, 3)]
+    series = plots.curve_series(history)
+    assert sorted(series) == ["accuracy", "loss"]
+    assert sorted(series["loss"]) == ["test", "train", "val"]
+    assert series["loss"]["train"] == ([1, 2, 3], [2.0, 1.0, 2.0 / 3])
+    assert series["accuracy"]["test"][0] == [1, 2, 3]
+    assert plots.learning_curves(history, tmp_path / "c.png").stat().st_size > 1000
+    without_val = [{k: v for k, v in h.items() if not k.startswith("val/")} for h in history]
+    assert sorted(plots.curve_series(without_val)["loss"]) == ["test", "train"]
+
+
+def test_sweep_axes_are_categorical_for_names_and_few_whole_numbers():
+    assert plots._axis_values([2, 0, 1, 0]) == ([2, 0, 1, 0], ["0", "1", "2"])
+    assert plots._axis_values(["adam", "sgd", "adam"]) == ([0, 1, 0], ["adam", "sgd"])
+    assert plots._axis_values([0.001, 0.01, 0.1]) == ([0.001, 0.01, 0.1], None)
+
+
+def test_objective_vs_params_plots_every_swept_key(tmp_path):
+    rows = [{"params": {"optimizer.lr": str(lr), "seed": str(s)}, "test/acc": 0.5 + lr}
+            for lr in (0.001, 0.01, 0.1) for s in (0, 1)]
+    path = plots.objective_vs_params(rows, ["optimizer.lr", "seed"], "test/acc", tmp_path / "o.png")
+    assert path.stat().st_size > 1000
+
+
+def test_predictions_titles_come_from_the_classes():
+    drawn = {}
+    original = plots.image_grid
+    plots.image_grid = lambda images, titles, path, colors=None: drawn.update(titles=titles, colors=colors)
+    try:
+        plots.predictions(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 0]), torch.tensor([1, 1]),
+                          ["cat", "dog"], "unused.png")
+    finally:
+        plots.image_grid = original
+    assert drawn == {"titles": ["dog\n(dog)", "cat\n(dog)"], "colors": ["green", "red"]}

@@ -7,6 +7,7 @@ import csv
 import math
 import os
 import statistics
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -47,6 +48,9 @@ class SweepTracking(Callback):
         self.parent: Optional[dict] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.objective.startswith("test/"):
+            print(f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
+                  f"select on held-out data instead: dataset.val_size=5000 objective=val/acc", file=sys.stderr)
         if not config.mlflow.enabled:
             return
         overrides = list(config.hydra.overrides.task)
@@ -123,6 +127,8 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str]) -> dic
         rows.append({
             "job": c["tags"].get("hydra.job.num", ""), "run_id": c["run_id"], "status": c["status"],
             "overrides": c["tags"].get("hydra.overrides", ""), objective: c["metrics"].get(objective),
+            # selected on val, reported on test: both side by side
+            "val/acc": c["metrics"].get("val/acc"), "val/loss": c["metrics"].get("val/loss"),
             "test/acc": c["metrics"].get("test/acc"), "test/loss": c["metrics"].get("test/loss"),
             "output_dir": c["tags"].get("hydra.output_dir", ""),
             "params": _job_params(c["tags"].get("hydra.overrides", "")),

@@ -50,6 +50,8 @@ class RunState:
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
     run_id: Optional[str] = None
     segment: int = 0        # how many times the run was resumed
+    bad_epochs: int = 0     # epochs since the monitored metric last improved (early stopping)
+    top: list = field(default_factory=list)  # [value, epoch] of the kept top-k checkpoints
 
     def advance(self) -> None:
         self.step += 1
@@ -64,6 +66,7 @@ class RunState:
                                                                  else value < self.best))
         if improved:
             self.best = value
+        self.bad_epochs = 0 if improved else self.bad_epochs + 1
         return improved
 
     @property
@@ -248,7 +251,10 @@ def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
     from cifar_exp.models import build_model
 
     model = build_model(ck.config.model, len(ck.state.classes), image_size(ck.config.dataset))
-    model.load_state_dict(ck.trainer["model"])
+    ema = ck.trainer.get("ema")
+    # a run that keeps an EMA of its weights is evaluated and used with it
+    weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")} if ema else ck.trainer["model"]
+    model.load_state_dict(weights)
     return model.to(device).eval()
 
 
@@ -263,6 +269,7 @@ class Checkpointer:
         self.enabled, self.before_write = enabled, before_write
         self.dir = checkpoint_dir(run_dir)
         self.keep_last, self.save_best = cfg.checkpoint.keep_last, cfg.checkpoint.save_best
+        self.top_k, self.mode = cfg.checkpoint.save_top_k, cfg.checkpoint.mode
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.last_good: Optional[tuple[Path, int]] = None  # (file, global step) of the newest write
 
@@ -284,11 +291,25 @@ class Checkpointer:
             raise UserError(f"cannot write checkpoints in {self.dir}: {e.strerror or e} "
                             f"(set hydra.run.dir to a writable place)") from None
 
-    def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool) -> Optional[Path]:
+    def _rank(self, state: RunState, score: Optional[float]) -> list:
+        """The top-k list with this epoch's score in it, if it makes the cut."""
+        if not self.top_k or score is None:
+            return state.top
+        ranked = sorted([*state.top, [score, state.epoch]], key=lambda t: t[0], reverse=self.mode == "max")
+        return ranked[: self.top_k]
+
+    def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool,
+             score: Optional[float] = None) -> Optional[Path]:
+        """Write last.pt (and epoch_N.pt, best.pt, top_epoch_N.pt as configured); `score`
+        is the epoch's monitored value, which ranks it for the top k."""
         if not self.enabled:
             return None
         self.before_write()
         last = self.dir / LAST
+        dropped = []
+        if epoch_end:
+            top = self._rank(state, score)
+            dropped, state.top = [t for t in state.top if t not in top], top
         try:
             atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
                          "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
@@ -300,6 +321,10 @@ class Checkpointer:
                     old.unlink()
             if is_best and self.save_best:
                 link_or_copy(last, self.dir / BEST)
+            if epoch_end and [score, state.epoch] in state.top:
+                link_or_copy(last, self.dir / f"top_epoch_{state.epoch:04d}.pt")
+            for _, epoch in dropped:
+                (self.dir / f"top_epoch_{epoch:04d}.pt").unlink(missing_ok=True)
         except OSError as e:
             raise UserError(f"cannot write checkpoint {last}: {e.strerror or e}; nothing was replaced "
                             f"({self.describe_last_good()})") from None

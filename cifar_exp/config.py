@@ -40,6 +40,12 @@ class DatasetConfig:
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     # decoded uint8 tensors are cached here (relative to the launch directory); null disables
     cache_dir: Optional[str] = "data/cache"
+    # batch augmentations of the training split: a zeroed square of this side (0 = off) ...
+    cutout: int = 0
+    # ... and mixing pairs of images, with Beta(alpha, alpha) weights (0 = off; both on:
+    # each batch picks one of the two)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
 
 @dataclass
@@ -121,6 +127,8 @@ class OptimizerConfig:
     name: str = MISSING
     lr: float = 0.001
     weight_decay: float = 0.0
+    # weight decay on normalization weights and biases too (false: only on conv/linear weights)
+    decay_norm_and_bias: bool = True
 
 
 @dataclass
@@ -147,6 +155,8 @@ class AdamWConfig(AdamConfig):
 @dataclass
 class SchedulerConfig:
     name: str = MISSING
+    # linear warmup from 1% of the learning rate over this many epochs, then the schedule
+    warmup_epochs: float = 0.0
 
 
 @dataclass
@@ -194,6 +204,23 @@ class TrainerConfig:
     eval_flip: bool = False
     # single process, or ddp under torchrun
     strategy: str = "single"
+    # BatchNorm statistics over all processes under DDP
+    sync_batchnorm: bool = False
+    # sum the gradients of this many batches into one optimizer step
+    accumulate_grad_batches: int = 1
+    # clip the gradient norm to this (0 = off); the norm before clipping is logged
+    gradient_clip_val: float = 0.0
+    # exponential moving average of the weights, evaluated and saved (0 = off; e.g. 0.999)
+    ema_decay: float = 0.0
+    # stop after this many epochs without improvement of checkpoint.monitor (0 = off)
+    early_stopping_patience: int = 0
+    # debugging: train/evaluate on only this many batches per epoch (0 = all) ...
+    limit_train_batches: int = 0
+    limit_eval_batches: int = 0
+    # ... or train on the same first N batches every epoch, to see the loss reach ~0
+    overfit_batches: int = 0
+    # trace this many training steps with torch.profiler (0 = off)
+    profile_steps: int = 0
 
 
 @dataclass
@@ -223,7 +250,10 @@ class CheckpointConfig:
     # epoch checkpoints kept beside last.pt and best.pt; 0 keeps none
     keep_last: int = 0
     save_best: bool = True
-    monitor: str = "test/acc"
+    # also keep the k best epoch checkpoints by monitor (0 = off)
+    save_top_k: int = 0
+    # follows the run's objective unless set
+    monitor: str = "${objective}"
     mode: str = "max"
 
 
@@ -471,7 +501,17 @@ def validate(cfg: DictConfig) -> None:
     _check(c.every_n_steps >= 0, "checkpoint.every_n_steps", "an integer >= 0", c.every_n_steps)
     _check(c.keep_last >= 0, "checkpoint.keep_last", "an integer >= 0", c.keep_last)
     _check(c.mode in ("min", "max"), "checkpoint.mode", "min or max", c.mode)
+    _check(c.save_top_k >= 0, "checkpoint.save_top_k", "an integer >= 0", c.save_top_k)
     _check_metric(cfg, "checkpoint.monitor")
+    _check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "an integer >= 1",
+           t.accumulate_grad_batches)
+    _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a float >= 0 (0: off)", t.gradient_clip_val)
+    _check(0 <= t.ema_decay < 1, "trainer.ema_decay", "a float in [0, 1) (0: off)", t.ema_decay)
+    for key in ("early_stopping_patience", "limit_train_batches", "limit_eval_batches", "overfit_batches",
+                "profile_steps"):
+        _check(t[key] >= 0, f"trainer.{key}", "an integer >= 0 (0: off)", t[key])
+    _check(not (t.overfit_batches and t.limit_train_batches), "trainer.overfit_batches",
+           "0 when trainer.limit_train_batches is set (one or the other)", t.overfit_batches)
     _check(bool(m.experiment_name.strip()), "mlflow.experiment_name", "a non-empty name", m.experiment_name)
     _check(m.flush_every_s > 0, "mlflow.flush_every_s", "a float > 0", m.flush_every_s)
     _check(m.system_metrics_every_s >= 0, "mlflow.system_metrics_every_s", "a float >= 0 (0: off)",
@@ -489,6 +529,9 @@ def _check_dataset(d: DictConfig) -> None:
     _check(d.crop_padding >= 0, "dataset.crop_padding", "an integer >= 0", d.crop_padding)
     _check(len(d.mean) == 3, "dataset.mean", "a list of 3 floats", list(d.mean))
     _check(len(d.std) == 3 and all(s > 0 for s in d.std), "dataset.std", "3 floats > 0", list(d.std))
+    _check(d.cutout >= 0, "dataset.cutout", "an integer >= 0 (0: off)", d.cutout)
+    _check(d.mixup_alpha >= 0, "dataset.mixup_alpha", "a float >= 0 (0: off)", d.mixup_alpha)
+    _check(d.cutmix_alpha >= 0, "dataset.cutmix_alpha", "a float >= 0 (0: off)", d.cutmix_alpha)
     if "image_size" in d:
         _check(8 <= d.image_size <= 1024, "dataset.image_size", "an integer in [8, 1024]", d.image_size)
     if d.name == "image_folder":
@@ -527,6 +570,7 @@ def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
                "two floats in [0, 1)", list(o.betas))
         _check(o.eps > 0, "optimizer.eps", "a float > 0", o.eps)
+    _check(s.warmup_epochs >= 0, "scheduler.warmup_epochs", "a float >= 0 (0: off)", s.warmup_epochs)
     if "eta_min" in s:
         _check(0 <= s.eta_min < o.lr, "scheduler.eta_min", "a float in [0, optimizer.lr)", s.eta_min)
     if "max_lr" in s:

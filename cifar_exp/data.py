@@ -262,20 +262,29 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class TensorLoader:
-    """Batches of a device-resident uint8 split, normalized (and optionally augmented with a
-    random crop of a zero-padded image plus a horizontal flip) as whole-batch tensor ops."""
+    """Batches of a device-resident uint8 split, normalized and (for training) augmented as
+    whole-batch tensor ops: a random crop of a zero-padded image plus a horizontal flip,
+    cutout, and MixUp/CutMix with soft targets. Every random draw of an epoch is made up
+    front from (seed, epoch), so any step of any epoch replays exactly."""
 
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, shuffle: bool,
-                 augment: bool = False, padding: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 augment: bool = False, padding: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 cutout: int = 0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 0,
+                 limit: int = 0, same_batches: bool = False):
         self.split, self.batch_size, self.normalize = split, batch_size, normalize
         # with several processes each takes every world_size-th image of each (global) batch
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
+        self.cutout, self.mixup_alpha, self.cutmix_alpha = cutout, mixup_alpha, cutmix_alpha
+        self.num_classes = num_classes
+        # debugging: only the first `limit` batches; `same_batches` repeats epoch 0's every epoch
+        self.limit, self.same_batches = limit, same_batches
         p = padding if augment else 0
         self.padded = F.pad(split.x, (p, p, p, p)) if p else split.x
 
     def __len__(self) -> int:
-        return math.ceil(len(self.split) / self.batch_size)
+        full = math.ceil(len(self.split) / self.batch_size)
+        return min(full, self.limit) if self.limit else full
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]
@@ -286,19 +295,71 @@ class TensorLoader:
                         rows[:, None, :, None], cols[:, None, None, :]]
         return torch.where(flips[:, None, None, None], x.flip(3), x)
 
+    def _cutout(self, x: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
+        """Zero (the mean colour, after normalization) a size x size square per image; the
+        square may hang over the edge, as in the original cutout."""
+        h, w = x.shape[2:]
+        dev = x.device
+        r = torch.arange(h, device=dev)[None, :, None] - corners[:, 0, None, None]
+        c = torch.arange(w, device=dev)[None, None, :] - corners[:, 1, None, None]
+        inside = (r >= 0) & (r < self.cutout) & (c >= 0) & (c < self.cutout)
+        return x.masked_fill(inside[:, None], 0.0)
+
+    def _mix_plan(self, g: torch.Generator, n: int) -> dict:
+        """Per batch: CutMix or MixUp, its Beta(alpha, alpha) weight and the box's centre;
+        per image a key that picks its partner within the batch."""
+        import numpy as np
+
+        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
+        steps = math.ceil(n / self.batch_size)
+        share = 0.5 if self.mixup_alpha and self.cutmix_alpha else (1.0 if self.cutmix_alpha else 0.0)
+        cutmix = rng.random(steps) < share
+        lam = np.where(cutmix, rng.beta(max(self.cutmix_alpha, 1e-9), max(self.cutmix_alpha, 1e-9), steps),
+                       rng.beta(max(self.mixup_alpha, 1e-9), max(self.mixup_alpha, 1e-9), steps))
+        return {"cutmix": cutmix, "lam": lam, "centre": rng.random((steps, 2)), "keys": torch.rand(n, generator=g)}
+
+    def _mix(self, x: torch.Tensor, y: torch.Tensor, plan: dict, step: int, sl: slice):
+        """The batch mixed with a permutation of itself, and its soft targets."""
+        partner = torch.argsort(plan["keys"][sl]).to(x.device)
+        lam = float(plan["lam"][step])
+        if plan["cutmix"][step]:
+            h, w = x.shape[2:]
+            cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
+            cy, cx = (int(v) for v in plan["centre"][step] * (h, w))
+            y1, y2 = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
+            x1, x2 = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
+            x = x.clone()
+            x[:, :, y1:y2, x1:x2] = x[partner, :, y1:y2, x1:x2]
+            lam = 1 - (y2 - y1) * (x2 - x1) / (h * w)  # the share of the image that is its own
+        else:
+            x = x * lam + x[partner] * (1 - lam)
+        one_hot = F.one_hot(y, self.num_classes).float()
+        return x, one_hot * lam + one_hot[partner] * (1 - lam)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """The batches of `epoch` from `start_step` on; the same every time it is called."""
+        """The batches of `epoch` from `start_step` on; the same every time it is called.
+        Targets are class indices, or class weights [B, classes] when batches are mixed."""
         n, dev = len(self.split), self.split.x.device
-        g = epoch_generator(self.seed, epoch)
+        g = epoch_generator(self.seed, 0 if self.same_batches else epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         order = order.to(dev)
         if self.augment:
             offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(dev)
             flips = (torch.rand(n, generator=g) < 0.5).to(dev)
+        if self.cutout:
+            h, w = self.split.x.shape[2:]
+            corners = (torch.rand(n, 2, generator=g) * torch.tensor([h, w]) - self.cutout / 2).floor().long().to(dev)
+        mixing = self.mixup_alpha > 0 or self.cutmix_alpha > 0
+        plan = self._mix_plan(g, n) if mixing else None
         for step in range(start_step, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
             idx = order[sl][self.rank::self.world_size]
             sl = slice(sl.start + self.rank, sl.stop, self.world_size)
             # index_select, not x[idx]: several times faster on CPU for a batch of rows
             x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x.index_select(0, idx)
-            yield self.normalize(x), self.split.y.index_select(0, idx)
+            x, y = self.normalize(x), self.split.y.index_select(0, idx)
+            if self.cutout:
+                x = self._cutout(x, corners[sl])
+            if plan is not None:
+                x, y = self._mix(x, y, plan, step, sl)
+            yield x, y

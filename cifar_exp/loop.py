@@ -12,6 +12,7 @@ from torch import nn
 
 from cifar_exp.data import TensorLoader
 from cifar_exp.distributed import all_reduce_sum
+from cifar_exp.errors import UserError
 
 
 def autocast_for(device: torch.device, enabled: bool):
@@ -40,7 +41,8 @@ class EpochMeter:
     def update(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
         loss = loss.detach().double()
         self.loss_sum += loss * len(y)
-        self.correct += (logits.detach().argmax(1) == y).sum()
+        # mixed (soft) targets count as their dominant class
+        self.correct += (logits.detach().argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
         self.seen += len(y)
         self.window_loss += loss
         self.window_steps += 1
@@ -79,31 +81,79 @@ class Trainer:
     amp: bool = False
     # test-time augmentation: average the logits of each image and its mirror image
     eval_flip: bool = False
+    # batches whose gradients are summed into one optimizer step
+    accumulate: int = 1
+    # clip the gradient norm to this before each optimizer step; 0 = off
+    clip_norm: float = 0.0
+    # keep an exponential moving average of the weights (evaluated and saved); 0 = off
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         self.autocast, self.scaler = autocast_for(self.device, self.amp)
         self.meter = EpochMeter(self.device)
         # torch.compile and DDP wrap the module; checkpoints hold the plain module's weights
         module = getattr(self.model, "_orig_mod", self.model)
-        self.module = module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+        self.ddp = module if isinstance(module, nn.parallel.DistributedDataParallel) else None
+        self.module = module.module if self.ddp is not None else module
+        # EMA: torch's AveragedModel, averaging BatchNorm's running statistics too
+        self.ema = (torch.optim.swa_utils.AveragedModel(
+            self.module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
+            if self.ema_decay > 0 else None)
         # evaluation runs the same forward on every rank: DDP's wrapper adds nothing there
-        self.eval_model = self.module if self.module is not module else self.model
+        if self.ema is not None:
+            self.eval_model = self.ema.module
+        else:
+            self.eval_model = self.module if self.ddp is not None else self.model
+        self.micro = 0  # batches accumulated since the last optimizer step
+        self.grad_norm: Optional[torch.Tensor] = None  # before clipping, at the last optimizer step
+
+    @property
+    def at_boundary(self) -> bool:
+        """No gradients are pending: the state can be saved and resumed exactly."""
+        return self.micro == 0
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            logits = self.model(x)
-            loss = self.loss_fn(logits, y)
+        """Forward and backward one batch; every `accumulate` batches, one optimizer step."""
+        last = self.micro + 1 == self.accumulate
+        # DDP averages gradients across processes only on the batch that completes a step
+        sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+        with sync:
+            with self.autocast():
+                logits = self.model(x)
+                loss = self.loss_fn(logits, y)
+            # each batch's mean loss weighs 1/k: k batches of b images step like one of k*b
+            scaled = loss / self.accumulate if self.accumulate > 1 else loss
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        self.meter.update(loss, logits, y)
+        self.micro += 1
+        if last:
+            self.optimizer_step()
+
+    def optimizer_step(self) -> None:
+        """Apply the accumulated gradients (also for a shorter group at an epoch's end)."""
+        if self.clip_norm > 0:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None:
             self.scheduler.step()
-        self.meter.update(loss, logits, y)
+        if self.ema is not None:
+            self.ema.update_parameters(self.module)
+        self.micro = 0
+
+    def end_epoch(self) -> None:
+        """An epoch ends on an optimizer step: a partial group of batches is applied."""
+        if self.micro:
+            self.optimizer_step()
 
     def begin_epoch(self, start_step: int) -> None:
         """Training mode; the epoch's sums start afresh unless resuming inside the epoch."""
@@ -115,6 +165,8 @@ class Trainer:
         """Whether the weights and the epoch's loss sum are all finite (a device sync: only
         before a checkpoint)."""
         params = [p.detach() for p in self.module.parameters()]
+        if self.ema is not None:
+            params += [p.detach() for p in self.ema.module.parameters()]
         return bool(torch.isfinite(self.meter.loss_sum)) and all(bool(torch.isfinite(p).all()) for p in params)
 
     def lr(self) -> float:
@@ -152,6 +204,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "meter": self.meter.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -162,6 +215,15 @@ class Trainer:
         if self.scaler is not None and state["scaler"] is not None:
             self.scaler.load_state_dict(state["scaler"])
         self.meter.load_state_dict(state["meter"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise UserError("the checkpoint has no EMA weights: trainer.ema_decay must match the run's")
+            self.ema.load_state_dict(state["ema"])
+
+    @property
+    def final_module(self) -> nn.Module:
+        """The weights a run ends with: the EMA's when it keeps one."""
+        return self.ema.module if self.ema is not None else self.module
 
 
 @dataclass

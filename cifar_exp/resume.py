@@ -22,6 +22,7 @@ log = logging.getLogger("cifar_exp")
 # Keys that may differ from the checkpoint's config when resuming: they change how the run
 # is observed or how long it lasts, not what it computes.
 RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progress",
+               "trainer.early_stopping_patience", "trainer.profile_steps",
                "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow.log_model",
                "mlflow.flush_every_s", "mlflow.run_name", "mlflow.tags", "mlflow.enabled",
                "mlflow.tracking_uri", "mlflow.experiment_name",

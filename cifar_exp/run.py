@@ -11,7 +11,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -25,6 +25,7 @@ from cifar_exp.job import Job, resume_command
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
+from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
 from cifar_exp.runtime import pick_device, seed_everything
 from cifar_exp.signals import StopSignals
@@ -59,9 +60,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         state = start.checkpoint.state
         state.segment += 1
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
+    profiler = StepProfiler(cfg.trainer.profile_steps if world.is_main else 0, run_dir / "profile")
     # the store is checked before the data is loaded, and whatever fails after is recorded
     with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file,
-                                        state.segment, resume_command(run_dir)) as tracker:
+                                        state.segment, resume_command(run_dir)) as tracker, profiler:
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
 
@@ -69,11 +71,13 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         if start.checkpoint is not None and data.classes != state.classes:
             raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {state.classes}")
         state.classes = data.classes
-        d = cfg.dataset
+        d, t = cfg.dataset, cfg.trainer
         shard = {"rank": world.rank, "world_size": world.world_size}
         train = data.loader("train", d.batch_size, shuffle=True, augment=d.augment, padding=d.crop_padding,
-                            seed=cfg.seed, **shard)
-        evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, **shard)
+                            seed=cfg.seed, cutout=d.cutout, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
+                            num_classes=data.num_classes, limit=t.limit_train_batches or t.overfit_batches,
+                            same_batches=t.overfit_batches > 0, **shard)
+        evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
                  for s in ("val", "test") if getattr(data, s) is not None}
         trainer = build_trainer(cfg, data.num_classes, len(train), device, world)
         if start.checkpoint is not None:
@@ -81,9 +85,11 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment)
-        if state.epoch >= cfg.epochs:
-            log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d)",
-                     state.epoch, cfg.epochs)
+        patience = t.early_stopping_patience
+        stopped_early = bool(patience) and state.bad_epochs >= patience  # by an earlier segment
+        if state.epoch >= cfg.epochs or stopped_early:
+            log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d%s)", state.epoch,
+                     cfg.epochs, ", stopped early" if stopped_early else "")
 
         if start.checkpoint is not None:
             ckpt.last_good = (start.checkpoint.path, state.global_step)
@@ -93,10 +99,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                             f"{state.epoch + 1}, lr {trainer.lr():.4g}); nothing was saved after it; "
                             f"{ckpt.describe_last_good()}")
 
-        def save(*, epoch_end: bool, is_best: bool) -> None:
+        def save(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> None:
             if not trainer.finite():  # a non-finite model never becomes a checkpoint
                 diverged(float(trainer.meter.loss_sum))
-            ckpt.save(state, trainer, epoch_end=epoch_end, is_best=is_best)
+            ckpt.save(state, trainer, epoch_end=epoch_end, is_best=is_best, score=score)
 
         def stop_requested() -> bool:
             return distributed.any_rank(stop.signum is not None, device)
@@ -106,26 +112,32 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
         test = None
-        for epoch in range(state.epoch, cfg.epochs):
+        for epoch in range(state.epoch, state.epoch if stopped_early else cfg.epochs):
             t0, first_step = time.perf_counter(), state.step
             trainer.begin_epoch(first_step)
-            with EpochProgress(cfg.trainer.progress, len(train), first_step, epoch + 1, cfg.epochs,
-                               d.batch_size) as bar:
+            with EpochProgress(t.progress, len(train), first_step, epoch + 1, cfg.epochs, d.batch_size) as bar:
                 for x, y in train.epoch(epoch, first_step):
                     trainer.step(x, y)
                     state.advance()
+                    profiler.step()
                     loss = None
                     # every n steps, and at each epoch's last step so short epochs have a curve too
                     if state.global_step % every_log == 0 or state.step == len(train):
                         loss = trainer.meter.pop_window()
-                        tracker.log_metrics({"train/loss": loss, "lr": trainer.lr()}, step=state.global_step)
+                        logged = {"train/loss": loss, "lr": trainer.lr()}
+                        if trainer.grad_norm is not None:  # gradient clipping on: the norm before it
+                            logged["train/grad_norm"] = float(trainer.grad_norm)
+                        tracker.log_metrics(logged, step=state.global_step)
                         if not math.isfinite(loss):
                             diverged(loss)
                     bar.update(loss)
-                    if stop_requested():
+                    # checkpoints fall between optimizer steps, never inside an accumulation
+                    if trainer.at_boundary and stop_requested():
                         checkpoint_and_stop(epoch_end=False, is_best=False)
-                    if every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train):
+                    if (every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train)
+                            and trainer.at_boundary):
                         save(epoch_end=False, is_best=False)
+            trainer.end_epoch()
 
             seconds = time.perf_counter() - t0  # training time: evaluation is not counted
             metrics, test = evaluate_epoch(trainer, data, evals, epoch + 1)
@@ -136,12 +148,20 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
                 if not math.isfinite(loss):
                     diverged(loss)
-            is_best = state.end_epoch(metrics, cfg.checkpoint.monitor, cfg.checkpoint.mode)
+            monitor = cfg.checkpoint.monitor
+            is_best = state.end_epoch(metrics, monitor, cfg.checkpoint.mode)
             last = state.epoch == cfg.epochs
+            early = bool(patience) and state.bad_epochs >= patience and not last
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best)
-            if state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or (is_best and cfg.checkpoint.save_best):
-                save(epoch_end=True, is_best=is_best)
+            if (state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or early
+                    or (is_best and cfg.checkpoint.save_best) or cfg.checkpoint.save_top_k):
+                save(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
+            if early:
+                why = f"no improvement of {monitor} for {patience} epochs (best {state.best:.4g})"
+                log.info("stopping early after epoch %d: %s", state.epoch, why)
+                tracker.set_tags({"cifar_exp.early_stopped": f"after epoch {state.epoch}: {why}"})
+                break
 
         test = test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:
@@ -154,19 +174,24 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 # --- building -------------------------------------------------------------------------------------
 def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, device: torch.device,
                   world: distributed.World) -> Trainer:
+    t = cfg.trainer
     model = build_model(cfg.model, num_classes, image_size(cfg.dataset)).to(device)
-    if cfg.trainer.channels_last:
+    if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    # schedules count optimizer steps: with accumulation, one per group of batches
+    optimizer_steps = math.ceil(steps_per_epoch / t.accumulate_grad_batches)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * optimizer_steps, optimizer_steps)
     if world.active:
+        if t.sync_batchnorm:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.trainer.compile:
+    if t.compile:
         model = torch.compile(model)
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.trainer.label_smoothing)
-    return Trainer(model, optimizer, scheduler, loss_fn, device, amp=cfg.trainer.amp,
-                   eval_flip=cfg.trainer.eval_flip)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    return Trainer(model, optimizer, scheduler, loss_fn, device, amp=t.amp, eval_flip=t.eval_flip,
+                   accumulate=t.accumulate_grad_batches, clip_norm=t.gradient_clip_val, ema_decay=t.ema_decay)
 
 
 def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World,
@@ -244,6 +269,8 @@ def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: Run
     the one on-device dataset; only the few drawn move to the CPU, inside plots."""
     log.info("%s", test.report(data.classes))
     plot_dir = run_dir / "plots"
+    if (run_dir / "profile").is_dir():
+        tracker.log_artifact(run_dir / "profile", "profile")
     if state.history:
         tracker.log_artifact(plots.learning_curves(state.history, plot_dir / "learning_curves.png"), "plots")
     tracker.log_artifact(plots.confusion_matrix(test.confusion, data.classes, plot_dir / "confusion_matrix.png"),
@@ -255,5 +282,5 @@ def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: Run
                          "plots")
     if cfg.mlflow.enabled and cfg.mlflow.log_model:
         example = data.normalize(images[:2]).cpu()
-        tracker.log_model(copy.deepcopy(trainer.module).cpu(), example, f"{cfg.model.name}-{tracker.run_id[:8]}",
+        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, f"{cfg.model.name}-{tracker.run_id[:8]}",
                           state.last_metrics.keys())

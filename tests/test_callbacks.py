@@ -50,6 +50,8 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     result = run_cli(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                      "optimizer.lr=0.01,0.05", "seed=0,1", cwd=fresh_store)
     assert result.returncode == 0, result.output[-3000:]
+    [warning] = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert "objective=test/acc, a test-set metric" in warning
     c, parents, children = sweep_runs(fresh_store)
     [parent] = parents
     assert parent.info.status == "FINISHED"
@@ -92,13 +94,17 @@ def test_submitit_local_sweep(cli, workdir):
     assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.01", "0.05"]
 
 
-def test_optuna_search_with_three_trials(cli, workdir):
-    result = cli(*SWEEP, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3")
+def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir):
+    result = cli(*SWEEP, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3", "dataset.val_size=100")
     assert result.returncode == 0, result.output[-3000:]
+    assert "warning" not in result.stderr  # a validation objective: no warning
     c, [parent], children = sweep_runs(workdir)
     assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
-    best = max(children, key=lambda r: r.data.metrics["test/acc"])
-    assert parent.data.metrics["best/test/acc"] == best.data.metrics["test/acc"]
+    best = max(children, key=lambda r: r.data.metrics["val/acc"])
+    assert parent.data.metrics["best/val/acc"] == best.data.metrics["val/acc"]
+    assert {r.data.params["checkpoint.monitor"] for r in children} == {"val/acc"}  # follows the objective
+    rows = summary_rows(c, parent)
+    assert all(r["val/acc"] and r["test/acc"] for r in rows)  # selected on val, reported on test
     assert "Best value" in result.output
     lrs = {r.data.params["optimizer.lr"] for r in children}
     assert len(lrs) == 3 and all(1e-4 <= float(v) <= 0.3 for v in lrs)

@@ -446,3 +446,19 @@ def test_resuming_a_loose_checkpoint_file_writes_beside_the_new_run(cli, workdir
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 2
     assert sorted(p.name for p in workdir.iterdir() if p.is_dir()) == ["continued", "kept"]
     assert [p.name for p in loose.parent.iterdir()] == ["model.pt"]
+
+
+@pytest.mark.slow
+def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
+    features = [*EXACT, "trainer.ema_decay=0.9", "trainer.accumulate_grad_batches=3", "dataset.mixup_alpha=0.4",
+                "dataset.cutmix_alpha=1.0", "dataset.augment=true", "dataset.cutout=8", "mlflow.log_model=false"]
+    straight, split = workdir / "straight", workdir / "split"
+    assert cli(*features, "epochs=3", "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
+    assert cli(*features, "epochs=1", "mlflow.experiment_name=split", f"hydra.run.dir={split}").returncode == 0
+    assert cli(f"resume={split}", "epochs=3", "trainer.progress=false").returncode == 0
+    a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True)["trainer"] for d in (straight, split))
+    assert same_weights(a["model"], b["model"]) and same_weights(a["ema"], b["ema"])
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    ref, resumed = histories(workdir, "straight")[1], histories(workdir, "split")[1]
+    for key in COMPARED:
+        assert resumed[key] == ref[key], key

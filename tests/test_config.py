@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 from hydra import compose, initialize_config_module
 
@@ -120,6 +121,16 @@ BAD_INPUTS = {
     "optimizer.nesterov=true": "optimizer.nesterov",
     "model=speed_net model.widths=[]": "model.widths",
     "mlflow.flush_every_s=0": "mlflow.flush_every_s",
+    "trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches",
+    "trainer.gradient_clip_val=-1": "trainer.gradient_clip_val",
+    "trainer.ema_decay=1.5": "trainer.ema_decay",
+    "trainer.early_stopping_patience=-1": "trainer.early_stopping_patience",
+    "trainer.overfit_batches=2 trainer.limit_train_batches=3": "trainer.overfit_batches",
+    "dataset.cutout=-1": "dataset.cutout",
+    "dataset.mixup_alpha=-0.5": "dataset.mixup_alpha",
+    "scheduler.warmup_epochs=-1": "scheduler.warmup_epochs",
+    "checkpoint.save_top_k=-1": "checkpoint.save_top_k",
+    "debug=nope": "Could not find 'debug/nope'",
     "dataset=image_folder dataset.root=/no/such/dir": "/no/such/dir",
 }
 
@@ -153,3 +164,12 @@ def test_help_and_cfg_do_not_import_torch_or_mlflow(cli):
         imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if "|" in line}
         assert "cifar_exp.config" in imported, result.stderr[-500:]
         assert not {"torch", "mlflow", "torchvision"} & imported, args
+
+
+def test_the_search_preset_selects_on_a_validation_split(cli):
+    result = cli("hparams_search=optuna_lr", "--cfg", "job")
+    assert result.returncode == 0, result.output
+    cfg = yaml.safe_load(result.stdout)
+    assert cfg["dataset"]["val_size"] == 5000 and cfg["objective"] == "val/acc"
+    assert cfg["checkpoint"]["monitor"] in ("val/acc", "${objective}")
+    assert compose_cfg("hparams_search=optuna_lr").checkpoint.monitor == "val/acc"

@@ -180,3 +180,38 @@ def test_missing_cifar_without_download_is_a_user_error(tmp_path):
                           {"name": "cifar10", "root": str(tmp_path), "download": False})
     with pytest.raises(UserError, match="dataset=synthetic"):
         load_dataset(cfg, CPU)
+
+
+def _mixing(**kw) -> TensorLoader:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
+    return TensorLoader(Split(x, torch.arange(64) % 4), 16, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True,
+                        seed=2, num_classes=4, **kw)
+
+
+@pytest.mark.parametrize("kw", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+                                {"cutout": 4}])
+def test_batch_augmentations_replay_exactly_from_any_step(kw):
+    loader = _mixing(augment=True, padding=2, **kw)
+    full, tail = list(loader.epoch(3)), list(loader.epoch(3, start_step=2))
+    for (xa, ya), (xb, yb) in zip(full[2:], tail):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(full[0][0], list(loader.epoch(4))[0][0])
+
+
+def test_mixed_batches_have_soft_targets_that_sum_to_one():
+    for kw in ({"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}):
+        for x, y in _mixing(**kw).epoch(0):
+            assert y.shape == (16, 4) and torch.allclose(y.sum(1), torch.ones(16))
+            assert ((y > 0).sum(1) <= 2).all()  # each image mixes with one partner
+    plain = next(_mixing().epoch(0))[1]
+    assert plain.dtype == torch.int64 and plain.dim() == 1
+
+
+def test_cutout_zeroes_one_square_per_image():
+    loader = _mixing(cutout=4)
+    x, _ = next(loader.epoch(0))
+    reference, _ = next(_mixing().epoch(0))
+    zeroed = (x == 0) & (reference != 0)
+    per_image = zeroed.any(1).flatten(1).sum(1)
+    assert (per_image <= 16).all() and (per_image > 0).sum() >= 12  # squares may hang over the edge

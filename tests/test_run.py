@@ -77,3 +77,59 @@ def test_divergence_found_at_the_epoch_end_writes_no_checkpoint(cli, workdir):
     result = cli(*FAST, "optimizer.lr=1e9", "mlflow.enabled=false", f"hydra.run.dir={run_dir}")
     assert result.returncode == 2 and "no checkpoint of this run holds finite weights" in result.stderr
     assert not (run_dir / "checkpoints").exists() or not list((run_dir / "checkpoints").iterdir())
+
+
+def _client(workdir):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
+    from conftest import FAST
+
+    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2",
+                 "mlflow.log_model=false")
+    assert result.returncode == 0, result.output[-2000:]
+    assert "stopping early after epoch" in result.stdout
+    c = _client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    epochs = [m.value for m in c.get_metric_history(run.info.run_id, "epoch")]
+    assert run.info.status == "FINISHED" and len(epochs) <= 5
+    assert "no improvement of test/acc for 2 epochs" in run.data.tags["cifar_exp.early_stopped"]
+
+
+def test_debug_presets_run_end_to_end(cli, workdir):
+    import re
+
+    fast = cli("dataset=synthetic", "debug=fast", "mlflow.enabled=false")
+    assert fast.returncode == 0 and "epoch 1/1" in fast.stdout, fast.output[-2000:]
+    overfit = cli("dataset=synthetic", "debug=overfit", "mlflow.enabled=false")
+    assert overfit.returncode == 0, overfit.output[-2000:]
+    last_loss = float(re.findall(r"train loss ([\d.]+)", overfit.stdout)[-1])
+    assert last_loss < 0.05  # two batches, 40 epochs: memorized
+    profile = cli("dataset=synthetic", "debug=profile", "mlflow.log_model=false")
+    assert profile.returncode == 0, profile.output[-2000:]
+    c = _client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "profile")} == {"profile/ops.txt", "profile/trace.json"}
+
+
+def test_every_new_training_key_together_in_one_short_run(cli, workdir):
+    from conftest import FAST
+
+    run_dir = workdir / "run"
+    result = cli(*FAST, "epochs=3", "dataset.val_size=200", "objective=val/acc", "dataset.augment=true",
+                 "dataset.cutout=8", "dataset.mixup_alpha=0.2", "dataset.cutmix_alpha=1.0",
+                 "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.ema_decay=0.9",
+                 "trainer.early_stopping_patience=5", "trainer.sync_batchnorm=true", "scheduler=cosine",
+                 "scheduler.warmup_epochs=0.5", "optimizer.decay_norm_and_bias=false", "checkpoint.save_top_k=2",
+                 "trainer.log_every_n_steps=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.output[-3000:]
+    assert len(list((run_dir / "checkpoints").glob("top_epoch_*.pt"))) == 2
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert state["trainer"]["ema"] is not None and len(state["run"]["top"]) == 2
+    c = _client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert run.info.status == "FINISHED" and c.get_metric_history(run.info.run_id, "train/grad_norm")
+    assert run.data.params["checkpoint.monitor"] == "val/acc"

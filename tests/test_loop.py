@@ -1,0 +1,78 @@
+"""loop.py: one training step with accumulation, clipping and an EMA of the weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cifar_exp.data import Normalize, Split, TensorLoader
+from cifar_exp.loop import Trainer
+from cifar_exp.models import SimpleCNN
+
+CPU = torch.device("cpu")
+
+
+def _data(n=512) -> Split:
+    g = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 10, (n,), generator=g))
+
+
+def _trainer(model, **kw) -> Trainer:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
+    return Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), CPU, **kw)
+
+
+def _epoch(trainer: Trainer, batch: int) -> None:
+    loader = TensorLoader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1)
+    trainer.begin_epoch(0)
+    for x, y in loader.epoch(0):
+        trainer.step(x, y)
+    trainer.end_epoch()
+
+
+def test_two_batches_of_64_accumulated_step_like_one_batch_of_128():
+    torch.manual_seed(0)
+    start = SimpleCNN()  # no BatchNorm: the equivalence is exact up to float rounding
+    big, small = _trainer(copy.deepcopy(start)), _trainer(copy.deepcopy(start), accumulate=2)
+    _epoch(big, 128)
+    _epoch(small, 64)
+    for a, b in zip(big.module.parameters(), small.module.parameters()):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert big.scheduler.last_epoch == small.scheduler.last_epoch == 4  # schedules count optimizer steps
+    assert big.meter.summary()["loss"] == pytest.approx(small.meter.summary()["loss"], abs=1e-4)
+
+
+def test_a_partial_group_is_applied_at_the_epoch_end():
+    trainer = _trainer(SimpleCNN(), accumulate=3)
+    _epoch(trainer, 128)  # 4 batches: one group of 3, then one of 1
+    assert trainer.scheduler.last_epoch == 2 and trainer.at_boundary
+
+
+def test_clipping_bounds_the_step_and_keeps_the_norm_before_it():
+    torch.manual_seed(0)
+    model = SimpleCNN()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU,
+                      clip_norm=1e-3)
+    x, y = next(TensorLoader(_data(), 128, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=False).epoch(0))
+    trainer.step(x, y)
+    change = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
+    assert float(trainer.grad_norm) > 1e-2 and float(change) <= 1e-3 * (1 + 1e-4)
+
+
+def test_the_ema_follows_the_weights_is_evaluated_and_round_trips():
+    torch.manual_seed(0)
+    trainer = _trainer(SimpleCNN(), ema_decay=0.9)
+    _epoch(trainer, 128)
+    ema, raw = trainer.ema.module.state_dict(), trainer.module.state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)
+    assert trainer.eval_model is trainer.ema.module and trainer.final_module is trainer.ema.module
+    state = trainer.state_dict()
+    fresh = _trainer(SimpleCNN(), ema_decay=0.9)
+    fresh.load_state_dict(copy.deepcopy(state))
+    assert all(torch.equal(fresh.ema.module.state_dict()[k], ema[k]) for k in ema)
+    assert int(fresh.ema.n_averaged) == 4

@@ -184,6 +184,9 @@ def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, devic
     scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * optimizer_steps, optimizer_steps)
     if world.active:
         if t.sync_batchnorm:
+            if device.type != "cuda":
+                raise UserError("trainer.sync_batchnorm=true needs CUDA devices: PyTorch's SyncBatchNorm runs on "
+                                "GPUs only (drop it on CPU)")
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)

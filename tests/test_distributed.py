@@ -59,3 +59,12 @@ def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
 def test_ddp_without_torchrun_is_a_user_error(cli):
     result = cli(*FAST, "trainer.strategy=ddp", "mlflow.enabled=false")
     assert result.returncode == 2 and "needs torchrun" in result.stderr
+
+
+def test_sync_batchnorm_on_cpu_processes_is_one_line(workdir):
+    done = torchrun(2, *FAST, "model=speed_net", "model.widths=[8,16,32]", "trainer.sync_batchnorm=true",
+                    "mlflow.enabled=false", cwd=workdir)
+    assert done.returncode != 0
+    # each process says it in one line; what follows is torchrun's own report of failed children
+    assert done.stderr.count("cifar-exp: error: trainer.sync_batchnorm=true needs CUDA devices") == 2
+    assert "cifar_exp/" not in done.stderr  # no traceback through our code

@@ -36,3 +36,13 @@ def test_one_gpu_nccl_ddp_smoke(workdir):
     done = torchrun(1, *FAST, "trainer.device=cuda", "mlflow.enabled=false", cwd=workdir)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Accuracy of the network" in done.stdout
+
+
+def test_one_gpu_ddp_with_sync_batchnorm_ema_and_accumulation(workdir):
+    from test_distributed import torchrun
+
+    done = torchrun(1, *FAST, "trainer.device=cuda", "model=speed_net", "model.widths=[16,32,64]",
+                    "trainer.sync_batchnorm=true", "trainer.ema_decay=0.99", "trainer.accumulate_grad_batches=2",
+                    "mlflow.enabled=false", cwd=workdir)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "Accuracy of the network" in done.stdout

@@ -107,8 +107,8 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         def stop_requested() -> bool:
             return distributed.any_rank(stop.signum is not None, device)
 
-        def checkpoint_and_stop(*, epoch_end: bool, is_best: bool) -> NoReturn:
-            save(epoch_end=epoch_end, is_best=is_best)
+        def checkpoint_and_stop(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> NoReturn:
+            save(epoch_end=epoch_end, is_best=is_best, score=score)
             raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
         test = None
@@ -153,7 +153,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             last = state.epoch == cfg.epochs
             early = bool(patience) and state.bad_epochs >= patience and not last
             if stop_requested() and not last:
-                checkpoint_and_stop(epoch_end=True, is_best=is_best)
+                checkpoint_and_stop(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
             if (state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or early
                     or (is_best and cfg.checkpoint.save_best) or cfg.checkpoint.save_top_k):
                 save(epoch_end=True, is_best=is_best, score=metrics.get(monitor))

@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
     header("checkpoint cost: atomic save (write, fsync, rename) of last.pt + best.pt link", "random tensors")
     d = Path(tempfile.mkdtemp())
-    cfg = OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True}})
+    cfg = OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max"}})
     writer = checkpoint.Checkpointer(d, cfg, enabled=True)
     state = checkpoint.RunState(classes=["c"] * 10, epoch=1, best=0.5, run_id="x" * 32)
     print("| model | file size | save time (median, min-max) | epoch time (391 steps, est.) | share of epoch |")

@@ -162,21 +162,28 @@ class _Trainer:
         return {"model": {}}
 
 
-def test_checkpointer_keeps_last_k_and_best_and_flushes_first(tmp_path):
+def _writer_config(**checkpoint_keys):
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.create({"checkpoint": {"keep_last": 2, "save_best": True}})
+    return OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max",
+                                            **checkpoint_keys}})
+
+
+def test_checkpointer_keeps_last_k_top_k_and_best_and_flushes_first(tmp_path):
     flushed = []
-    writer = checkpoint.Checkpointer(tmp_path, cfg, enabled=True,
+    writer = checkpoint.Checkpointer(tmp_path, _writer_config(keep_last=2, save_top_k=2), enabled=True,
                                      before_write=lambda: flushed.append(len(list(tmp_path.rglob("last.pt")))))
     state = checkpoint.RunState(classes=["a", "b"])
     for acc in [0.1, 0.5, 0.3, 0.2]:
         is_best = state.end_epoch({"acc": acc}, "acc", "max")
-        writer.save(state, _Trainer(), epoch_end=True, is_best=is_best)
+        writer.save(state, _Trainer(), epoch_end=True, is_best=is_best, score=acc)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
-    assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt"]
+    assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt", "top_epoch_0002.pt",
+                     "top_epoch_0003.pt"]
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["run"]
     assert best["best"] == 0.5 and best["epoch"] == 2 and state.best == 0.5
+    assert torch.load(tmp_path / "checkpoints/top_epoch_0003.pt", weights_only=True)["run"]["epoch"] == 3
+    assert state.top == [[0.5, 2], [0.3, 3]] and state.bad_epochs == 2
     assert flushed == [0, 1, 1, 1]  # the flush precedes each write
 
 
@@ -383,10 +390,7 @@ def test_bad_tool_inputs_are_one_line_and_exit_2(cli, workdir):
 def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path, monkeypatch):
     import errno
 
-    from omegaconf import OmegaConf
-
-    writer = checkpoint.Checkpointer(tmp_path, OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True}}),
-                                     enabled=True)
+    writer = checkpoint.Checkpointer(tmp_path, _writer_config(), enabled=True)
     state = checkpoint.RunState(classes=["a"], epoch=1, global_step=10)
     writer.save(state, _Trainer(), epoch_end=True, is_best=False)
 

@@ -87,11 +87,17 @@ def _probe(uri: str) -> None:
                         f"mlflow.enabled=false") from None
 
 
+def _sqlite_file(uri: str) -> Optional[Path]:
+    """The database file of a sqlite:/// URI; None for any other store."""
+    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
 @contextlib.contextmanager
 def _store_lock(uri: str) -> Iterator[None]:
     """Processes that open a fresh SQLite store at once take turns: MLflow creates the schema
     on first use and concurrent creators fail half-way."""
-    if not uri.startswith("sqlite:///"):
+    db = _sqlite_file(uri)
+    if db is None:
         yield
         return
     import fcntl
@@ -100,8 +106,7 @@ def _store_lock(uri: str) -> Iterator[None]:
 
     # beside the other processes of this machine (all a SQLite file can serve), not in the
     # user's launch directory
-    db = Path(uri[len("sqlite:///"):].split("?")[0]).resolve()
-    key = hashlib.sha256(str(db).encode()).hexdigest()[:16]
+    key = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
     with open(Path(tempfile.gettempdir()) / f"cifar_exp-store-{key}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -445,7 +450,8 @@ def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: di
 def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit: int) -> list[dict]:
     """Runs of an experiment as plain dicts (id, name, status, params, metrics), best first.
     Reading never creates a store: a SQLite file that is not there is a UserError."""
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):].split("?")[0]).is_file():
+    db = _sqlite_file(uri)
+    if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {uri} (run this where you launched the runs, or give "
                         f"--tracking-uri)")
     client, _ = open_store(uri)

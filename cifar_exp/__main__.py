@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from cifar_exp.config import register_configs
 from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with
+from cifar_exp.signals import ignore_stop_signals
 
 register_configs()
 
@@ -38,6 +39,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def _exit_for(e: Exception) -> NoReturn:
     if isinstance(e, Interrupted):
+        ignore_stop_signals()
         print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
         sys.exit(128 + e.signum)
     exit_with(str(e))
@@ -82,6 +84,7 @@ def main() -> None:
         print(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:  # a second stop signal: out at once, from the last checkpoint
+        ignore_stop_signals()
         print("cifar-exp: stopped at once by a second stop signal; resume from the last checkpoint "
               "with resume=<run dir>", file=sys.stderr)
         sys.exit(128 + signal.SIGINT)

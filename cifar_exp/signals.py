@@ -39,3 +39,11 @@ class StopSignals:
         previous = self._previous.get(self.signum)
         if callable(previous) and previous is not signal.default_int_handler:
             previous(self.signum, None)
+
+
+def ignore_stop_signals() -> None:
+    """For a process that is exiting after a stop: its checkpoint is written and its run ended,
+    so a further Ctrl-C has nothing left to stop and must not turn a clean exit into a
+    KeyboardInterrupt raised from the interpreter's shutdown."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)

@@ -27,3 +27,15 @@ def test_the_previous_python_handler_gets_the_signal_on_exit():
         assert seen == [signal.SIGUSR2]
     finally:
         signal.signal(signal.SIGUSR2, old)
+
+
+def test_an_exiting_process_ignores_further_stop_signals():
+    from cifar_exp.signals import STOP_SIGNALS, ignore_stop_signals
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        ignore_stop_signals()
+        os.kill(os.getpid(), signal.SIGINT)  # would raise KeyboardInterrupt by default
+        os.kill(os.getpid(), signal.SIGTERM)  # would end the test process
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -25,7 +25,7 @@ def framework_epoch(model, split: Split, batch: int, log_every: int = 50) -> Non
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     trainer = Trainer(model, opt, None, torch.nn.CrossEntropyLoss(), cpu)
     state = RunState(classes=[])
-    trainer.begin_epoch(0)
+    trainer.begin_epoch(0, 0)
     for x, y in loader.epoch(0):
         trainer.step(x, y)
         state.advance()

@@ -46,6 +46,13 @@ class DatasetConfig:
     # each batch picks one of the two)
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    # training batches: drop the last, partial one of each epoch
+    drop_last: bool = False
+    # training flips: "random" per image each epoch, or "alternate": a random flip per image
+    # drawn once, then every image flipped on odd epochs (each sees both sides equally often)
+    flip: str = "random"
+    # the crop's border: "zeros" or "reflect" (mirrored edge pixels)
+    pad_mode: str = "zeros"
 
 
 @dataclass
@@ -121,6 +128,19 @@ class SpeedNetConfig(ModelConfig):
     act: str = "gelu"
 
 
+@dataclass
+class Airbench94Config(ModelConfig):
+    """airbench94's net: whitened 2x2 first conv, three conv-pool-BN-GELU groups, scaled output."""
+    name: str = "airbench94"
+    min_image_size: ClassVar[int] = 16
+    widths: List[int] = field(default_factory=lambda: [64, 256, 256])
+    # share of the old running statistics BatchNorm keeps per step (PyTorch's momentum is 1 - it)
+    bn_momentum: float = 0.6
+    output_scale: float = 0.1111111111111111
+    # the whitening conv's bias trains for this many epochs, then stays
+    whiten_bias_epochs: int = 3
+
+
 # --- optimizer -----------------------------------------------------------------------------
 @dataclass
 class OptimizerConfig:
@@ -129,6 +149,9 @@ class OptimizerConfig:
     weight_decay: float = 0.0
     # weight decay on normalization weights and biases too (false: only on conv/linear weights)
     decay_norm_and_bias: bool = True
+    # learning-rate factor for normalization layers' parameters; their weight decay is divided
+    # by it, so the decay per step (lr x weight_decay) stays the same
+    norm_lr_scale: float = 1.0
 
 
 @dataclass
@@ -179,6 +202,16 @@ class OneCycleConfig(SchedulerConfig):
 
 
 @dataclass
+class TriangleConfig(SchedulerConfig):
+    """Piecewise linear per step: start_factor x lr, up to lr at peak_at of the run, down to
+    end_factor x lr at its end (airbench's schedule)."""
+    name: str = "triangle"
+    start_factor: float = 0.2
+    peak_at: float = 0.23
+    end_factor: float = 0.07
+
+
+@dataclass
 class StepConfig(SchedulerConfig):
     name: str = "step"
     step_epochs: int = 30
@@ -202,6 +235,15 @@ class TrainerConfig:
     label_smoothing: float = 0.0
     # evaluate on each image and its mirror image, averaging the logits
     eval_flip: bool = False
+    # test-time augmentation: also average over the images shifted by this many pixels
+    # (up-left and down-right, reflected edges); with eval_flip, each shift is flip-averaged too
+    eval_translate: int = 0
+    # lookahead: every n optimizer steps the weights move to an average of themselves and
+    # their slow copy (weight lookahead_decay x (progress)^3 on the slow copy); 0 = off
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.7737809375
+    # stop after this many optimizer steps in all (the last epoch may be partial); 0 = off
+    max_steps: int = 0
     # single process, or ddp under torchrun
     strategy: str = "single"
     # BatchNorm statistics over all processes under DDP
@@ -302,6 +344,7 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(TutorialNetConfig, "cifar_exp.models:TutorialNet"),
         Option(ResNet18Config, "cifar_exp.models:resnet18"),
         Option(SpeedNetConfig, "cifar_exp.models:SpeedNet"),
+        Option(Airbench94Config, "cifar_exp.models:Airbench94Net"),
     ),
     "optimizer": _options(
         Option(SGDConfig, "cifar_exp.optim:sgd"),
@@ -313,6 +356,7 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(CosineConfig, "cifar_exp.optim:cosine"),
         Option(OneCycleConfig, "cifar_exp.optim:onecycle"),
         Option(StepConfig, "cifar_exp.optim:step"),
+        Option(TriangleConfig, "cifar_exp.optim:triangle"),
     ),
 }
 BASES = {"dataset": DatasetConfig, "model": ModelConfig, "optimizer": OptimizerConfig,
@@ -507,7 +551,10 @@ def validate(cfg: DictConfig) -> None:
            t.accumulate_grad_batches)
     _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a float >= 0 (0: off)", t.gradient_clip_val)
     _check(0 <= t.ema_decay < 1, "trainer.ema_decay", "a float in [0, 1) (0: off)", t.ema_decay)
-    for key in ("early_stopping_patience", "limit_train_batches", "limit_eval_batches", "overfit_batches",
+    _check(t.eval_translate >= 0, "trainer.eval_translate", "an integer >= 0 (0: off)", t.eval_translate)
+    _check(t.lookahead_every >= 0, "trainer.lookahead_every", "an integer >= 0 (0: off)", t.lookahead_every)
+    _check(0 <= t.lookahead_decay < 1, "trainer.lookahead_decay", "a float in [0, 1)", t.lookahead_decay)
+    for key in ("max_steps", "early_stopping_patience", "limit_train_batches", "limit_eval_batches", "overfit_batches",
                 "profile_steps"):
         _check(t[key] >= 0, f"trainer.{key}", "an integer >= 0 (0: off)", t[key])
     _check(not (t.overfit_batches and t.limit_train_batches), "trainer.overfit_batches",
@@ -532,6 +579,8 @@ def _check_dataset(d: DictConfig) -> None:
     _check(d.cutout >= 0, "dataset.cutout", "an integer >= 0 (0: off)", d.cutout)
     _check(d.mixup_alpha >= 0, "dataset.mixup_alpha", "a float >= 0 (0: off)", d.mixup_alpha)
     _check(d.cutmix_alpha >= 0, "dataset.cutmix_alpha", "a float >= 0 (0: off)", d.cutmix_alpha)
+    _check(d.flip in ("random", "alternate"), "dataset.flip", "random or alternate", d.flip)
+    _check(d.pad_mode in ("zeros", "reflect"), "dataset.pad_mode", "zeros or reflect", d.pad_mode)
     if "image_size" in d:
         _check(8 <= d.image_size <= 1024, "dataset.image_size", "an integer in [8, 1024]", d.image_size)
     if d.name == "image_folder":
@@ -557,6 +606,11 @@ def _check_model(cfg: DictConfig) -> None:
     if "widths" in model:
         _check(len(model.widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in model.widths), "model.widths",
                "a non-empty list of even integers >= 2", list(model.widths))
+    if "bn_momentum" in model:
+        _check(0 <= model.bn_momentum < 1, "model.bn_momentum", "a float in [0, 1)", model.bn_momentum)
+        _check(model.output_scale > 0, "model.output_scale", "a float > 0", model.output_scale)
+        _check(model.whiten_bias_epochs >= 0, "model.whiten_bias_epochs", "an integer >= 0",
+               model.whiten_bias_epochs)
 
 
 def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
@@ -570,6 +624,7 @@ def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
         _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
                "two floats in [0, 1)", list(o.betas))
         _check(o.eps > 0, "optimizer.eps", "a float > 0", o.eps)
+    _check(o.norm_lr_scale > 0, "optimizer.norm_lr_scale", "a float > 0", o.norm_lr_scale)
     _check(s.warmup_epochs >= 0, "scheduler.warmup_epochs", "a float >= 0 (0: off)", s.warmup_epochs)
     if "eta_min" in s:
         _check(0 <= s.eta_min < o.lr, "scheduler.eta_min", "a float in [0, optimizer.lr)", s.eta_min)
@@ -577,6 +632,10 @@ def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
         _check(s.max_lr is None or s.max_lr > 0, "scheduler.max_lr", "a float > 0 (or null: optimizer.lr)",
                s.max_lr)
         _check(0 < s.pct_start < 1, "scheduler.pct_start", "a float in (0, 1)", s.pct_start)
+    if "peak_at" in s:
+        _check(0 <= s.peak_at <= 1, "scheduler.peak_at", "a float in [0, 1]", s.peak_at)
+        for key in ("start_factor", "end_factor"):
+            _check(s[key] >= 0, f"scheduler.{key}", "a float >= 0", s[key])
     if "gamma" in s:
         _check(s.step_epochs >= 1, "scheduler.step_epochs", "an integer >= 1", s.step_epochs)
         _check(0 < s.gamma <= 1, "scheduler.gamma", "a float in (0, 1]", s.gamma)

@@ -257,6 +257,17 @@ def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = Fa
 
 
 # --- batching -----------------------------------------------------------------------------
+def pad_images(x: torch.Tensor, p: int, mode: str) -> torch.Tensor:
+    """`x` with a border of p pixels: zeros, or its edge mirrored (by indexing, so any dtype
+    on any device)."""
+    if mode == "zeros":
+        return F.pad(x, (p, p, p, p))
+    h, w = x.shape[2:]
+    rows = (h - 1) - ((h - 1) - torch.arange(-p, h + p, device=x.device).abs()).abs()
+    cols = (w - 1) - ((w - 1) - torch.arange(-p, w + p, device=x.device).abs()).abs()
+    return x.index_select(2, rows).index_select(3, cols)
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
@@ -270,7 +281,8 @@ class TensorLoader:
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, shuffle: bool,
                  augment: bool = False, padding: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1,
                  cutout: int = 0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 0,
-                 limit: int = 0, same_batches: bool = False):
+                 limit: int = 0, same_batches: bool = False, drop_last: bool = False, flip: str = "random",
+                 pad_mode: str = "zeros"):
         self.split, self.batch_size, self.normalize = split, batch_size, normalize
         # with several processes each takes every world_size-th image of each (global) batch
         self.rank, self.world_size = rank, world_size
@@ -279,11 +291,13 @@ class TensorLoader:
         self.num_classes = num_classes
         # debugging: only the first `limit` batches; `same_batches` repeats epoch 0's every epoch
         self.limit, self.same_batches = limit, same_batches
+        self.drop_last, self.alternate_flips = drop_last, flip == "alternate"
         p = padding if augment else 0
-        self.padded = F.pad(split.x, (p, p, p, p)) if p else split.x
+        self.padded = pad_images(split.x, p, pad_mode) if p else split.x
 
     def __len__(self) -> int:
-        full = math.ceil(len(self.split) / self.batch_size)
+        full = (len(self.split) // self.batch_size if self.drop_last
+                else math.ceil(len(self.split) / self.batch_size))
         return min(full, self.limit) if self.limit else full
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -346,6 +360,9 @@ class TensorLoader:
         if self.augment:
             offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(dev)
             flips = (torch.rand(n, generator=g) < 0.5).to(dev)
+            if self.alternate_flips:  # one draw for the whole run, every image mirrored on odd epochs
+                once = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
+                flips = (once ^ (epoch % 2 == 1)).to(dev)
         if self.cutout:
             h, w = self.split.x.shape[2:]
             corners = (torch.rand(n, 2, generator=g) * torch.tensor([h, w]) - self.cutout / 2).floor().long().to(dev)

@@ -38,7 +38,8 @@ def evaluate(args) -> dict:
         raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
     model = checkpoint.restore_model(ck, device)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0), None,
-                      torch.nn.CrossEntropyLoss(), device, eval_flip=cfg.trainer.eval_flip)
+                      torch.nn.CrossEntropyLoss(), device, eval_flip=cfg.trainer.eval_flip,
+                      eval_translate=cfg.trainer.eval_translate)
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size, shuffle=False), data.num_classes)
     print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
     print(result.report(data.classes))

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from cifar_exp.data import TensorLoader
+from cifar_exp.data import TensorLoader, pad_images
 from cifar_exp.distributed import all_reduce_sum
 from cifar_exp.errors import UserError
 
@@ -71,6 +71,40 @@ class EpochMeter:
         self.seen, self.window_steps = state["seen"], state["window_steps"]
 
 
+class Lookahead:
+    """airbench's lookahead: every `every` optimizer steps the slow copy moves toward the
+    weights, lerp(slow, weights, 1 - d), and the weights jump to it. d = decay x progress^3
+    starts at 0 (no averaging while the weights move fast) and grows to `decay`; at the last
+    step the weights become the slow copy. BatchNorm's running statistics are averaged too."""
+
+    def __init__(self, module: nn.Module, every: int, decay: float, total_steps: int):
+        self.module, self.every, self.decay, self.total = module, every, decay, total_steps
+        self.slow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
+        self.count = 0  # optimizer steps so far
+
+    @torch.no_grad()
+    def _pull(self, decay: float) -> None:
+        weights = self.module.state_dict()
+        for key, slow in self.slow.items():
+            slow.lerp_(weights[key], 1 - decay)
+            weights[key].copy_(slow)
+
+    def step(self) -> None:
+        self.count += 1
+        if self.count % self.every == 0:
+            self._pull(self.decay * min(self.count / self.total, 1.0) ** 3)
+        if self.count == self.total:
+            self._pull(1.0)
+
+    def state_dict(self) -> dict:
+        return {"slow": {k: v.cpu() for k, v in self.slow.items()}, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count = state["count"]
+        for key, value in state["slow"].items():
+            self.slow[key].copy_(value)
+
+
 @dataclass
 class Trainer:
     model: nn.Module
@@ -87,6 +121,12 @@ class Trainer:
     clip_norm: float = 0.0
     # keep an exponential moving average of the weights (evaluated and saved); 0 = off
     ema_decay: float = 0.0
+    # test-time augmentation: also average over images shifted by this many pixels; 0 = off
+    eval_translate: int = 0
+    # lookahead every n optimizer steps (see Lookahead); 0 = off
+    lookahead_every: int = 0
+    lookahead_decay: float = 0.0
+    total_steps: int = 0
 
     def __post_init__(self):
         self.autocast, self.scaler = autocast_for(self.device, self.amp)
@@ -104,6 +144,8 @@ class Trainer:
             self.eval_model = self.ema.module
         else:
             self.eval_model = self.module if self.ddp is not None else self.model
+        self.lookahead = (Lookahead(self.module, self.lookahead_every, self.lookahead_decay, self.total_steps)
+                          if self.lookahead_every else None)
         self.micro = 0  # batches accumulated since the last optimizer step
         self.grad_norm: Optional[torch.Tensor] = None  # before clipping, at the last optimizer step
 
@@ -148,6 +190,8 @@ class Trainer:
             self.scheduler.step()
         if self.ema is not None:
             self.ema.update_parameters(self.module)
+        if self.lookahead is not None:
+            self.lookahead.step()
         self.micro = 0
 
     def end_epoch(self) -> None:
@@ -155,9 +199,12 @@ class Trainer:
         if self.micro:
             self.optimizer_step()
 
-    def begin_epoch(self, start_step: int) -> None:
-        """Training mode; the epoch's sums start afresh unless resuming inside the epoch."""
+    def begin_epoch(self, epoch: int, start_step: int) -> None:
+        """Training mode; the epoch's sums start afresh unless resuming inside the epoch; a
+        model with a schedule of its own (which layers train when) is told the epoch."""
         self.model.train()
+        if hasattr(self.module, "begin_epoch"):
+            self.module.begin_epoch(epoch)
         if start_step == 0:
             self.meter.reset()
 
@@ -180,15 +227,30 @@ class Trainer:
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
         for x, y in loader.epoch(0):
             with self.autocast():
-                logits = model(x).float()
-                if self.eval_flip:
-                    logits = (logits + model(x.flip(3)).float()) / 2
+                logits = self._tta_logits(model, x)
                 loss_sum += self.loss_fn(logits, y).double() * len(y)
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
         all_reduce_sum(confusion)
         all_reduce_sum(loss_sum)
         confusion = confusion.view(num_classes, num_classes).cpu()
         return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
+
+    def _tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Logits averaged over the test-time views: the image and its mirror (eval_flip);
+        with eval_translate = t, half weight on those and half on the same views of the image
+        shifted t pixels up-left and down-right (reflected edges), as airbench does."""
+        def views(images: torch.Tensor) -> torch.Tensor:
+            logits = model(images).float()
+            return (logits + model(images.flip(3)).float()) / 2 if self.eval_flip else logits
+
+        logits = views(x)
+        t = self.eval_translate
+        if t:
+            h, w = x.shape[2:]
+            padded = pad_images(x, t, "reflect")
+            shifted = (views(padded[:, :, :h, :w]) + views(padded[:, :, 2 * t:, 2 * t:])) / 2
+            logits = (logits + shifted) / 2
+        return logits
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -205,6 +267,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "meter": self.meter.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "lookahead": self.lookahead.state_dict() if self.lookahead is not None else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -219,6 +282,10 @@ class Trainer:
             if state.get("ema") is None:
                 raise UserError("the checkpoint has no EMA weights: trainer.ema_decay must match the run's")
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            if state.get("lookahead") is None:
+                raise UserError("the checkpoint has no lookahead state: trainer.lookahead_every must match the run's")
+            self.lookahead.load_state_dict(state["lookahead"])
 
     @property
     def final_module(self) -> nn.Module:

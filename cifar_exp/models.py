@@ -99,3 +99,75 @@ class SpeedNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         return self.head(torch.amax(x, dim=(2, 3)))
+
+
+class _FrozenScaleBatchNorm(nn.BatchNorm2d):
+    """airbench's BatchNorm: a learned shift only (the scale stays 1: the next conv can
+    absorb it), a tiny eps, and `momentum` in airbench's sense (the running statistics keep
+    this share of their old value: PyTorch's momentum is 1 - it)."""
+
+    def __init__(self, channels: int, momentum: float):
+        super().__init__(channels, eps=1e-12, momentum=1 - momentum)
+        self.weight.requires_grad = False
+
+
+def _dirac_conv(c_in: int, c_out: int) -> nn.Conv2d:
+    """A 3x3 conv whose first c_in filters start as the identity, so each block starts close
+    to passing its input on (airbench's initialization)."""
+    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    nn.init.dirac_(conv.weight.data[:c_in])
+    return conv
+
+
+class _ConvGroup(nn.Sequential):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float):
+        super().__init__(_dirac_conv(c_in, c_out), nn.MaxPool2d(2), _FrozenScaleBatchNorm(c_out, bn_momentum),
+                         nn.GELU(), _dirac_conv(c_out, c_out), _FrozenScaleBatchNorm(c_out, bn_momentum), nn.GELU())
+
+
+class Airbench94Net(nn.Module):
+    """airbench94's network: a 2x2 conv that whitens image patches (its weights computed
+    from the training images, then frozen; its bias trained for `whiten_bias_epochs`),
+    three conv groups, a 3x3 max-pool, a linear head and a fixed output scale.
+
+    The whitening conv maps each 2x2x3 patch onto the eigenvectors of the patches'
+    covariance, divided by the square root of their eigenvalues, and keeps both signs of
+    each (24 channels): the first layer's inputs start decorrelated and of unit variance,
+    which is what lets the rest train at a high learning rate from the first step."""
+
+    WHITEN_KERNEL = 2
+
+    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.6,
+                 output_scale: float = 1 / 9, whiten_bias_epochs: int = 3, image_size: int = 32):
+        super().__init__()
+        k = self.WHITEN_KERNEL
+        self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
+        self.whiten.weight.requires_grad = False
+        nn.init.zeros_(self.whiten.bias)
+        c_in, groups = self.whiten.out_channels, []
+        for w in widths:
+            groups.append(_ConvGroup(c_in, w, bn_momentum))
+            c_in = w
+        self.features = nn.Sequential(nn.GELU(), *groups)
+        self.head = nn.Linear(c_in, num_classes, bias=False)
+        self.output_scale, self.whiten_bias_epochs = output_scale, whiten_bias_epochs
+
+    def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Whitening weights from the 2x2 patches of `images` (normalized, N x 3 x H x W)."""
+        k = self.WHITEN_KERNEL
+        patches = images.float().unfold(2, k, 1).unfold(3, k, 1).transpose(1, 3).reshape(-1, 3 * k * k)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance, UPLO="U")
+        # largest eigenvalue first; rows are the filters, shaped as conv kernels
+        filters = (eigenvectors.T.flip(0) / torch.sqrt(eigenvalues.flip(0) + eps)[:, None]).reshape(-1, 3, k, k)
+        with torch.no_grad():
+            self.whiten.weight.copy_(torch.cat([filters, -filters]).to(self.whiten.weight))
+
+    def begin_epoch(self, epoch: int) -> None:
+        """The whitening bias trains for the first epochs only (a parameter without a
+        gradient is skipped by the optimizer, momentum and weight decay included)."""
+        self.whiten.bias.requires_grad = epoch < self.whiten_bias_epochs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(self.whiten(x))  # 32 px: 3x3 here, so this is airbench's 3x3 max-pool
+        return self.head(torch.amax(x, dim=(2, 3))) * self.output_scale

@@ -39,22 +39,45 @@ def step(optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int, ga
     return sched.StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
+def triangle(optimizer, total_steps: int, steps_per_epoch: int, start_factor: float, peak_at: float,
+             end_factor: float) -> sched.LRScheduler:
+    peak = int(peak_at * total_steps)
+
+    def factor(i: int) -> float:
+        if i < peak:
+            return start_factor + (1 - start_factor) * i / peak
+        return 1 + (end_factor - 1) * (i - peak) / max(total_steps - peak, 1)
+
+    return sched.LambdaLR(optimizer, factor)
+
+
 WARMUP_START = 0.01  # warmup begins at 1% of each group's learning rate
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """One group, or two: weight decay only on the weights of convolutions and linear layers
-    (tensors of 2 or more dimensions), none on normalization weights and biases."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if decay_norm_and_bias:
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
+
+
+def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, decay_norm_and_bias: bool,
+                 norm_lr_scale: float = 1.0) -> list[dict]:
+    """Weight decay on every parameter, or (decay_norm_and_bias=false) only on the weights of
+    convolutions and linear layers (tensors of 2 or more dimensions). Normalization layers'
+    parameters train at norm_lr_scale x lr with their weight decay divided by it, so that
+    lr x weight_decay, the decay applied per step, is the same for every parameter."""
+    norm_params = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    # frozen parameters too: a model may unfreeze them later (see Airbench94Net.begin_epoch)
+    for p in model.parameters():
+        is_norm = norm_lr_scale != 1.0 and id(p) in norm_params
+        groups.setdefault((is_norm, decay_norm_and_bias or p.ndim >= 2), []).append(p)
+    return [{"params": params, "lr": lr * norm_lr_scale if is_norm else lr,
+             "weight_decay": (weight_decay / norm_lr_scale if is_norm else weight_decay) if decays else 0.0}
+            for (is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     options = kwargs(cfg)
-    groups = param_groups(model, options["weight_decay"], options.pop("decay_norm_and_bias"))
+    groups = param_groups(model, options["lr"], options["weight_decay"], options.pop("decay_norm_and_bias"),
+                          options.pop("norm_lr_scale"))
     return builder("optimizer", cfg)(groups, **options)
 
 

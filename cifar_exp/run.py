@@ -31,6 +31,8 @@ from cifar_exp.runtime import pick_device, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, open_tracker
 
+# how many training images a model that sets its first layer from the data sees (airbench's 5,000)
+INIT_IMAGES = 5000
 log = logging.getLogger("cifar_exp")
 
 
@@ -76,10 +78,11 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         train = data.loader("train", d.batch_size, shuffle=True, augment=d.augment, padding=d.crop_padding,
                             seed=cfg.seed, cutout=d.cutout, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
                             num_classes=data.num_classes, limit=t.limit_train_batches or t.overfit_batches,
-                            same_batches=t.overfit_batches > 0, **shard)
+                            same_batches=t.overfit_batches > 0, drop_last=d.drop_last, flip=d.flip,
+                            pad_mode=d.pad_mode, **shard)
         evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
                  for s in ("val", "test") if getattr(data, s) is not None}
-        trainer = build_trainer(cfg, data.num_classes, len(train), device, world)
+        trainer = build_trainer(cfg, data, len(train), device, world)
         if start.checkpoint is not None:
             trainer.load_state_dict(start.checkpoint.trainer)
             set_rng_state(start.checkpoint.rng)
@@ -87,7 +90,9 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment)
         patience = t.early_stopping_patience
         stopped_early = bool(patience) and state.bad_epochs >= patience  # by an earlier segment
-        if state.epoch >= cfg.epochs or stopped_early:
+        max_batches = t.max_steps * t.accumulate_grad_batches  # 0: no limit
+        done = stopped_early or bool(max_batches) and state.global_step >= max_batches
+        if state.epoch >= cfg.epochs or done:
             log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d%s)", state.epoch,
                      cfg.epochs, ", stopped early" if stopped_early else "")
 
@@ -112,9 +117,9 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
         test = None
-        for epoch in range(state.epoch, state.epoch if stopped_early else cfg.epochs):
+        for epoch in range(state.epoch, state.epoch if done else cfg.epochs):
             t0, first_step = time.perf_counter(), state.step
-            trainer.begin_epoch(first_step)
+            trainer.begin_epoch(epoch, first_step)
             with EpochProgress(t.progress, len(train), first_step, epoch + 1, cfg.epochs, d.batch_size) as bar:
                 for x, y in train.epoch(epoch, first_step):
                     trainer.step(x, y)
@@ -137,12 +142,14 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     if (every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train)
                             and trainer.at_boundary):
                         save(epoch_end=False, is_best=False)
+                    if state.global_step == max_batches:  # trainer.max_steps: this epoch ends here
+                        break
             trainer.end_epoch()
 
             seconds = time.perf_counter() - t0  # training time: evaluation is not counted
             metrics, test = evaluate_epoch(trainer, data, evals, epoch + 1)
             metrics["time/epoch_s"] = seconds
-            metrics["time/images_per_s"] = (len(train) - first_step) * d.batch_size / seconds
+            metrics["time/images_per_s"] = (state.step - first_step) * d.batch_size / seconds
             tracker.log_metrics(metrics, step=state.global_step)
             log_epoch(metrics, cfg.epochs)
             for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
@@ -150,7 +157,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     diverged(loss)
             monitor = cfg.checkpoint.monitor
             is_best = state.end_epoch(metrics, monitor, cfg.checkpoint.mode)
-            last = state.epoch == cfg.epochs
+            last = state.epoch == cfg.epochs or state.global_step == max_batches
             early = bool(patience) and state.bad_epochs >= patience and not last
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
@@ -162,6 +169,8 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                 log.info("stopping early after epoch %d: %s", state.epoch, why)
                 tracker.set_tags({"cifar_exp.early_stopped": f"after epoch {state.epoch}: {why}"})
                 break
+            if last:  # trainer.max_steps reached inside the epochs
+                break
 
         test = test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:
@@ -172,16 +181,19 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
 
 # --- building -------------------------------------------------------------------------------------
-def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, device: torch.device,
+def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: torch.device,
                   world: distributed.World) -> Trainer:
     t = cfg.trainer
-    model = build_model(cfg.model, num_classes, image_size(cfg.dataset)).to(device)
+    model = build_model(cfg.model, data.num_classes, image_size(cfg.dataset)).to(device)
+    if hasattr(model, "init_from_data"):  # e.g. a whitening layer (a resumed run loads its weights after)
+        model.init_from_data(data.normalize(data.train.x[:INIT_IMAGES]))
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     # schedules count optimizer steps: with accumulation, one per group of batches
     optimizer_steps = math.ceil(steps_per_epoch / t.accumulate_grad_batches)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, cfg.epochs * optimizer_steps, optimizer_steps)
+    total_steps = min(cfg.epochs * optimizer_steps, t.max_steps or math.inf)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, optimizer_steps)
     if world.active:
         if t.sync_batchnorm:
             if device.type != "cuda":
@@ -194,7 +206,9 @@ def build_trainer(cfg: DictConfig, num_classes: int, steps_per_epoch: int, devic
         model = torch.compile(model)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     return Trainer(model, optimizer, scheduler, loss_fn, device, amp=t.amp, eval_flip=t.eval_flip,
-                   accumulate=t.accumulate_grad_batches, clip_norm=t.gradient_clip_val, ema_decay=t.ema_decay)
+                   eval_translate=t.eval_translate, accumulate=t.accumulate_grad_batches,
+                   clip_norm=t.gradient_clip_val, ema_decay=t.ema_decay, lookahead_every=t.lookahead_every,
+                   lookahead_decay=t.lookahead_decay, total_steps=total_steps)
 
 
 def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World,

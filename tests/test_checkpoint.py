@@ -466,3 +466,34 @@ def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
     ref, resumed = histories(workdir, "straight")[1], histories(workdir, "split")[1]
     for key in COMPARED:
         assert resumed[key] == ref[key], key
+
+
+@pytest.mark.slow
+def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
+    """Lookahead, the whitening layer (init from data, bias frozen after epoch 1), alternating
+    flips, reflected crops, drop_last and a max_steps end inside epoch 3, with a SIGTERM
+    in epoch 2 and a resume."""
+    recipe = [*EXACT, "experiment=airbench94", "model.widths=[8,16,16]", "model.whiten_bias_epochs=1",
+              "dataset.batch_size=128", "trainer.compile=false", "trainer.max_steps=20", "epochs=4",
+              "mlflow.log_model=false"]
+    straight, split = workdir / "straight", workdir / "split"
+    assert cli(*recipe, "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *recipe, "mlflow.experiment_name=split",
+                             f"hydra.run.dir={split}"], cwd=workdir, env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/4:"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+    result = cli(f"resume={split}", "trainer.progress=false")
+    assert result.returncode == 0, result.output
+    a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (straight, split))
+    assert a["run"]["global_step"] == b["run"]["global_step"] == 20 and a["run"]["epoch"] == 3
+    assert same_weights(a["trainer"]["model"], b["trainer"]["model"])
+    assert same_weights(a["trainer"]["lookahead"]["slow"], b["trainer"]["lookahead"]["slow"])
+    ref, resumed = histories(workdir, "straight")[1], histories(workdir, "split")[1]
+    for key in COMPARED:
+        assert resumed[key] == ref[key], key
+    assert [s for s, _ in ref["test/acc"]] == [7, 14, 20]  # two full epochs of 7 batches, then 6

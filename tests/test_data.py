@@ -215,3 +215,25 @@ def test_cutout_zeroes_one_square_per_image():
     zeroed = (x == 0) & (reference != 0)
     per_image = zeroed.any(1).flatten(1).sum(1)
     assert (per_image <= 16).all() and (per_image > 0).sum() >= 12  # squares may hang over the edge
+
+
+def test_reflect_padding_alternate_flips_and_drop_last():
+    x = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    split = Split(x, torch.arange(10))
+    loader = TensorLoader(split, 4, Normalize([0.0] * 3, [1 / 255] * 3, CPU), shuffle=False, augment=True,
+                          padding=1, pad_mode="reflect", flip="alternate", drop_last=True)
+    assert len(loader) == 2  # 10 images in batches of 4: the partial third batch is dropped
+    assert torch.equal(loader.padded, torch.nn.functional.pad(x.float(), (1, 1, 1, 1), mode="reflect").byte())
+
+    def flipped(epoch: int) -> torch.Tensor:
+        """Per image: whether its crop came out mirrored (compared with the plain crops)."""
+        out = torch.cat([b for b, _ in loader.epoch(epoch)]).round().byte()
+        rows, cols = [], []
+        for i, img in enumerate(out):
+            padded = loader.padded[i]
+            plain = any(torch.equal(img, padded[:, r:r + 4, c:c + 4]) for r in range(3) for c in range(3))
+            rows.append(not plain)
+        return torch.tensor(rows)
+
+    # drawn once for the run: every image is mirrored on one of any two consecutive epochs
+    assert torch.equal(flipped(0), flipped(2)) and torch.equal(flipped(1), ~flipped(0))

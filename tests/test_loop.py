@@ -28,7 +28,7 @@ def _trainer(model, **kw) -> Trainer:
 
 def _epoch(trainer: Trainer, batch: int) -> None:
     loader = TensorLoader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1)
-    trainer.begin_epoch(0)
+    trainer.begin_epoch(0, 0)
     for x, y in loader.epoch(0):
         trainer.step(x, y)
     trainer.end_epoch()
@@ -76,3 +76,41 @@ def test_the_ema_follows_the_weights_is_evaluated_and_round_trips():
     fresh.load_state_dict(copy.deepcopy(state))
     assert all(torch.equal(fresh.ema.module.state_dict()[k], ema[k]) for k in ema)
     assert int(fresh.ema.n_averaged) == 4
+
+
+def test_translate_tta_averages_the_shifted_views():
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.nn.functional.one_hot(torch.arange(len(x)) % 2, 2).float() * x.mean()
+
+    x = torch.rand(2, 3, 4, 4)
+    trainer = _trainer(torch.nn.Conv2d(3, 3, 1), eval_flip=True, eval_translate=1)
+    logits = trainer._tta_logits(Probe(), x)
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
+    views = [x, x.flip(3), padded[:, :, :4, :4], padded[:, :, :4, :4].flip(3), padded[:, :, 2:, 2:],
+             padded[:, :, 2:, 2:].flip(3)]
+    assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen, views))
+    means = [v.mean() for v in views]
+    expected = ((means[0] + means[1]) / 2 + ((means[2] + means[3]) / 2 + (means[4] + means[5]) / 2) / 2) / 2
+    torch.testing.assert_close(logits[0, 0], expected)
+
+
+def test_lookahead_pulls_the_weights_to_the_slow_copy_and_round_trips():
+    from cifar_exp.loop import Lookahead
+
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    look = Lookahead(model, every=2, decay=0.5, total_steps=4)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    look.step()  # step 1: nothing
+    assert model.weight[0, 0].item() == 3.0
+    look.step()  # step 2: d = 0.5 * (2/4)^3 = 1/16: slow = 1 + (3 - 1) * 15/16
+    assert model.weight[0, 0].item() == pytest.approx(1 + 2 * 15 / 16)
+    copy_ = Lookahead(model, every=2, decay=0.5, total_steps=4)
+    copy_.load_state_dict(look.state_dict())
+    assert copy_.count == 2 and torch.equal(copy_.slow["weight"], look.slow["weight"])

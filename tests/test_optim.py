@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar_exp.config import ConstantConfig, CosineConfig, OneCycleConfig, SGDConfig, SpeedNetConfig
+from cifar_exp.config import ConstantConfig, CosineConfig, OneCycleConfig, SGDConfig, SpeedNetConfig, TriangleConfig
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 
@@ -49,3 +49,23 @@ def test_norm_and_bias_parameters_can_go_without_weight_decay():
     assert len(decayed["params"]) + len(exempt["params"]) == len(list(model.parameters()))
     [single] = build_optimizer(OmegaConf.structured(SGDConfig), model).param_groups
     assert len(single["params"]) == len(list(model.parameters()))
+
+
+def test_norm_layers_train_faster_with_the_same_decay_per_step():
+    model = build_model(OmegaConf.structured(SpeedNetConfig), 10)
+    cfg = OmegaConf.merge(OmegaConf.structured(SGDConfig), {"lr": 0.1, "weight_decay": 0.02, "norm_lr_scale": 64.0})
+    other, norm = build_optimizer(cfg, model).param_groups
+    bn = [p for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()]
+    assert {id(p) for p in norm["params"]} == {id(p) for p in bn}
+    assert norm["lr"] == pytest.approx(6.4) and other["lr"] == 0.1
+    assert norm["lr"] * norm["weight_decay"] == pytest.approx(other["lr"] * other["weight_decay"])
+
+
+def test_triangle_rises_to_its_peak_and_falls_to_its_end():
+    cfg = OmegaConf.merge(OmegaConf.structured(TriangleConfig), {"start_factor": 0.2, "peak_at": 0.25,
+                                                                 "end_factor": 0.1})
+    lrs = _lrs(cfg, steps=100)
+    assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 25
+    assert lrs[99] == pytest.approx(0.1 * (1 - 0.9 * 74 / 75))
+    assert all(a < b for a, b in zip(lrs[:25], lrs[1:26])) and all(a > b for a, b in zip(lrs[25:], lrs[26:]))
+    assert _lrs(cfg, steps=100, resume_at=40) == pytest.approx(lrs)

@@ -228,7 +228,7 @@ def test_reflect_padding_alternate_flips_and_drop_last():
     def flipped(epoch: int) -> torch.Tensor:
         """Per image: whether its crop came out mirrored (compared with the plain crops)."""
         out = torch.cat([b for b, _ in loader.epoch(epoch)]).round().byte()
-        rows, cols = [], []
+        rows = []
         for i, img in enumerate(out):
             padded = loader.padded[i]
             plain = any(torch.equal(img, padded[:, r:r + 4, c:c + 4]) for r in range(3) for c in range(3))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import hydra
@@ -18,6 +19,19 @@ from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with
 from cifar_exp.signals import ignore_stop_signals
 
 register_configs()
+
+
+def _expose_checkout_plugins() -> None:
+    """Hydra finds sweepers by listing the `hydra_plugins` namespace with pkgutil, which
+    cannot list what setuptools' editable installs map (pip install -e). From a checkout,
+    its root joins sys.path, so the namespace holds hydra_plugins/cifar_exp_optuna_sweeper;
+    an installed wheel needs nothing."""
+    root = Path(__file__).resolve().parents[1]
+    if (root / "hydra_plugins" / "cifar_exp_optuna_sweeper").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
+_expose_checkout_plugins()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cifar_exp.conf", config_name="config")

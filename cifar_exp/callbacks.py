@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp import tracking
+from cifar_exp import study, tracking
 from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
 from cifar_exp.job import SWEPT_ENV, parse_override
@@ -62,12 +62,17 @@ class SweepTracking(Callback):
         # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
         # numeric optimizer.lr column then holds numbers only
         params = {(f"sweep.{k}" if k in swept else k): v for k, v in map(parse_override, overrides)}
+        tags = {"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
+                "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_}
+        reuse = None
+        if study.is_optuna(config.hydra.sweeper):  # a resumed study keeps its one parent run
+            sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+            storage = study.storage_url(sweeper, Path(config.hydra.runtime.cwd))
+            tags.update(study.parent_tags(storage, study.study_name(sweeper, overrides)))
+            reuse = study.STUDY_KEY_TAG
         try:
-            exp_id, parent_id = tracking.start_parent(
-                uri, config.mlflow.experiment_name, name, params=params,
-                tags={"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
-                      "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_},
-            )
+            exp_id, parent_id = tracking.start_parent(uri, config.mlflow.experiment_name, name, params=params,
+                                                      tags=tags, reuse_tag=reuse)
         except UserError as e:  # Hydra would turn it into a warning and start every job anyway
             exit_with(str(e))
         os.environ[tracking.PARENT_RUN_ENV] = parent_id
@@ -78,7 +83,8 @@ class SweepTracking(Callback):
         atexit.register(self._finish)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        self._finish()
+        # the sweeper ran to its end: jobs that failed are ones it chose to go on without
+        self._finish(completed=True)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         """A sweep job that failed before it opened its MLflow run (a bad value, a missing
@@ -98,16 +104,17 @@ class SweepTracking(Callback):
                                    {"hydra.job.num": str(job.num), "hydra.overrides": " ".join(job.overrides or []),
                                     "hydra.output_dir": str(job.output_dir.resolve())}, error)
 
-    def _finish(self) -> None:
+    def _finish(self, completed: bool = False) -> None:
         if self.parent is None:
             return
         p, self.parent = self.parent, None
         for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, SWEPT_ENV):
             os.environ.pop(name, None)
         children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
-        summary = sweep_summary(children, p["objective"], p["swept"])
+        summary = sweep_summary(children, p["objective"], p["swept"], completed)
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
         files = [write_csv(summary["rows"], out / "sweep_summary.csv")]
+        files += sorted((p["sweep_dir"] / "optuna").glob("*.*"))  # the Optuna sweeper's study record
         if summary["seed_groups"]:
             files.append(write_csv(summary["seed_groups"], out / "sweep_seeds.csv"))
         if p["swept"] and summary["rows"]:
@@ -119,11 +126,15 @@ class SweepTracking(Callback):
                                summary["tags"], files)
 
 
-def sweep_summary(children: list[dict], objective: str, swept: list[str]) -> dict:
-    """Rows per job, the best job, seed statistics and the parent's status."""
+def sweep_summary(children: list[dict], objective: str, swept: list[str], completed: bool = False) -> dict:
+    """Rows per job, the best job, seed statistics and the parent's status: FINISHED for a
+    sweep that ran to its end (an Optuna study goes on past failed trials), else the worst
+    of its jobs' (FAILED, KILLED)."""
     maximize = not objective.endswith("loss")
     rows = []
-    for c in sorted(children, key=lambda c: int(c["tags"].get("hydra.job.num", 0))):
+    # children of a killed sweep whose trials ran again are history, not results
+    current = [c for c in children if tracking.SUPERSEDED_TAG not in c["tags"]]
+    for c in sorted(current, key=lambda c: int(c["tags"].get("hydra.job.num", 0))):
         rows.append({
             "job": c["tags"].get("hydra.job.num", ""), "run_id": c["run_id"], "status": c["status"],
             "overrides": c["tags"].get("hydra.overrides", ""), objective: c["metrics"].get(objective),
@@ -131,10 +142,13 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str]) -> dic
             "val/acc": c["metrics"].get("val/acc"), "val/loss": c["metrics"].get("val/loss"),
             "test/acc": c["metrics"].get("test/acc"), "test/loss": c["metrics"].get("test/loss"),
             "output_dir": c["tags"].get("hydra.output_dir", ""),
+            "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == "PRUNED",
             "params": _job_params(c["tags"].get("hydra.overrides", "")),
         })
-    done = [r for r in rows if r["status"] == "FINISHED" and r[objective] is not None]
-    metrics: dict[str, float] = {"jobs": len(rows), "jobs_finished": len(done)}
+    # a pruned trial's objective is from a shortened run: it cannot be the best
+    done = [r for r in rows if r["status"] == "FINISHED" and r[objective] is not None and not r["pruned"]]
+    metrics: dict[str, float] = {"jobs": len(rows), "jobs_finished": len(done),
+                                 "jobs_pruned": sum(r["pruned"] for r in rows)}
     tags: dict[str, str] = {}
     if done:
         best = (max if maximize else min)(done, key=lambda r: r[objective])
@@ -146,7 +160,9 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str]) -> dic
         metrics[f"{objective}_mean"] = seed_groups[0]["mean"]
         metrics[f"{objective}_std"] = seed_groups[0]["std"]
     statuses = {r["status"] for r in rows}
-    status = "FAILED" if "FAILED" in statuses else "KILLED" if statuses - {"FINISHED"} else "FINISHED"
+    metrics["jobs_failed"] = sum(r["status"] == "FAILED" for r in rows)
+    status = ("FINISHED" if completed or statuses <= {"FINISHED"} else "FAILED" if "FAILED" in statuses
+              else "KILLED")
     return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status}
 
 

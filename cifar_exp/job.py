@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
 
@@ -40,6 +40,7 @@ class Job:
     choices: dict = field(default_factory=dict)
     log_file: Optional[Path] = None
     num: Optional[int] = None  # the job's number in a --multirun sweep
+    sweeper: Optional[dict] = None  # the sweep's hydra.sweeper settings, in a --multirun sweep
 
     @classmethod
     def current(cls) -> "Job":
@@ -50,9 +51,10 @@ class Job:
             return cls(Path.cwd())
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
+        sweep = hc.mode == RunMode.MULTIRUN
         return cls(output_dir=out, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices),
-                   log_file=out / f"{hc.job.name}.log",
-                   num=hc.job.num if hc.mode == RunMode.MULTIRUN else None)
+                   log_file=out / f"{hc.job.name}.log", num=hc.job.num if sweep else None,
+                   sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if sweep else None)
 
     def run_name(self, cfg: DictConfig) -> str:
         """'simple_cnn lr=0.01 epochs=5': the model, then each override by its last key part;

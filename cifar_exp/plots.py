@@ -165,3 +165,31 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+STUDY_PLOTS = {"optimization_history": "plot_optimization_history", "param_importances": "plot_param_importances",
+               "parallel_coordinate": "plot_parallel_coordinate", "intermediate_values": "plot_intermediate_values"}
+
+
+def study_plots(study, out: Path) -> list[Path]:
+    """Optuna's own figures (its matplotlib backend) of a study. A figure the study cannot
+    have yet (importances need two finished trials and a searched param) is left out."""
+    import logging
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization import matplotlib as optuna_plots
+
+    _pyplot()
+    saved = []
+    for name, fn in STUDY_PLOTS.items():
+        try:
+            with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental
+                warnings.simplefilter("ignore", ExperimentalWarning)
+                ax = getattr(optuna_plots, fn)(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as e:
+            logging.getLogger("cifar_exp").info("no %s plot: %s", name, e)
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+        saved.append(_save(fig, out / f"{name}.png"))
+    return saved

@@ -16,7 +16,7 @@ from typing import NoReturn, Optional
 import torch
 from omegaconf import DictConfig
 
-from cifar_exp import distributed, plots, resume
+from cifar_exp import distributed, plots, resume, study
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
 from cifar_exp.config import REGISTRY, flatten, image_size, validate
 from cifar_exp.data import Dataset, load_dataset
@@ -88,6 +88,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment)
+        # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
+        trial = study.trial_for(job) if world.is_main else None
+        if trial is not None:
+            tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
         patience = t.early_stopping_patience
         stopped_early = bool(patience) and state.bad_epochs >= patience  # by an earlier segment
         max_batches = t.max_steps * t.accumulate_grad_batches  # 0: no limit
@@ -159,11 +163,21 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             is_best = state.end_epoch(metrics, monitor, cfg.checkpoint.mode)
             last = state.epoch == cfg.epochs or state.global_step == max_batches
             early = bool(patience) and state.bad_epochs >= patience and not last
+            # every epoch's objective goes to the trial; the last one cannot be pruned any more
+            prune = trial is not None and trial.report(state.epoch, metrics[cfg.objective])
+            pruned = distributed.any_rank(prune, device) and not last
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
-            if (state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or early
+            if (state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or early or pruned
                     or (is_best and cfg.checkpoint.save_best) or cfg.checkpoint.save_top_k):
                 save(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
+            if pruned:
+                log.info("stopping after epoch %d: the Optuna study prunes this trial (%s %.4g)", state.epoch,
+                         cfg.objective, metrics[cfg.objective])
+                tracker.set_tags({study.TRIAL_STATE_TAG: "PRUNED"})
+                if trial is not None:
+                    trial.mark_pruned()
+                break
             if early:
                 why = f"no improvement of {monitor} for {patience} epochs (best {state.best:.4g})"
                 log.info("stopping early after epoch %d: %s", state.epoch, why)

@@ -466,13 +466,32 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
 
 
 # --- sweeps -------------------------------------------------------------------------------------
-def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict) -> tuple[str, str]:
-    """Prepare the store and experiment once, before jobs start, and open the sweep's run."""
+SUPERSEDED_TAG = "cifar_exp.superseded"
+
+
+def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
+                 reuse_tag: Optional[str] = None) -> tuple[str, str]:
+    """Prepare the store and experiment once, before jobs start, and open the sweep's run.
+    With `reuse_tag` (a key in `tags`, its value free of quotes), a parent run carrying the same value is reopened
+    instead (a resumed search): its children that a killed sweep left RUNNING end KILLED,
+    tagged as superseded, since their trials run again."""
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
     client, exp_id = open_store(uri, experiment)
-    run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **{k: str(v) for k, v in tags.items()}})
+    tags = {k: str(v) for k, v in tags.items()}
+    if reuse_tag is not None:
+        found = client.search_runs([exp_id], filter_string=f"tags.`{reuse_tag}` = '{tags[reuse_tag]}'", max_results=1,
+                                   order_by=["attributes.start_time ASC"])
+        if found:
+            parent_id = found[0].info.run_id
+            client.update_run(parent_id, status="RUNNING")
+            for child in child_runs(uri, exp_id, parent_id):
+                if child["status"] == "RUNNING":
+                    client.set_tag(child["run_id"], SUPERSEDED_TAG, "its sweep was killed; the trial ran again")
+                    client.set_terminated(child["run_id"], "KILLED")
+            return exp_id, parent_id
+    run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **tags})
     if params:
         client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return exp_id, run.info.run_id

@@ -76,3 +76,10 @@ def test_installed_wheel_finds_its_configs(tmp_path):
     where = subprocess.run([str(env_dir / "bin/python"), "-c", "import cifar_exp.conf as c; print(c.__file__)"],
                            cwd=elsewhere, capture_output=True, text=True, check=True).stdout
     assert str(site) in where and str(ROOT) not in where
+    # the project's Optuna sweeper plugin ships in the wheel and Hydra finds it there
+    hydra = subprocess.run([str(env_dir / "bin/cifar-exp"), "hparams_search=optuna_lr", "--cfg", "hydra"],
+                           cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert "_target_: hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper" in hydra.stdout, hydra.stderr
+    plugin = subprocess.run([str(env_dir / "bin/python"), "-c", "import hydra_plugins.cifar_exp_optuna_sweeper as p; "
+                             "print(p.__file__)"], cwd=elsewhere, capture_output=True, text=True, check=True).stdout
+    assert str(site) in plugin

@@ -1,0 +1,138 @@
+"""The Optuna study behind `hydra/sweeper=optuna`: its storage and name (one derivation for
+the sweeper, the sweep's MLflow parent run and the jobs), its sampler and pruner built from
+their registered names, and a job's link to its own trial, which reports the per-epoch
+objective and says when the pruner stops the run. Optuna is imported only when used."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from cifar_exp.job import Job, parse_override
+
+log = logging.getLogger("cifar_exp")
+
+SWEEPER_TARGET = "hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+DEFAULT_STORAGE = "optuna.db"  # a SQLite file in the launch dir, beside MLflow's mlflow.db
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "grid": "GridSampler",
+            "qmc": "QMCSampler", "nsgaii": "NSGAIISampler"}
+PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "HyperbandPruner",
+           "successive_halving": "SuccessiveHalvingPruner"}
+# a sweep resumed by the same command finds its MLflow parent run by this tag
+STUDY_KEY_TAG = "optuna.study_key"
+TRIAL_STATE_TAG = "optuna.state"
+
+
+def is_optuna(sweeper: Any) -> bool:
+    return sweeper is not None and sweeper.get("_target_") == SWEEPER_TARGET
+
+
+def storage_url(sweeper: Any, launch_dir: Path) -> str:
+    """`storage` as given, a relative SQLite path made absolute (jobs may run elsewhere),
+    or the default SQLite file in the launch dir."""
+    url = sweeper.get("storage") or f"sqlite:///{DEFAULT_STORAGE}"
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
+        url = prefix + str((launch_dir / url[len(prefix):]).resolve())
+    return url
+
+
+def study_name(sweeper: Any, task_overrides: list[str]) -> str:
+    """`study_name` as given, or one derived from the command's fixed overrides: the same
+    command names the same study, and so resumes it."""
+    if sweeper.get("study_name"):
+        return sweeper["study_name"]
+    searched = set(sweeper.get("params") or {})
+    fixed = sorted(o for o in task_overrides
+                   if parse_override(o)[0] not in searched and not _is_search_syntax(parse_override(o)[1]))
+    text = " ".join(fixed)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"cifar_exp {text[:80]} {digest}" if text else f"cifar_exp {digest}"
+
+
+def _is_search_syntax(value: str) -> bool:
+    return "," in value or value.startswith(("interval(", "choice(", "range(", "tag(", "glob("))
+
+
+def parent_tags(storage: str, name: str) -> dict[str, str]:
+    """The sweep's MLflow parent run's tags for its study (the key: a digest, quote-free)."""
+    key = hashlib.sha1(f"{storage}#{name}".encode()).hexdigest()[:16]
+    return {"optuna.study": name, "optuna.storage": storage, STUDY_KEY_TAG: key}
+
+
+def connect(storage: str):
+    """Optuna's RDB storage; SQLite waits for a lock instead of failing at once when jobs
+    in other processes write at the same moment."""
+    import optuna
+
+    kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+
+
+def _build(module, registry: dict, name: str, kind: str, kwargs: dict):
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(registry)}")
+    return getattr(module, registry[name])(**kwargs)
+
+
+def build_sampler(cfg: dict, search_space: Optional[dict] = None):
+    import optuna
+
+    kwargs = {k: v for k, v in cfg.items() if k != "name"}
+    if cfg["name"] == "grid":  # the grid is the sweep's own choice(...) and range(...) values
+        class SweepGridSampler(optuna.samplers.GridSampler):
+            """Optuna's grid ends a study from inside study.optimize() once every point has run,
+            which the sweeper does not use: it stops at n_trials or the grid's size itself."""
+
+            def after_trial(self, study, trial, state, values) -> None:
+                pass
+
+        return SweepGridSampler(search_space, **kwargs)
+    return _build(optuna.samplers, SAMPLERS, cfg["name"], "sampler", kwargs)
+
+
+def build_pruner(cfg: dict):
+    import optuna
+
+    kwargs = {k: ("auto" if v is None and k.endswith("_resource") else v) for k, v in cfg.items() if k != "name"}
+    return _build(optuna.pruners, PRUNERS, cfg["name"], "pruner", kwargs)
+
+
+@dataclass
+class TrialLink:
+    """A sweep job's own Optuna trial (its number is the job's number), reached through the
+    study's storage from whatever process or node the launcher ran it in."""
+
+    storage: str
+    study_name: str
+    number: int
+    pruner_cfg: dict
+
+    def __post_init__(self) -> None:
+        import optuna
+
+        self._storage = connect(self.storage)
+        self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
+                                        pruner=build_pruner(self.pruner_cfg))
+        study_id = self._storage.get_study_id_from_name(self.study_name)
+        self._trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
+
+    def report(self, epoch: int, value: float) -> bool:
+        """Record the objective after `epoch`; True when the pruner says stop."""
+        self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
+        return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
+
+    def mark_pruned(self) -> None:
+        from optuna.trial import TrialState
+
+        self._study.tell(self.number, state=TrialState.PRUNED, skip_if_finished=True)
+
+
+def trial_for(job: Job) -> Optional[TrialLink]:
+    """This job's trial when it runs in a sweep of the project's Optuna sweeper."""
+    if job.num is None or not is_optuna(job.sweeper):
+        return None
+    return TrialLink(job.sweeper["storage"], job.sweeper["study_name"], job.num, dict(job.sweeper["pruner"]))

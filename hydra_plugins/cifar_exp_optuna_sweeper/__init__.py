@@ -1,0 +1,1 @@
+"""`hydra/sweeper=optuna`: cifar_exp's Optuna 5 sweeper (persistent, resumable, pruning)."""

@@ -1,0 +1,166 @@
+"""The sweep: ask Optuna for a batch of n_jobs trials, run them through the configured
+launcher (job number = trial number, so a job finds its own trial), tell Optuna how each
+ended, until the study holds n_trials finished trials. The study lives in `storage`, so
+the same command after a crash continues it: trials a killed sweep left RUNNING are marked
+FAIL and their parameter sets run again. Jobs report each epoch's objective to their trial
+and stop when the pruner says so (cifar_exp.run); they mark the trial PRUNED themselves."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.core.plugins import Plugins
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+
+log = logging.getLogger(__name__)
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+def distribution(override: Override):
+    """An Optuna distribution for a sweep override, or None for a fixed value."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if not override.is_sweep_override():
+        return None
+    sweep = override.value()
+    log_scale = "log" in getattr(sweep, "tags", set())
+    if isinstance(sweep, ChoiceSweep):
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=lambda x: x)))
+    if isinstance(sweep, RangeSweep):
+        values = list(override.sweep_iterator(transformer=lambda x: x))
+        if all(isinstance(v, int) for v in values):
+            return IntDistribution(values[0], values[-1], step=int(sweep.step), log=log_scale)
+        return CategoricalDistribution(values)
+    if isinstance(sweep, IntervalSweep):  # int(interval(1, 8)) or tag(int, interval(1, 8)): integers
+        if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
+            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
+        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+    raise ValueError(f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), "
+                     f"range(...) and comma lists")
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, params: Optional[dict]) -> None:
+        self.settings = OmegaConf.to_container(OmegaConf.create(
+            {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name,
+             "params": params}), resolve=True)
+        directions = list(direction) if OmegaConf.is_list(direction) or isinstance(direction, list) else [direction]
+        if len(directions) != 1 or directions[0] not in ("minimize", "maximize"):
+            raise ValueError(f"hydra.sweeper.direction={direction}: one of minimize, maximize (a run returns "
+                             f"one objective)")
+        self.direction = directions[0]
+        if n_trials < 1 or n_jobs < 1:
+            raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
+        self.n_trials, self.n_jobs = n_trials, n_jobs
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+        self.sweep_dir = Path(config.hydra.sweep.dir)
+
+    def sweep(self, arguments: list[str]) -> None:
+        import optuna
+
+        from cifar_exp import study as studies
+
+        parser = OverridesParser.create()
+        params = [f"{k}={v}" for k, v in (self.settings["params"] or {}).items()]
+        space, fixed = {}, []
+        for override in parser.parse_overrides(params + list(arguments)):
+            dist = distribution(override)
+            if dist is None:
+                fixed.append(override.input_line)
+            else:
+                space[override.get_key_element()] = dist
+        storage = studies.storage_url(self.settings, Path(self.config.hydra.runtime.cwd))
+        name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
+        grid = {k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
+                for k, d in space.items() if not isinstance(d, optuna.distributions.FloatDistribution)}
+        grid_search = self.settings["sampler"]["name"] == "grid"
+        if grid_search and len(grid) < len(space):
+            raise ValueError("sampler=grid needs choice(...) or range(...) for every param, not interval(...)")
+        study = optuna.create_study(
+            study_name=name, storage=studies.connect(storage), direction=self.direction, load_if_exists=True,
+            sampler=studies.build_sampler(self.settings["sampler"], grid),
+            pruner=studies.build_pruner(self.settings["pruner"]))
+        self._requeue_left_running(study)
+        log.info("Optuna study %r in %s: %d of %d trials finished, searching %s", name, storage,
+                 self._finished(study), self.n_trials, ", ".join(space) or "nothing")
+        identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
+        # a grid has as many trials as points
+        n_trials = min(self.n_trials, math.prod(map(len, grid.values()))) if grid_search else self.n_trials
+        failed = 0
+        while (done := self._finished(study)) < n_trials:
+            trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
+            batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
+            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            for trial, ret in zip(trials, returns):
+                failed += not self._tell(study, trial, ret)
+            if failed >= max(n_trials, 3):
+                raise RuntimeError(f"{failed} trials failed in this sweep; see their logs in {self.sweep_dir}")
+        self._report(study)
+
+    @staticmethod
+    def _finished(study) -> int:
+        return sum(t.state.name in FINISHED for t in study.get_trials(deepcopy=False))
+
+    @staticmethod
+    def _requeue_left_running(study) -> None:
+        """Trials a killed sweep left RUNNING: FAIL, and their parameters asked again.
+        (One sweep process per study at a time.)"""
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study.tell(t.number, state=TrialState.FAIL)
+            study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number})
+            log.info("trial %d was left running by a killed sweep: marked FAIL, its parameters run again", t.number)
+
+    @staticmethod
+    def _tell(study, trial, ret) -> bool:
+        """Record how a job ended; False for a failed trial. A trial its job pruned stays
+        PRUNED (skip_if_finished)."""
+        from optuna.trial import TrialState
+
+        if ret.status == JobStatus.COMPLETED:
+            value = ret.return_value
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                study.tell(trial, float(value), skip_if_finished=True)
+                return True
+            log.warning("trial %d returned %r, not a finite number: marked FAIL", trial.number, value)
+        else:
+            log.warning("trial %d failed: %s", trial.number, getattr(ret, "_return_value", "unknown error"))
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        return False
+
+    def _report(self, study) -> None:
+        """The study's record in <sweep dir>/optuna/: best trial, trials table, Optuna's
+        plots (the sweep's MLflow parent run gets them as artifacts)."""
+        from cifar_exp.plots import study_plots
+
+        out = self.sweep_dir / "optuna"
+        out.mkdir(parents=True, exist_ok=True)
+        study.trials_dataframe().to_csv(out / "trials.csv", index=False)
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        if complete:
+            best = study.best_trial
+            OmegaConf.save(OmegaConf.create({"name": "optuna", "best_trial": best.number, "best_value": best.value,
+                                             "best_params": best.params}), out / "optimization_results.yaml")
+            # printed, not logged: the jobs' logging config has replaced the sweep's by now
+            print(f"Best trial {best.number}: Best value {best.value} ({self.direction}), "
+                  f"Best parameters {best.params}; study record in {out}")
+        study_plots(study, out)

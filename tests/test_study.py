@@ -1,0 +1,137 @@
+"""hydra/sweeper=optuna (study.py and hydra_plugins/cifar_exp_optuna_sweeper): a persistent
+study that a killed sweep resumes, trials pruned from inside their jobs, failed trials that
+do not end the study, and one MLflow parent run per study."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from mlflow.tracking import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from conftest import cli_env
+from cifar_exp import study
+from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SEARCH = ["--multirun", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "dataset=synthetic",
+          "dataset.train_size=700", "dataset.val_size=200", "dataset.test_size=200", "objective=val/acc",
+          "trainer.progress=false", "mlflow.log_model=false", "mlflow.system_metrics_every_s=0"]
+
+
+def trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
+    storage = f"sqlite:///{workdir / 'optuna.db'}"
+    [name] = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage).get_trials()
+
+
+def runs(workdir: Path) -> list:
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cifar_exp")
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("x=interval(0.1, 1.0)", FloatDistribution(0.1, 1.0)),
+    ("x=tag(log, interval(0.0001, 0.1))", FloatDistribution(0.0001, 0.1, log=True)),
+    ("x=int(interval(1, 8))", IntDistribution(1, 8)),
+    ("x=tag(int, log, interval(1, 64))", IntDistribution(1, 64, log=True)),
+    ("x=choice(64, 128)", CategoricalDistribution([64, 128])),
+    ("x=a,b", CategoricalDistribution(["a", "b"])),
+    ("x=range(2, 10, 2)", IntDistribution(2, 8, step=2)),
+    ("x=3", None),
+])
+def test_sweep_syntax_becomes_optuna_distributions(text, expected):
+    [override] = OverridesParser.create().parse_overrides([text])
+    assert distribution(override) == expected
+
+
+def test_the_same_command_names_the_same_study_and_storage(tmp_path):
+    sweeper = {"params": {"optimizer.lr": "interval(0.01, 0.1)"}, "storage": None, "study_name": None}
+    a = study.study_name(sweeper, ["epochs=3", "optimizer.lr=0.5", "seed=1,2"])
+    assert a == study.study_name(sweeper, ["epochs=3", "optimizer.lr=0.9", "seed=1,2"])  # searched keys don't count
+    assert a != study.study_name(sweeper, ["epochs=4", "optimizer.lr=0.5", "seed=1,2"])
+    assert study.storage_url(sweeper, tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert study.storage_url({"storage": "sqlite:////abs/x.db"}, tmp_path) == "sqlite:////abs/x.db"
+
+
+def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
+    """The issue's acceptance test: 6 trials with pruner=median, SIGKILL after 2 finished,
+    the same command again."""
+    command = [*SEARCH, "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=median", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1",
+               "optimizer.lr=tag(log, interval(0.001, 0.1))", "epochs=2"]
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if "\t#2 :" in line:  # trials 0 and 1 are told, trial 2 has started
+            time.sleep(2)
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    before = trials(workdir)
+    assert sum(t.state.name == "COMPLETE" for t in before) == 2 and before[-1].state.name == "RUNNING"
+
+    result = subprocess.run([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = trials(workdir)
+    finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 6 and not [t for t in after if t.state.name == "RUNNING"]
+    assert all(len(t.intermediate_values) >= 1 for t in finished)
+    rerun = [t for t in after if t.user_attrs.get("rerun_of") == before[-1].number]
+    assert len(rerun) == 1 and rerun[0].params == before[-1].params  # the killed trial's parameters again
+
+    everything = runs(workdir)
+    parents = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in everything if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(children) == len(everything) - 1 == 7  # 6 finished trials and the killed one
+    superseded = [c for c in children if "cifar_exp.superseded" in c.data.tags]
+    assert len(superseded) == 1 and superseded[0].info.status == "KILLED"
+    assert {c.data.tags["optuna.trial"] for c in children} == {str(t.number) for t in after if t.number != 2} | {"2"}
+    artifacts = {a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(
+        parents[0].info.run_id)}
+    assert {"trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
+    assert parents[0].data.metrics["jobs_finished"] + parents[0].data.metrics["jobs_pruned"] == 6
+
+
+def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
+    """A learning rate that cannot learn in time is stopped after its first epoch; the run
+    checkpoints, ends FINISHED and is tagged PRUNED; its trial is PRUNED."""
+    # the grid's seed 1 runs lr=0.05 first: the first trial is never pruned (nothing to compare)
+    result = cli(*SEARCH, "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median",
+                 "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+                 "optimizer.lr=choice(0.05, 0.00001)", "optimizer.momentum=0.9", "epochs=4", timeout=600)
+    assert result.returncode == 0, result.output[-3000:]
+    by_lr = {t.params["optimizer.lr"]: t for t in trials(workdir)}
+    good, bad = by_lr[0.05], by_lr[0.00001]
+    assert good.number < bad.number and good.state.name == "COMPLETE" and sorted(good.intermediate_values) == [1, 2, 3, 4]
+    assert bad.state.name == "PRUNED" and sorted(bad.intermediate_values) == [1]
+    [pruned] = [r for r in runs(workdir) if r.data.tags.get("optuna.state") == "PRUNED"]
+    assert pruned.info.status == "FINISHED" and pruned.data.tags["optuna.trial"] == str(bad.number)
+    out = Path(pruned.data.tags["hydra.output_dir"])
+    assert (out / "checkpoints" / "last.pt").is_file()
+
+
+def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
+    # random sampler, seed 8: exploding_cnn (raises in its 5th step), then simple_cnn twice
+    result = cli(*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=8", "hydra.sweeper.n_trials=2",
+                 "hydra.sweeper.n_jobs=1", "model=choice(simple_cnn, exploding_cnn)", "epochs=1",
+                 "dataset.batch_size=64", module="testing_cli", timeout=600)
+    assert result.returncode == 0, result.output[-3000:]
+    states = [(t.params["model"], t.state.name) for t in trials(workdir)]
+    assert states == [("exploding_cnn", "FAIL"), ("simple_cnn", "COMPLETE"), ("simple_cnn", "COMPLETE")]
+    everything = runs(workdir)
+    failed = [r for r in everything if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "exploding" in failed[0].info.run_name
+    [parent] = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1

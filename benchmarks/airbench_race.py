@@ -39,8 +39,9 @@ def reference(seed: int) -> tuple[float, float]:
 
 def ours(seed: int, overrides: list[str], cwd: Path) -> tuple[list[tuple[float, float]], float]:
     """[(cumulative training seconds, test accuracy)] per epoch, and the wall time."""
+    # the decoded-image cache is the one the reference script fills
     cmd = [sys.executable, "-m", "cifar_exp", "experiment=airbench94", "dataset=image_folder",
-           f"dataset.root={REAL}", f"dataset.cache_dir={cwd / 'cache'}", f"seed={seed}",
+           f"dataset.root={REAL}", f"dataset.cache_dir={REAL.parent / 'cache'}", f"seed={seed}",
            "trainer.device=cuda", "trainer.progress=false", *overrides]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)

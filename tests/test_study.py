@@ -67,8 +67,8 @@ def test_the_same_command_names_the_same_study_and_storage(tmp_path):
 def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     """The issue's acceptance test: 6 trials with pruner=median, SIGKILL after 2 finished,
     the same command again."""
-    command = [*SEARCH, "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=median", "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=1",
-               "optimizer.lr=tag(log, interval(0.001, 0.1))", "epochs=2"]
+    command = [*SEARCH, "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=median", "hydra.sweeper.n_trials=6",
+               "hydra.sweeper.n_jobs=1", "optimizer.lr=tag(log, interval(0.001, 0.1))", "epochs=2"]
     proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     for line in proc.stdout:
@@ -114,7 +114,8 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     assert result.returncode == 0, result.output[-3000:]
     by_lr = {t.params["optimizer.lr"]: t for t in trials(workdir)}
     good, bad = by_lr[0.05], by_lr[0.00001]
-    assert good.number < bad.number and good.state.name == "COMPLETE" and sorted(good.intermediate_values) == [1, 2, 3, 4]
+    assert good.number < bad.number and good.state.name == "COMPLETE"
+    assert sorted(good.intermediate_values) == [1, 2, 3, 4]
     assert bad.state.name == "PRUNED" and sorted(bad.intermediate_values) == [1]
     [pruned] = [r for r in runs(workdir) if r.data.tags.get("optuna.state") == "PRUNED"]
     assert pruned.info.status == "FINISHED" and pruned.data.tags["optuna.trial"] == str(bad.number)

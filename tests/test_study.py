@@ -136,3 +136,16 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
     assert len(failed) == 1 and "exploding" in failed[0].info.run_name
     [parent] = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1
+
+
+def test_trials_in_joblib_worker_processes_report_to_the_study(cli, workdir):
+    """Two trials at once in joblib's worker processes: each reaches its own trial through
+    the SQLite storage and reports every epoch."""
+    result = cli(*SEARCH, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra/sweeper/sampler=random",
+                 "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "optimizer.lr=interval(0.01, 0.1)",
+                 "epochs=2", timeout=600)
+    assert result.returncode == 0, result.output[-3000:]
+    done = trials(workdir)
+    assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in done)
+    assert {r.data.tags.get("optuna.trial") for r in runs(workdir)} == {"0", "1", None}  # None: the parent

@@ -23,7 +23,7 @@ def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_de
     cfg = compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40",
                       "mlflow.enabled=false")
     data = load_dataset(cfg.dataset, meta)
-    trainer = build_trainer(cfg, data.num_classes, steps_per_epoch=1, device=meta, world=World())
+    trainer = build_trainer(cfg, data, steps_per_epoch=1, device=meta, world=World())
     drawn = {}
 
     def capture(images, predicted, labels, classes, path):

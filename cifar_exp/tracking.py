@@ -473,8 +473,8 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
                  reuse_tag: Optional[str] = None) -> tuple[str, str]:
     """Prepare the store and experiment once, before jobs start, and open the sweep's run.
     With `reuse_tag` (a key in `tags`, its value free of quotes), a parent run carrying the same value is reopened
-    instead (a resumed search): its children that a killed sweep left RUNNING end KILLED,
-    tagged as superseded, since their trials run again."""
+    instead (a resumed search): its children that a killed or stopped sweep left RUNNING
+    or KILLED end KILLED, tagged as superseded, since their trials run again."""
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
@@ -487,7 +487,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
             parent_id = found[0].info.run_id
             client.update_run(parent_id, status="RUNNING")
             for child in child_runs(uri, exp_id, parent_id):
-                if child["status"] == "RUNNING":
+                if child["status"] in ("RUNNING", "KILLED") and SUPERSEDED_TAG not in child["tags"]:
                     client.set_tag(child["run_id"], SUPERSEDED_TAG, "its sweep was killed; the trial ran again")
                     client.set_terminated(child["run_id"], "KILLED")
             return exp_id, parent_id

@@ -149,3 +149,22 @@ def test_trials_in_joblib_worker_processes_report_to_the_study(cli, workdir):
     assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
     assert all(sorted(t.intermediate_values) == [1, 2] for t in done)
     assert {r.data.tags.get("optuna.trial") for r in runs(workdir)} == {"0", "1", None}  # None: the parent
+
+
+def test_a_stop_signal_stops_the_study_not_just_its_trial(workdir):
+    """SIGTERM reaches the running trial's job: it checkpoints and ends KILLED; the sweep
+    stops too (it does not go on to the next trial) and says how to continue."""
+    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+               "optimizer.lr=interval(0.01, 0.1)", "epochs=3", "dataset.train_size=3000"]
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/3") and list(workdir.glob("multirun/*/*/1")):  # inside trial 1
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "python -m cifar_exp --multirun" in err and "Traceback" not in err
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "RUNNING"]  # rerun by the same command
+    assert sorted(r.info.status for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags) == [
+        "FINISHED", "KILLED"]

@@ -3,12 +3,15 @@ launcher (job number = trial number, so a job finds its own trial), tell Optuna 
 ended, until the study holds n_trials finished trials. The study lives in `storage`, so
 the same command after a crash continues it: trials a killed sweep left RUNNING are marked
 FAIL and their parameter sets run again. Jobs report each epoch's objective to their trial
-and stop when the pruner says so (cifar_exp.run); they mark the trial PRUNED themselves."""
+and stop when the pruner says so (cifar_exp.run); they mark the trial PRUNED themselves.
+A job stopped by a signal stops the sweep, its trial left RUNNING for the next one."""
 
 from __future__ import annotations
 
 import logging
 import math
+import shlex
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +22,8 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from cifar_exp.errors import Interrupted
 
 
 log = logging.getLogger(__name__)
@@ -109,8 +114,13 @@ class OptunaSweeper(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
             batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            stopped = [ret for ret in returns if isinstance(getattr(ret, "_return_value", None), Interrupted)]
             for trial, ret in zip(trials, returns):
-                failed += not self._tell(study, trial, ret)
+                if ret not in stopped:
+                    failed += not self._tell(study, trial, ret)
+            if stopped:  # Ctrl-C or SIGTERM: the study stops; its stopped trials run again next time
+                raise Interrupted(stopped[0]._return_value.signum,
+                                  " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
             if failed >= max(n_trials, 3):
                 raise RuntimeError(f"{failed} trials failed in this sweep; see their logs in {self.sweep_dir}")
         self._report(study)

@@ -68,6 +68,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                                         state.segment, resume_command(run_dir)) as tracker, profiler:
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
+        # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
+        trial = study.trial_for(job) if world.is_main else None
+        if trial is not None:
+            tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
 
         data = load_dataset(cfg.dataset, device, cfg.trainer.channels_last)
         if start.checkpoint is not None and data.classes != state.classes:
@@ -88,10 +92,6 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment)
-        # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
-        trial = study.trial_for(job) if world.is_main else None
-        if trial is not None:
-            tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
         patience = t.early_stopping_patience
         stopped_early = bool(patience) and state.bad_epochs >= patience  # by an earlier segment
         max_batches = t.max_steps * t.accumulate_grad_batches  # 0: no limit

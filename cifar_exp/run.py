@@ -195,12 +195,19 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
 
 # --- building -------------------------------------------------------------------------------------
+def init_images(images: torch.Tensor, seed: int) -> torch.Tensor:
+    """INIT_IMAGES training images drawn at random (seeded): an image folder lists its
+    images class by class, so the first ones would all be of one class."""
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:INIT_IMAGES]
+    return images.index_select(0, pick.to(images.device))
+
+
 def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: torch.device,
                   world: distributed.World) -> Trainer:
     t = cfg.trainer
     model = build_model(cfg.model, data.num_classes, image_size(cfg.dataset)).to(device)
     if hasattr(model, "init_from_data"):  # e.g. a whitening layer (a resumed run loads its weights after)
-        model.init_from_data(data.normalize(data.train.x[:INIT_IMAGES]))
+        model.init_from_data(data.normalize(init_images(data.train.x, cfg.seed)))
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)

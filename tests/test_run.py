@@ -133,3 +133,14 @@ def test_every_new_training_key_together_in_one_short_run(cli, workdir):
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     assert run.info.status == "FINISHED" and c.get_metric_history(run.info.run_id, "train/grad_norm")
     assert run.data.params["checkpoint.monitor"] == "val/acc"
+
+
+def test_a_model_initialized_from_data_sees_every_class_of_a_class_sorted_folder():
+    from cifar_exp.run import INIT_IMAGES, init_images
+
+    per_class = INIT_IMAGES  # ten classes, stored class by class as an image folder lists them
+    labels = torch.arange(10).repeat_interleave(per_class)
+    images = labels.view(-1, 1, 1, 1).expand(-1, 3, 2, 2).to(torch.uint8)
+    picked = init_images(images, seed=0)
+    assert len(picked) == INIT_IMAGES and set(picked[:, 0, 0, 0].tolist()) == set(range(10))
+    assert torch.equal(picked, init_images(images, seed=0))  # the same for the same seed

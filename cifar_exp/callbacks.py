@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import study, tracking
 from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
-from cifar_exp.job import SWEPT_ENV, parse_override
+from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override
 
 
 class ValidateConfig(Callback):
@@ -54,7 +54,7 @@ class SweepTracking(Callback):
         if not config.mlflow.enabled:
             return
         overrides = list(config.hydra.overrides.task)
-        swept = [parse_override(o)[0] for o in overrides if "," in o or "(" in o]
+        swept = [parse_override(o)[0] for o in overrides if is_sweep(o)]
         swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
         sweep_dir = config.hydra.sweep.dir
         name = f"sweep {' '.join(overrides)}".strip()

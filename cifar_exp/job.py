@@ -32,6 +32,14 @@ def parse_override(override: str) -> tuple[str, str]:
     return key, value
 
 
+def is_sweep(override: str) -> bool:
+    """Whether an override sweeps (a,b; choice(...); interval(...); range(...)), by Hydra's
+    own grammar: a list value such as model.widths=[8,16] does not."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides([override])[0].is_sweep_override()
+
+
 @dataclass(frozen=True)
 class Job:
     output_dir: Path

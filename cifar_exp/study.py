@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from cifar_exp.job import Job, parse_override
+from cifar_exp.job import Job, is_sweep, parse_override
 
 log = logging.getLogger("cifar_exp")
 
@@ -47,14 +47,10 @@ def study_name(sweeper: Any, task_overrides: list[str]) -> str:
         return sweeper["study_name"]
     searched = set(sweeper.get("params") or {})
     fixed = sorted(o for o in task_overrides
-                   if parse_override(o)[0] not in searched and not _is_search_syntax(parse_override(o)[1]))
+                   if parse_override(o)[0] not in searched and not is_sweep(o))
     text = " ".join(fixed)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return f"cifar_exp {text[:80]} {digest}" if text else f"cifar_exp {digest}"
-
-
-def _is_search_syntax(value: str) -> bool:
-    return "," in value or value.startswith(("interval(", "choice(", "range(", "tag(", "glob("))
 
 
 def parent_tags(storage: str, name: str) -> dict[str, str]:

@@ -59,6 +59,8 @@ def test_the_same_command_names_the_same_study_and_storage(tmp_path):
     a = study.study_name(sweeper, ["epochs=3", "optimizer.lr=0.5", "seed=1,2"])
     assert a == study.study_name(sweeper, ["epochs=3", "optimizer.lr=0.9", "seed=1,2"])  # searched keys don't count
     assert a != study.study_name(sweeper, ["epochs=4", "optimizer.lr=0.5", "seed=1,2"])
+    # a list value is fixed, not searched: it names the study
+    assert study.study_name(sweeper, ["model.widths=[8,16]"]) != study.study_name(sweeper, ["model.widths=[8,32]"])
     assert study.storage_url(sweeper, tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
     assert study.storage_url({"storage": "sqlite:////abs/x.db"}, tmp_path) == "sqlite:////abs/x.db"
 

@@ -117,9 +117,17 @@ class TrialLink:
         self._trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
 
     def report(self, epoch: int, value: float) -> bool:
-        """Record the objective after `epoch`; True when the pruner says stop."""
-        self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
-        return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
+        """Record the objective after `epoch`; True when the pruner says stop. A storage that
+        cannot be reached costs this epoch's report and pruning, never the training."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
+            return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
+        except SQLAlchemyError as e:
+            log.warning("could not report epoch %d to Optuna trial %d (%s); training goes on", epoch,
+                        self.number, str(e).splitlines()[0])
+            return False
 
     def mark_pruned(self) -> None:
         from optuna.trial import TrialState

@@ -168,3 +168,18 @@ def test_a_stop_signal_stops_the_study_not_just_its_trial(workdir):
     assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "RUNNING"]  # rerun by the same command
     assert sorted(r.info.status for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags) == [
         "FINISHED", "KILLED"]
+
+
+def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_path, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(study_name="s", storage=url).ask()
+    link = study.TrialLink(url, "s", 0, {"name": "median"})
+    assert link.report(1, 0.5) is False
+
+    def locked(*args):
+        raise OperationalError("UPDATE", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(link._storage, "set_trial_intermediate_value", locked)
+    assert link.report(2, 0.6) is False  # no exception: the run goes on

@@ -397,7 +397,9 @@ class MlflowTracker:
         import torch
         from mlflow.models import infer_signature
 
-        model = model.eval()
+        # torch.export's archive writer takes channels_last weights for slices of a larger
+        # tensor (and warns): the served model gets the standard layout
+        model = model.to(memory_format=torch.contiguous_format).eval()
         with torch.inference_mode():
             output = model(example)
         signature = infer_signature(example.cpu().numpy(), output.cpu().numpy())

@@ -41,11 +41,12 @@ def test_flatten_dotted_keys():
 
 def test_two_epoch_run_is_fully_logged(cli, workdir):
     result = cli(*FAST, "epochs=2", "trainer.log_every_n_steps=1", "mlflow.system_metrics_every_s=0.5",
-                 "mlflow.registered_model_name=synthetic-cnn")
+                 "mlflow.registered_model_name=synthetic-cnn", "trainer.channels_last=true")
     assert result.returncode == 0, result.output
+    assert "Warning" not in result.output, result.output  # e.g. torch.export's, on channels_last weights
     c, run = only_run(workdir)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1"
+    assert run.info.run_name == "simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1 channels_last=true"
     p = run.data.params
     assert p["optimizer.lr"] == "0.05" and p["epochs"] == "2" and p["dataset.batch_size"] == "128"
     assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic"

@@ -119,12 +119,13 @@ class TrialLink:
     def report(self, epoch: int, value: float) -> bool:
         """Record the objective after `epoch`; True when the pruner says stop. A storage that
         cannot be reached costs this epoch's report and pruning, never the training."""
+        from optuna.exceptions import StorageInternalError
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
             self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
             return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
-        except SQLAlchemyError as e:
+        except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps a failed commit in the latter
             log.warning("could not report epoch %d to Optuna trial %d (%s); training goes on", epoch,
                         self.number, str(e).splitlines()[0])
             return False

@@ -183,3 +183,9 @@ def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_
 
     monkeypatch.setattr(link._storage, "set_trial_intermediate_value", locked)
     assert link.report(2, 0.6) is False  # no exception: the run goes on
+
+    def commit_failed(*args):  # what Optuna raises when its own commit fails
+        raise optuna.exceptions.StorageInternalError("An exception is raised during the commit.")
+
+    monkeypatch.setattr(link._storage, "set_trial_intermediate_value", commit_failed)
+    assert link.report(3, 0.7) is False

@@ -356,13 +356,15 @@ class TensorLoader:
         n, dev = len(self.split), self.split.x.device
         g = epoch_generator(self.seed, 0 if self.same_batches else epoch)
         order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        order = order.to(dev)
         if self.augment:
+            # offsets and flips are drawn per position in this epoch's order
             offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(dev)
-            flips = (torch.rand(n, generator=g) < 0.5).to(dev)
-            if self.alternate_flips:  # one draw for the whole run, every image mirrored on odd epochs
+            flips = torch.rand(n, generator=g) < 0.5
+            if self.alternate_flips:  # one draw per image for the whole run, all mirrored on odd epochs
                 once = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
-                flips = (once ^ (epoch % 2 == 1)).to(dev)
+                flips = once[order] ^ (epoch % 2 == 1)  # looked up by image, not by position
+            flips = flips.to(dev)
+        order = order.to(dev)
         if self.cutout:
             h, w = self.split.x.shape[2:]
             corners = (torch.rand(n, 2, generator=g) * torch.tensor([h, w]) - self.cutout / 2).floor().long().to(dev)

@@ -30,12 +30,18 @@ from cifar_exp.data import load_image_folder
 
 
 def write_airbench_layout(data: Path, work: Path) -> None:
-    """`train.pt`/`test.pt` as airbench's CifarLoader reads them: NHWC uint8 images."""
+    """`train.pt`/`test.pt` as airbench's CifarLoader reads them: NHWC uint8 images.
+
+    The image folder comes class by class, but CIFAR-10's own files (which airbench reads) hold
+    the classes mixed, and airbench whitens from `images[:5000]`: written class-sorted, that
+    would be 5,000 airplanes. So the training images are written in one fixed shuffled order.
+    """
     cfg = OmegaConf.create({"root": str(data), "image_size": 32, "cache_dir": str(data.parent / "cache")})
     train, test, classes = load_image_folder(cfg)
+    mixed = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(0))
     (work / "cifar10").mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", train), ("test", test)):
-        torch.save({"images": split.x.permute(0, 2, 3, 1).contiguous(), "labels": split.y, "classes": classes},
+    for name, x, y in (("train", train.x[mixed], train.y[mixed]), ("test", test.x, test.y)):
+        torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y, "classes": classes},
                    work / "cifar10" / f"{name}.pt")
 
 

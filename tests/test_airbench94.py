@@ -61,6 +61,19 @@ def test_the_network_computes_what_airbench_computes():
     assert "whiten.weight" not in trainable and not any(n.endswith(("2.weight", "5.weight")) for n in trainable)
 
 
+def test_gradients_at_tied_maxima_go_where_airbench_sends_them():
+    """Flat image regions (4x4 blocks here) make equal values, so the final max-pool meets
+    ties; a max-pool's gradient goes to one of them, torch.amax's is split between them."""
+    theirs, ours = twin_nets()
+    x = nn.functional.interpolate(images(64)[:, :, :8, :8], scale_factor=4, mode="nearest")
+    y = torch.arange(64) % 10
+    for net in (theirs, ours):
+        nn.functional.cross_entropy(net(x), y).backward()
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_the_whitening_init_matches_airbench():
     theirs, ours = twin_nets()
     x = images(200)

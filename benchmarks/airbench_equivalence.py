@@ -38,13 +38,12 @@ from unittest import mock
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from airbench_reference import cpu_shims  # noqa: E402
+from airbench_reference import cpu_shims, load_jpeg_copy, save_airbench_layout  # noqa: E402
 
 from cifar_exp.config import register_configs  # noqa: E402
-from cifar_exp.data import Dataset, Normalize, Split, load_image_folder  # noqa: E402
+from cifar_exp.data import Dataset, Normalize, Split  # noqa: E402
 from cifar_exp.distributed import World  # noqa: E402
 from cifar_exp.run import build_trainer  # noqa: E402
 
@@ -53,8 +52,7 @@ BATCH = 1024  # the recipe's batch: its learning rates are per 1024 images
 
 def subsets(data: Path, n_train: int, n_test: int) -> tuple[Split, Split, list[str]]:
     """Class-mixed subsets of the image folder (which lists its images class by class)."""
-    cfg = OmegaConf.create({"root": str(data), "image_size": 32, "cache_dir": str(data.parent / "cache")})
-    train, test, classes = load_image_folder(cfg)
+    train, test, classes = load_jpeg_copy(data)
     g = torch.Generator().manual_seed(0)
     pick_train = torch.randperm(len(train), generator=g)[:n_train]
     pick_test = torch.randperm(len(test), generator=g)[:n_test]
@@ -90,10 +88,7 @@ def airbench_side(train: Split, test: Split, normalize: Normalize, work: Path, e
     from airbench import lib_airbench94 as ab
     from airbench import utils
 
-    (work / "cifar10").mkdir(parents=True, exist_ok=True)
-    for name, split in (("train", train), ("test", test)):  # airbench's layout: NHWC uint8
-        torch.save({"images": split.x.permute(0, 2, 3, 1).contiguous(), "labels": split.y, "classes": []},
-                   work / "cifar10" / f"{name}.pt")
+    save_airbench_layout(work, train, test, [])
     os.chdir(work)
     made: dict = {"steps": []}
 

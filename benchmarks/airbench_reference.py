@@ -26,23 +26,33 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cifar_exp.data import load_image_folder
+from cifar_exp.data import Split, load_image_folder
+
+
+def load_jpeg_copy(data: Path):
+    """The JPEG copy's train and test splits, decoded through the project's image-folder cache."""
+    cfg = OmegaConf.create({"root": str(data), "image_size": 32, "cache_dir": str(data.parent / "cache")})
+    return load_image_folder(cfg)
+
+
+def save_airbench_layout(work: Path, train, test, classes: list[str]) -> None:
+    """`<work>/cifar10/{train,test}.pt` as airbench's CifarLoader reads them: NHWC uint8 images."""
+    (work / "cifar10").mkdir(parents=True, exist_ok=True)
+    for name, split in (("train", train), ("test", test)):
+        torch.save({"images": split.x.permute(0, 2, 3, 1).contiguous(), "labels": split.y, "classes": classes},
+                   work / "cifar10" / f"{name}.pt")
 
 
 def write_airbench_layout(data: Path, work: Path) -> None:
-    """`train.pt`/`test.pt` as airbench's CifarLoader reads them: NHWC uint8 images.
+    """The JPEG copy in airbench's layout.
 
     The image folder comes class by class, but CIFAR-10's own files (which airbench reads) hold
     the classes mixed, and airbench whitens from `images[:5000]`: written class-sorted, that
     would be 5,000 airplanes. So the training images are written in one fixed shuffled order.
     """
-    cfg = OmegaConf.create({"root": str(data), "image_size": 32, "cache_dir": str(data.parent / "cache")})
-    train, test, classes = load_image_folder(cfg)
+    train, test, classes = load_jpeg_copy(data)
     mixed = torch.randperm(len(train.y), generator=torch.Generator().manual_seed(0))
-    (work / "cifar10").mkdir(parents=True, exist_ok=True)
-    for name, x, y in (("train", train.x[mixed], train.y[mixed]), ("test", test.x, test.y)):
-        torch.save({"images": x.permute(0, 2, 3, 1).contiguous(), "labels": y, "classes": classes},
-                   work / "cifar10" / f"{name}.pt")
+    save_airbench_layout(work, Split(train.x[mixed], train.y[mixed]), test, classes)
 
 
 class WallClockEvent:

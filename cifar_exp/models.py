@@ -169,8 +169,9 @@ class Airbench94Net(nn.Module):
         self.whiten.bias.requires_grad = epoch < self.whiten_bias_epochs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(self.whiten(x))  # 32 px: 3x3 here, so this is airbench's 3x3 max-pool
-        # a max-pool, as airbench's, not amax: at a tie (flat image regions through the
-        # near-identity convs make some) a max-pool's gradient goes to one position and
-        # amax's is split; on real images that alone moved the convs' gradients 0.5 %
+        x = self.features(self.whiten(x))
+        # 32 px: a 3x3 map here, so this is airbench's 3x3 max-pool. A max-pool, not amax: at a
+        # tie (flat image regions through the near-identity convs make some) a max-pool's
+        # gradient goes to one position and amax's is split; on real images that alone moved
+        # the convs' gradients 0.5 %
         return self.head(nn.functional.adaptive_max_pool2d(x, 1).flatten(1)) * self.output_scale

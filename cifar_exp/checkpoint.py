@@ -50,7 +50,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
     run_id: Optional[str] = None
     segment: int = 0        # how many times the run was resumed
-    bad_epochs: int = 0     # epochs since the monitored metric last improved (early stopping)
+    bad_epochs: int = 0     # evaluated epochs since the monitored metric last improved (early stopping)
     top: list = field(default_factory=list)  # [value, epoch] of the kept top-k checkpoints
 
     def advance(self) -> None:
@@ -58,12 +58,15 @@ class RunState:
         self.global_step += 1
 
     def end_epoch(self, metrics: dict, monitor: str, mode: str) -> bool:
-        """Record the finished epoch; True when `monitor` improved on the best so far."""
+        """Record the finished epoch; True when `monitor` improved on the best so far. An
+        epoch that was not evaluated (trainer.eval_every_n_epochs) neither improves nor
+        counts against the patience."""
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
         value = metrics.get(monitor)
-        improved = value is not None and (self.best is None or (value > self.best if mode == "max"
-                                                                 else value < self.best))
+        if value is None:
+            return False
+        improved = self.best is None or (value > self.best if mode == "max" else value < self.best)
         if improved:
             self.best = value
         self.bad_epochs = 0 if improved else self.bad_epochs + 1

@@ -226,6 +226,9 @@ class TrainerConfig:
     # bf16/fp16 autocast on CUDA; ignored on CPU and MPS
     amp: bool = True
     log_every_n_steps: int = 50
+    # evaluate (val, test) after every n-th epoch and after the last; early stopping, best
+    # checkpoints and Optuna's pruning see only the evaluated epochs
+    eval_every_n_epochs: int = 1
     deterministic: bool = False
     compile: bool = False
     # NHWC layout for model and batches: faster for conv nets with BatchNorm on CPU and GPU
@@ -254,7 +257,8 @@ class TrainerConfig:
     gradient_clip_val: float = 0.0
     # exponential moving average of the weights, evaluated and saved (0 = off; e.g. 0.999)
     ema_decay: float = 0.0
-    # stop after this many epochs without improvement of checkpoint.monitor (0 = off)
+    # stop after this many epochs without improvement of checkpoint.monitor (0 = off); with
+    # eval_every_n_epochs > 1 and a val/test monitor, this many evaluations
     early_stopping_patience: int = 0
     # debugging: train/evaluate on only this many batches per epoch (0 = all) ...
     limit_train_batches: int = 0
@@ -539,6 +543,7 @@ def validate(cfg: DictConfig) -> None:
     _check(DEVICE.fullmatch(t.device) is not None, "trainer.device", "auto, cpu, mps, cuda or cuda:<index>",
            t.device)
     _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "an integer >= 1", t.log_every_n_steps)
+    _check(t.eval_every_n_epochs >= 1, "trainer.eval_every_n_epochs", "an integer >= 1", t.eval_every_n_epochs)
     _check(0 <= t.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)", t.label_smoothing)
     _check(t.strategy in STRATEGIES, "trainer.strategy", f"one of {', '.join(STRATEGIES)}", t.strategy)
     _check(c.every_n_epochs >= 1, "checkpoint.every_n_epochs", "an integer >= 1", c.every_n_epochs)

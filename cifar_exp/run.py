@@ -120,9 +120,9 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             save(epoch_end=epoch_end, is_best=is_best, score=score)
             raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
-        test = None
+        test = None  # the last epoch's test evaluation, if it had one
         for epoch in range(state.epoch, state.epoch if done else cfg.epochs):
-            t0, first_step = time.perf_counter(), state.step
+            t0, first_step, test = time.perf_counter(), state.step, None
             trainer.begin_epoch(epoch, first_step)
             with EpochProgress(t.progress, len(train), first_step, epoch + 1, cfg.epochs, d.batch_size) as bar:
                 for x, y in train.epoch(epoch, first_step):
@@ -151,7 +151,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             trainer.end_epoch()
 
             seconds = time.perf_counter() - t0  # training time: evaluation is not counted
-            metrics, test = evaluate_epoch(trainer, data, evals, epoch + 1)
+            last = epoch + 1 == cfg.epochs or state.global_step == max_batches
+            metrics = epoch_summary(trainer, epoch + 1)
+            if last or (epoch + 1) % t.eval_every_n_epochs == 0:
+                test = evaluate_splits(trainer, data, evals, metrics)
             metrics["time/epoch_s"] = seconds
             metrics["time/images_per_s"] = (state.step - first_step) * d.batch_size / seconds
             tracker.log_metrics(metrics, step=state.global_step)
@@ -161,10 +164,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     diverged(loss)
             monitor = cfg.checkpoint.monitor
             is_best = state.end_epoch(metrics, monitor, cfg.checkpoint.mode)
-            last = state.epoch == cfg.epochs or state.global_step == max_batches
             early = bool(patience) and state.bad_epochs >= patience and not last
-            # every epoch's objective goes to the trial; the last one cannot be pruned any more
-            prune = trial is not None and trial.report(state.epoch, metrics[cfg.objective])
+            # every evaluated epoch's objective goes to the trial; the last cannot be pruned any more
+            value = metrics.get(cfg.objective)
+            prune = trial is not None and value is not None and trial.report(state.epoch, value)
             pruned = distributed.any_rank(prune, device) and not last
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
@@ -179,7 +182,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     trial.mark_pruned()
                 break
             if early:
-                why = f"no improvement of {monitor} for {patience} epochs (best {state.best:.4g})"
+                why = f"no improvement of {monitor} for {patience} evaluated epochs (best {state.best:.4g})"
                 log.info("stopping early after epoch %d: %s", state.epoch, why)
                 tracker.set_tags({"cifar_exp.early_stopped": f"after epoch {state.epoch}: {why}"})
                 break
@@ -263,22 +266,26 @@ def tracked(tracker, log_file, segment: int, resume_hint: str):
 
 
 # --- each epoch -----------------------------------------------------------------------------------
-def evaluate_epoch(trainer: Trainer, data: Dataset, evals: dict, epoch: int) -> tuple[dict, Evaluation]:
-    """The epoch's metrics: training sums, then validation (if held out) and test."""
+def epoch_summary(trainer: Trainer, epoch: int) -> dict:
+    """The epoch's training sums."""
     summary = trainer.meter.summary()
-    metrics = {"epoch": epoch, "train/loss_epoch": summary["loss"], "train/acc": summary["acc"]}
+    return {"epoch": epoch, "train/loss_epoch": summary["loss"], "train/acc": summary["acc"]}
+
+
+def evaluate_splits(trainer: Trainer, data: Dataset, evals: dict, metrics: dict) -> Evaluation:
+    """Validation (if held out) and test metrics into `metrics`; returns the test evaluation."""
     if "val" in evals:
         metrics.update(trainer.evaluate(evals["val"], data.num_classes).metrics("val", data.classes))
     test = trainer.evaluate(evals["test"], data.num_classes)
     metrics.update(test.metrics("test", data.classes))
-    return metrics, test
+    return test
 
 
 def log_epoch(m: dict, epochs: int) -> None:
+    test = f" | test loss {m['test/loss']:.4f} acc {100 * m['test/acc']:.2f}%" if "test/acc" in m else ""
     val = f" | val acc {100 * m['val/acc']:.2f}%" if "val/acc" in m else ""
-    log.info("epoch %d/%d: train loss %.4f acc %.2f%% | test loss %.4f acc %.2f%%%s | %.1fs",
-             m["epoch"], epochs, m["train/loss_epoch"], 100 * m["train/acc"], m["test/loss"],
-             100 * m["test/acc"], val, m["time/epoch_s"])
+    log.info("epoch %d/%d: train loss %.4f acc %.2f%%%s%s | %.1fs", m["epoch"], epochs, m["train/loss_epoch"],
+             100 * m["train/acc"], test, val, m["time/epoch_s"])
 
 
 # --- the run's start and end ----------------------------------------------------------------------

@@ -125,6 +125,7 @@ BAD_INPUTS = {
     "trainer.gradient_clip_val=-1": "trainer.gradient_clip_val",
     "trainer.ema_decay=1.5": "trainer.ema_decay",
     "trainer.early_stopping_patience=-1": "trainer.early_stopping_patience",
+    "trainer.eval_every_n_epochs=0": "trainer.eval_every_n_epochs",
     "trainer.overfit_batches=2 trainer.limit_train_batches=3": "trainer.overfit_batches",
     "dataset.cutout=-1": "dataset.cutout",
     "dataset.mixup_alpha=-0.5": "dataset.mixup_alpha",

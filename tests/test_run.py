@@ -96,7 +96,40 @@ def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     epochs = [m.value for m in c.get_metric_history(run.info.run_id, "epoch")]
     assert run.info.status == "FINISHED" and len(epochs) <= 5
-    assert "no improvement of test/acc for 2 epochs" in run.data.tags["cifar_exp.early_stopped"]
+    assert "no improvement of test/acc for 2 evaluated epochs" in run.data.tags["cifar_exp.early_stopped"]
+
+
+def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_the_same(cli, workdir):
+    from conftest import FAST
+
+    ends = {}
+    for n in (1, 2):
+        run_dir = workdir / f"every_{n}"
+        result = cli(*FAST, "epochs=3", f"trainer.eval_every_n_epochs={n}", "mlflow.enabled=false",
+                     f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.output[-2000:]
+        ends[n] = result.stdout, torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    stdout, end = ends[2]
+    assert [h["epoch"] for h in end["run"]["history"] if "test/acc" in h] == [2, 3]
+    [first] = [line for line in stdout.splitlines() if "epoch 1/3:" in line]
+    assert "train loss" in first and "test" not in first
+    # evaluating changes nothing the training depends on: the same weights either way
+    every_epoch = ends[1][1]["trainer"]["model"]
+    assert all(torch.equal(every_epoch[k], v) for k, v in end["trainer"]["model"].items())
+
+
+def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
+    from conftest import FAST
+
+    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.eval_every_n_epochs=2",
+                 "trainer.early_stopping_patience=2", "mlflow.log_model=false")
+    assert result.returncode == 0, result.output[-2000:]
+    # epoch 2 sets the best, 4 and 6 do not improve on it
+    assert "stopping early after epoch 6" in result.stdout
+    c = _client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert [m.value for m in c.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3, 4, 5, 6]
+    assert len(c.get_metric_history(run.info.run_id, "test/acc")) == 3
 
 
 def test_debug_presets_run_end_to_end(cli, workdir):

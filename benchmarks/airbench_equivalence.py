@@ -142,7 +142,7 @@ def framework_side(cfg, train: Split, test: Split, classes: list[str], normalize
         trainer.end_epoch()
     trainer.eval_model.eval()
     with torch.inference_mode():
-        logits = torch.cat([trainer._tta_logits(trainer.eval_model, normalize(x)) for x in test.x.split(2000)])
+        logits = torch.cat([trainer.tta_logits(trainer.eval_model, normalize(x)) for x in test.x.split(2000)])
     return steps, logits, model
 
 

@@ -227,7 +227,7 @@ class Trainer:
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
         for x, y in loader.epoch(0):
             with self.autocast():
-                logits = self._tta_logits(model, x)
+                logits = self.tta_logits(model, x)
                 loss_sum += self.loss_fn(logits, y).double() * len(y)
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
         all_reduce_sum(confusion)
@@ -235,7 +235,7 @@ class Trainer:
         confusion = confusion.view(num_classes, num_classes).cpu()
         return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
 
-    def _tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits averaged over the test-time views: the image and its mirror (eval_flip);
         with eval_translate = t, half weight on those and half on the same views of the image
         shifted t pixels up-left and down-right (reflected edges), as airbench does."""

@@ -88,7 +88,7 @@ def test_translate_tta_averages_the_shifted_views():
 
     x = torch.rand(2, 3, 4, 4)
     trainer = _trainer(torch.nn.Conv2d(3, 3, 1), eval_flip=True, eval_translate=1)
-    logits = trainer._tta_logits(Probe(), x)
+    logits = trainer.tta_logits(Probe(), x)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
     views = [x, x.flip(3), padded[:, :, :4, :4], padded[:, :, :4, :4].flip(3), padded[:, :, 2:, 2:],
              padded[:, :, 2:, 2:].flip(3)]

@@ -4,7 +4,6 @@ groups, schedule and lookahead as the `airbench` package's own code, step for st
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from unittest import mock
 
@@ -96,7 +95,7 @@ def test_the_preset_trains_as_airbench_train94_does_step_for_step(tmp_path, monk
     frozen after epoch 3, a lookahead pull and the final jump, and the TTA. With airbench's
     float32 learning rates and decays replayed (the framework's own are checked to agree
     to 1e-6), any difference in the recipe would stand far above float64 rounding."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(Path(__file__).parents[1] / "benchmarks")
     import airbench_equivalence as eq
 
     def split(n: int, seed: int) -> Split:

@@ -279,12 +279,16 @@ def main() -> None:
     for step, ((diff, name), (own_diff, _)) in enumerate(zip(replayed, own), start=1):
         print(f"after step {step:>3}: {diff:.1e} ({name})   own float64 schedules {own_diff:.1e}")
     worst = max(diff for diff, _ in replayed)
+
+    def agreement(lg: torch.Tensor, labels: torch.Tensor) -> float:
+        return 100 * float((lg.argmax(1) == labels).float().mean())
+
+    ref_predictions = ref_logits.argmax(1)
     for label, lg in (("airbench's float32 schedules", logits), ("own float64 schedules", own_logits)):
-        agree = float((lg.argmax(1) == ref_logits.argmax(1)).float().mean())
         print(f"test logits (TTA), {label}: {relative(lg, ref_logits):.1e} apart, predictions agree on "
-              f"{100 * agree:.2f}%, TTA acc {100 * float((lg.argmax(1) == test.y).float().mean()):.2f}%")
+              f"{agreement(lg, ref_predictions):.2f}%, TTA acc {agreement(lg, test.y):.2f}%")
     print(f"result: largest difference {worst:.1e} with airbench's schedules; "
-          f"TTA acc airbench {100 * float((ref_logits.argmax(1) == test.y).float().mean()):.2f}%")
+          f"TTA acc airbench {agreement(ref_logits, test.y):.2f}%")
 
 
 if __name__ == "__main__":

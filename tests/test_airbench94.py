@@ -89,12 +89,13 @@ def test_the_whitening_init_matches_airbench():
 
 def test_the_preset_trains_as_airbench_train94_does_step_for_step(tmp_path, monkeypatch):
     """airbench's own `train94` and the preset's composed config through `build_trainer`,
-    from the same weights on the same batches, in float64 (as benchmarks/airbench_equivalence.py
-    does at full size on real images), on a narrow net: 4 epochs of 2
-    steps cover the whitening init, both parameter groups, the schedule, the whitening bias
-    frozen after epoch 3, a lookahead pull and the final jump, and the TTA. With airbench's
-    float32 learning rates and decays replayed (the framework's own are checked to agree
-    to 1e-6), any difference in the recipe would stand far above float64 rounding."""
+    from the same weights on the same batches, in float64, on a narrow net (as
+    benchmarks/airbench_equivalence.py does at full size on real images): 4 epochs of 2 steps
+    cover the whitening init, both parameter groups, the schedule, the whitening bias frozen
+    after epoch 3, a lookahead pull and the final jump, and the TTA. With airbench's float32
+    learning rates and decays replayed (the framework's own are checked to agree to 1e-6 of
+    the schedule's peak), any difference in the recipe would stand far above float64
+    rounding."""
     monkeypatch.syspath_prepend(Path(__file__).parents[1] / "benchmarks")
     import airbench_equivalence as eq
 

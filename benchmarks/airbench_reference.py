@@ -64,7 +64,7 @@ class WallClockEvent:
     def record(self) -> None:
         self.t = time.perf_counter()
 
-    def elapsed_time(self, end: "WallClockEvent") -> float:
+    def elapsed_time(self, end: WallClockEvent) -> float:
         return 1e3 * (end.t - self.t)
 
 

@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import fmt, header, stats, timed
 from omegaconf import OmegaConf
 
-from common import fmt, header, stats, timed
 from cifar_exp import checkpoint
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN, resnet18

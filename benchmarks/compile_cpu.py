@@ -15,9 +15,9 @@ import statistics
 import time
 
 import torch
+from common import header
 from omegaconf import OmegaConf
 
-from common import header
 from cifar_exp.config import SGDConfig, SpeedNetConfig
 from cifar_exp.loop import Trainer
 from cifar_exp.models import build_model

@@ -14,9 +14,9 @@ import statistics
 import torch
 import torchvision
 import torchvision.transforms as T
-
 from common import cifar10, fmt, header, stats, timed
 from step_overhead import bare_epoch, framework_epoch
+
 from cifar_exp.models import SimpleCNN
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 
 import torch
-
 from common import cifar10, fmt, header, stats, timed
+
 from cifar_exp.checkpoint import RunState
 from cifar_exp.data import Normalize, Split, TensorLoader
 from cifar_exp.loop import Trainer

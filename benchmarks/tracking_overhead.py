@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import cifar10, fmt, header, stats, timed
 from omegaconf import OmegaConf
 
-from common import cifar10, fmt, header, stats, timed
 from cifar_exp.config import Config, MlflowConfig
 from cifar_exp.data import Normalize, TensorLoader
 from cifar_exp.loop import Trainer

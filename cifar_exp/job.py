@@ -51,7 +51,7 @@ class Job:
     sweeper: Optional[dict] = None  # the sweep's hydra.sweeper settings, in a --multirun sweep
 
     @classmethod
-    def current(cls) -> "Job":
+    def current(cls) -> Job:
         from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 

@@ -220,7 +220,7 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     @torch.inference_mode()
-    def evaluate(self, loader: TensorLoader, num_classes: int) -> "Evaluation":
+    def evaluate(self, loader: TensorLoader, num_classes: int) -> Evaluation:
         model = self.eval_model
         model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)

@@ -32,7 +32,7 @@ class StepProfiler:
         if self.profiler is not None:
             self.profiler.step()
 
-    def __enter__(self) -> "StepProfiler":
+    def __enter__(self) -> StepProfiler:
         if self.profiler is not None:
             self.profiler.start()
         return self

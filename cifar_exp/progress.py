@@ -49,7 +49,7 @@ class EpochProgress:
             log.info("%s: %d%% (%d/%d steps)%s | %.0f img/s", self.label, 100 * self.done // self.total,
                      self.done, self.total, loss_txt, rate)
 
-    def __enter__(self) -> "EpochProgress":
+    def __enter__(self) -> EpochProgress:
         return self
 
     def __exit__(self, *exc) -> None:

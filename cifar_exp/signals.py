@@ -25,7 +25,7 @@ class StopSignals:
             raise KeyboardInterrupt
         self.signum = signum
 
-    def __enter__(self) -> "StopSignals":
+    def __enter__(self) -> StopSignals:
         # Python only lets the main thread install handlers (a run inside a worker thread
         # keeps the process's own handling).
         if threading.current_thread() is threading.main_thread():

@@ -195,7 +195,7 @@ class Outbox:
         self.ops: list[dict] = []
 
     @classmethod
-    def read(cls, path: Path) -> "Outbox":
+    def read(cls, path: Path) -> Outbox:
         try:
             data = json.loads(Path(path).read_text())
             box = cls(Path(path), data["uri"], data["run_id"])

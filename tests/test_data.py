@@ -12,10 +12,9 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar_exp.config import ImageFolderConfig, SyntheticConfig, Cifar10Config
+from cifar_exp.config import Cifar10Config, ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
 from cifar_exp.errors import UserError
-
 
 CPU = torch.device("cpu")
 
@@ -201,7 +200,7 @@ def test_batch_augmentations_replay_exactly_from_any_step(kw):
 
 def test_mixed_batches_have_soft_targets_that_sum_to_one():
     for kw in ({"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}):
-        for x, y in _mixing(**kw).epoch(0):
+        for _x, y in _mixing(**kw).epoch(0):
             assert y.shape == (16, 4) and torch.allclose(y.sum(1), torch.ones(16))
             assert ((y > 0).sum(1) <= 2).all()  # each image mixes with one partner
     plain = next(_mixing().epoch(0))[1]

@@ -8,7 +8,7 @@ from cifar_exp.models import SimpleCNN, SpeedNet, TutorialNet, resnet18
 
 def test_simple_cnn_is_the_notes_classifier():
     m = SimpleCNN()
-    layers = [(type(l).__name__, tuple(getattr(l, "weight", torch.empty(0)).shape)) for l in m.children()]
+    layers = [(type(layer).__name__, tuple(getattr(layer, "weight", torch.empty(0)).shape)) for layer in m.children()]
     assert layers == [("Conv2d", (16, 3, 5, 5)), ("MaxPool2d", (0,)), ("Linear", (128, 16 * 14 * 14)),
                       ("Linear", (10, 128))]
     assert m(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
@@ -30,10 +30,10 @@ def test_speed_net_output_width_and_activation():
     m = SpeedNet(num_classes=10, widths=(8, 16, 32))
     assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
     assert m.head.in_features == 32
-    assert any(isinstance(l, nn.GELU) for l in m.modules())
+    assert any(isinstance(layer, nn.GELU) for layer in m.modules())
     relu = SpeedNet(widths=(8, 16, 32), act="relu")
-    assert any(isinstance(l, nn.ReLU) for l in relu.modules())
-    assert not any(isinstance(l, nn.GELU) for l in relu.modules())
+    assert any(isinstance(layer, nn.ReLU) for layer in relu.modules())
+    assert not any(isinstance(layer, nn.GELU) for layer in relu.modules())
 
 
 def test_the_notes_models_follow_the_image_size():

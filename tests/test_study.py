@@ -15,9 +15,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from conftest import cli_env
 from cifar_exp import study
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
+
+from conftest import cli_env
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -54,10 +54,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 sys.path.insert(0, str(Path(__file__).parent))
 from airbench_reference import cpu_shims, load_jpeg_copy, save_airbench_layout  # noqa: E402
 
-from cifar_exp.config import register_configs  # noqa: E402
 from cifar_exp.data import Dataset, Normalize, Split  # noqa: E402
 from cifar_exp.distributed import World  # noqa: E402
 from cifar_exp.loop import Lookahead  # noqa: E402
+from cifar_exp.registry import register_configs  # noqa: E402
 from cifar_exp.run import build_trainer  # noqa: E402
 
 BATCH = 1024  # the recipe's batch: its learning rates are per 1024 images

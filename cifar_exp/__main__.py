@@ -14,8 +14,8 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from cifar_exp.config import register_configs
-from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with
+from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line
+from cifar_exp.registry import register_configs
 from cifar_exp.signals import ignore_stop_signals
 
 register_configs()
@@ -57,27 +57,6 @@ def _exit_for(e: Exception) -> NoReturn:
         print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
         sys.exit(128 + e.signum)
     exit_with(str(e))
-
-
-_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
-
-
-def one_line(exc: BaseException) -> str:
-    """Hydra's and OmegaConf's multi-line messages, folded to one readable line."""
-    parts: list[str] = []
-    options: list[str] = []
-    while exc is not None:
-        for raw in str(exc).splitlines():
-            line = raw.strip()
-            if line.startswith("Config search path"):
-                break
-            if raw.startswith("\t"):
-                options.append(line)
-            elif line and not line.startswith(_NOISE):
-                parts.append(line.rstrip(".:"))
-        exc = exc.__cause__
-    text = "; ".join(dict.fromkeys(parts)) or "unknown error"
-    return f"{text}: {', '.join(options)}" if options else text
 
 
 def main() -> None:

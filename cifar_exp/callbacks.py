@@ -16,19 +16,29 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import study, tracking
-from cifar_exp.config import validate
 from cifar_exp.errors import UserError, exit_with
 from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override
+from cifar_exp.metrics import MAX, goal
+from cifar_exp.validation import validate
 
 
 class ValidateConfig(Callback):
-    """Checks ranges and paths before a single run starts, so a bad value leaves no output
-    dir or MLflow run behind. Hydra turns a callback's exceptions into warnings, so a user
-    error exits here directly."""
+    """Checks the whole config before a single run starts, and every trial config and the
+    sweeper's settings before a sweep's first job, so a bad value leaves no output dir or
+    MLflow run behind. Hydra turns a callback's exceptions into warnings, so a user error
+    exits here directly."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             validate(config)
+        except UserError as e:
+            exit_with(str(e))
+
+    def on_multirun_start(self, config: DictConfig, config_name: Optional[str] = None, **kwargs: Any) -> None:
+        from cifar_exp.sweep_check import check_sweep
+
+        try:
+            check_sweep(config, config_name or "config")
         except UserError as e:
             exit_with(str(e))
 
@@ -50,7 +60,7 @@ class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.objective.startswith("test/"):
             print(f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
-                  f"select on held-out data instead: dataset.val_size=5000 objective=val/acc", file=sys.stderr)
+                  f"select on held-out data instead: dataset.val_fraction=0.1 objective=val/acc", file=sys.stderr)
         if not config.mlflow.enabled:
             return
         overrides = list(config.hydra.overrides.task)
@@ -130,7 +140,7 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     """Rows per job, the best job, seed statistics and the parent's status: FINISHED for a
     sweep that ran to its end (an Optuna study goes on past failed trials), else the worst
     of its jobs' (FAILED, KILLED)."""
-    maximize = not objective.endswith("loss")
+    maximize = goal(objective) == MAX
     rows = []
     # children of a killed sweep whose trials ran again are history, not results
     current = [c for c in children if tracking.SUPERSEDED_TAG not in c["tags"]]

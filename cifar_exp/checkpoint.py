@@ -21,8 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
-from cifar_exp.config import from_stored, image_size
+from cifar_exp.config import image_size
 from cifar_exp.errors import UserError
+from cifar_exp.stored import from_stored
+from cifar_exp.validation import monitor_mode, validate
 
 FORMAT_VERSION = 2
 LAST, BEST = "last.pt", "best.pt"
@@ -196,22 +198,80 @@ def _read(path: Path) -> dict:
     return raw
 
 
+COUNTS = ("epoch", "step", "global_step", "segment", "bad_epochs")
+
+
+def _check_state(run: dict, origin: str) -> None:
+    """The stored run state's types and ranges, as RunState declares them."""
+    def bad(key: str, allowed: str) -> UserError:
+        return UserError(f"{origin}: run.{key}={run.get(key)!r} is invalid: must be {allowed}")
+
+    for key in COUNTS:
+        value = run.get(key, 0)
+        if type(value) is not int or value < 0:
+            raise bad(key, "an integer >= 0")
+    classes = run.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise bad("classes", "a non-empty list of class names")
+    best = run.get("best")
+    if best is not None and (type(best) not in (int, float) or not np.isfinite(best)):
+        raise bad("best", "a finite number or null")
+    if not isinstance(run.get("history", []), list) or not all(isinstance(h, dict) for h in run.get("history", [])):
+        raise bad("history", "a list of per-epoch metric mappings")
+    if run.get("run_id") is not None and not isinstance(run["run_id"], str):
+        raise bad("run_id", "a run id or null")
+    top = run.get("top", [])
+    if not isinstance(top, list) or not all(isinstance(t, list) and len(t) == 2 for t in top):
+        raise bad("top", "a list of [score, epoch] pairs")
+
+
+def _check_rng(rng: Any, origin: str) -> None:
+    """The RNG states must load into generators of their kind (tried on throwaway ones)."""
+    try:
+        random.Random().setstate(_to_tuple(rng["python"]))
+        kind, keys, *rest = rng["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy(), *rest))
+        torch.Generator().set_state(rng["torch"])
+        if not isinstance(rng["cuda"], list) or not all(isinstance(t, torch.Tensor) for t in rng["cuda"]):
+            raise TypeError("cuda states are not tensors")
+    except Exception as e:  # a wrong type, size or value from any of the four
+        raise UserError(f"{origin}: its RNG state is malformed ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _check_trainer(trainer: Any, origin: str) -> None:
+    weights = trainer.get("model") if isinstance(trainer, dict) else None
+    if not isinstance(weights, dict) or not weights or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+        raise UserError(f"{origin}: its trainer state has no model weights (trainer.model)")
+
+
 def load(path: Path) -> Checkpoint:
-    """Load and check one checkpoint file; any problem is a UserError naming the file."""
+    """Load and check one checkpoint file: its run state, RNG state, weights and config, the
+    config through the same checks as the command line's (files on this machine aside). Any
+    problem is a UserError naming the file."""
     path = Path(path)
+    origin = f"checkpoint {path}"
     raw = _read(path)
     version = raw["format_version"]
     if version not in (1, FORMAT_VERSION):
-        raise UserError(f"checkpoint {path} has format version {version}; "
+        raise UserError(f"{origin} has format version {version!r}; "
                         f"this cifar_exp {__version__} reads versions 1 and {FORMAT_VERSION}")
     try:
         if version == 1:
             raw = _migrate_v1(raw, path)
-        state = RunState(**raw["run"])
-        trainer, rng, stored = raw["trainer"], raw["rng"], raw["config"]
-    except (KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"checkpoint {path} is incomplete or malformed ({type(e).__name__}: {e})") from None
-    return Checkpoint(path, state, trainer, rng, from_stored(stored, f"checkpoint {path}"))
+        run, trainer, rng, stored = raw["run"], raw["trainer"], raw["rng"], raw["config"]
+        if not isinstance(run, dict):
+            raise TypeError("run is not a mapping")
+        _check_state(run, origin)
+        state = RunState(**run)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{origin} is incomplete or malformed ({type(e).__name__}: {e})") from None
+    _check_trainer(trainer, origin)
+    _check_rng(rng, origin)
+    config = from_stored(stored, origin)
+    validate(config, paths=False, origin=origin)
+    return Checkpoint(path, state, trainer, rng, config)
 
 
 def candidates(ckpt_dir: Path) -> list[Path]:
@@ -257,7 +317,11 @@ def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
     ema = ck.trainer.get("ema")
     # a run that keeps an EMA of its weights is evaluated and used with it
     weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")} if ema else ck.trainer["model"]
-    model.load_state_dict(weights)
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"checkpoint {ck.path}: its weights do not fit model={ck.config.model.name} "
+                        f"({str(e).strip().splitlines()[0][:200]})") from None
     return model.to(device).eval()
 
 
@@ -272,7 +336,7 @@ class Checkpointer:
         self.enabled, self.before_write = enabled, before_write
         self.dir = checkpoint_dir(run_dir)
         self.keep_last, self.save_best = cfg.checkpoint.keep_last, cfg.checkpoint.save_best
-        self.top_k, self.mode = cfg.checkpoint.save_top_k, cfg.checkpoint.mode
+        self.top_k, self.mode = cfg.checkpoint.save_top_k, monitor_mode(cfg)
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.last_good: Optional[tuple[Path, int]] = None  # (file, global step) of the newest write
 

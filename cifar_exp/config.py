@@ -1,39 +1,68 @@
-"""Typed config schema, the registry of options per group, and range validation.
-
-Each option of the groups dataset, model, optimizer and scheduler is one registry entry: a
-dataclass schema (its keys, types and defaults; its `name` field names the option) and the
-project function that builds it. `register_configs` stores every entry as a Hydra group
-option, typed by its group's base schema, so `model=speed_net model.widths=[32,64,128]` is
-checked key by key and an unknown key is an error. The same registry rebuilds a config read
-from a checkpoint, so a file can only ever name one of these options, never code.
+"""The typed config schemas. Each is a dataclass (its keys, types and defaults; an option's
+`name` field names it) with a `check` of its own values: a new option brings its rules in
+its own class. `check(at, run)` gets the key prefix it sits under and the whole run's typed
+config, for rules that read a neighbour (a scheduler's floor below the optimizer's lr, a
+model's smallest image). Rules that tie the run together (metrics, periods, memory) live in
+cifar_exp.validation; the registry of options in cifar_exp.registry.
 
 Nothing here imports torch: `--help` and config errors stay fast.
 """
 
 from __future__ import annotations
 
-import importlib
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-import re
-from typing import Any, Callable, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING
 
 from cifar_exp.errors import UserError
 
 
+def require(ok: bool, key: str, allowed: str, value: Any) -> None:
+    """The one form of a refused value: the key, the value and what it must be."""
+    if not ok:
+        shown = list(value) if isinstance(value, (list, tuple)) else value
+        raise UserError(f"{key}={shown!r} is invalid: must be {allowed}")
+
+
+def image_size(dataset: Any) -> int:
+    """The square side of a dataset config's images (the CIFAR files are 32 px)."""
+    return dataset.get("image_size", 32)
+
+
+def at_least(obj: Any, at: str, minimum: int, *keys: str) -> None:
+    """Counts and periods: each key an integer >= minimum (0 meaning off, where allowed)."""
+    off = " (0: off)" if minimum == 0 else ""
+    for key in keys:
+        require(getattr(obj, key) >= minimum, f"{at}.{key}", f"an integer >= {minimum}{off}", getattr(obj, key))
+
+
+def in_unit(obj: Any, at: str, *keys: str) -> None:
+    """Shares and decays: each key a float in [0, 1)."""
+    for key in keys:
+        require(0 <= getattr(obj, key) < 1, f"{at}.{key}", "a float in [0, 1)", getattr(obj, key))
+
+
 # --- dataset -------------------------------------------------------------------------------
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+FLIPS, PAD_MODES = ("random", "alternate"), ("zeros", "reflect")
+
+
 @dataclass
 class DatasetConfig:
     name: str = MISSING
     root: str = "data"
     batch_size: int = 128
     eval_batch_size: int = 1000
-    # images held out of the training split (deterministically) as a validation set
+    # images held out of the training split (deterministically) as a validation set: a count,
+    # or val_fraction, a share of the training images (one or the other), so a preset that
+    # holds out data works on every dataset
     val_size: int = 0
+    val_fraction: float = 0.0
     augment: bool = False
     crop_padding: int = 4
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
@@ -54,12 +83,53 @@ class DatasetConfig:
     # the crop's border: "zeros" or "reflect" (mirrored edge pixels)
     pad_mode: str = "zeros"
 
+    # the square side of the images (the CIFAR files are 32 px)
+    @property
+    def pixels(self) -> int:
+        return 32
+
+    def sizes(self) -> Optional[tuple[int, int]]:
+        """(train, test) image counts, known before loading; None where only loading tells."""
+        return 50_000, 10_000
+
+    def class_names(self) -> Optional[list[str]]:
+        """The class names, where known before loading (None: checked once loaded)."""
+        return None
+
+    def check_paths(self, at: str) -> None:
+        """Rules about files on this machine, left out for a stored config read elsewhere."""
+
+    def val_count(self, train_images: int) -> int:
+        return self.val_size or round(self.val_fraction * train_images)
+
+    def check(self, at: str, run: Config) -> None:
+        at_least(self, at, 1, "batch_size", "eval_batch_size")
+        at_least(self, at, 0, "val_size", "cutout")
+        require(0 <= self.val_fraction < 1, f"{at}.val_fraction", "a float in [0, 1) (0: off)", self.val_fraction)
+        require(not (self.val_size and self.val_fraction), f"{at}.val_fraction",
+                f"0 when {at}.val_size is set (one or the other)", self.val_fraction)
+        require(len(self.mean) == 3, f"{at}.mean", "a list of 3 floats", self.mean)
+        require(len(self.std) == 3 and all(s > 0 for s in self.std), f"{at}.std", "3 floats > 0", self.std)
+        for key in ("mixup_alpha", "cutmix_alpha"):
+            require(getattr(self, key) >= 0, f"{at}.{key}", "a float >= 0 (0: off)", getattr(self, key))
+        require(self.flip in FLIPS, f"{at}.flip", " or ".join(FLIPS), self.flip)
+        require(self.pad_mode in PAD_MODES, f"{at}.pad_mode", " or ".join(PAD_MODES), self.pad_mode)
+        # a shift or square larger than half the image leaves mostly border or nothing
+        half = self.pixels // 2
+        require(0 <= self.crop_padding <= half, f"{at}.crop_padding",
+                f"an integer in [0, {half}] (half the {self.pixels} px image side)", self.crop_padding)
+        require(self.cutout <= half, f"{at}.cutout",
+                f"an integer in [0, {half}] (half the {self.pixels} px image side; 0: off)", self.cutout)
+
 
 @dataclass
 class Cifar10Config(DatasetConfig):
     """torchvision's CIFAR-10, downloaded into root when missing and download=true."""
     name: str = "cifar10"
     download: bool = True
+
+    def class_names(self) -> Optional[list[str]]:
+        return CIFAR10_CLASSES
 
 
 @dataclass
@@ -69,6 +139,14 @@ class Cifar100Config(Cifar10Config):
     mean: List[float] = field(default_factory=lambda: [0.5071, 0.4865, 0.4409])
     std: List[float] = field(default_factory=lambda: [0.2673, 0.2564, 0.2762])
 
+    def class_names(self) -> Optional[list[str]]:
+        return None  # read from the dataset's files, which only loading opens
+
+
+def _image_count(root: Path) -> int:
+    return sum(1 for d in root.iterdir() if d.is_dir() for f in os.scandir(d)
+               if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES)
+
 
 @dataclass
 class ImageFolderConfig(DatasetConfig):
@@ -77,6 +155,33 @@ class ImageFolderConfig(DatasetConfig):
     root: str = MISSING
     # images of another size are resized to this square size
     image_size: int = 32
+
+    @property
+    def pixels(self) -> int:
+        return self.image_size
+
+    def _split(self, split: str) -> Path:
+        return Path(self.root).expanduser() / split
+
+    def sizes(self) -> Optional[tuple[int, int]]:
+        if not (self._split("train").is_dir() and self._split("test").is_dir()):
+            return None
+        return _image_count(self._split("train")), _image_count(self._split("test"))
+
+    def class_names(self) -> Optional[list[str]]:
+        train = self._split("train")
+        return sorted(p.name for p in train.iterdir() if p.is_dir()) if train.is_dir() else None
+
+    def check(self, at: str, run: Config) -> None:
+        require(8 <= self.image_size <= 1024, f"{at}.image_size", "an integer in [8, 1024]", self.image_size)
+        super().check(at, run)
+
+    def check_paths(self, at: str) -> None:
+        root = Path(self.root).expanduser()
+        require(root.is_dir(), f"{at}.root", "an existing directory with train/ and test/", self.root)
+        for split in ("train", "test"):
+            require(self._split(split).is_dir(), f"{at}.root",
+                    f"a directory holding {split}/<class>/<images> (no {self._split(split)})", self.root)
 
 
 @dataclass
@@ -91,13 +196,41 @@ class SyntheticConfig(DatasetConfig):
     data_seed: int = 0
     cache_dir: Optional[str] = None
 
+    @property
+    def pixels(self) -> int:
+        return self.image_size
+
+    def sizes(self) -> Optional[tuple[int, int]]:
+        return self.train_size, self.test_size
+
+    def class_names(self) -> Optional[list[str]]:
+        return [f"class{i}" for i in range(self.num_classes)]
+
+    def check(self, at: str, run: Config) -> None:
+        require(8 <= self.image_size <= 1024, f"{at}.image_size", "an integer in [8, 1024]", self.image_size)
+        super().check(at, run)
+        at_least(self, at, 1, "train_size", "test_size")
+        at_least(self, at, 2, "num_classes")
+        at_least(self, at, 0, "data_seed")
+        require(self.noise >= 0, f"{at}.noise", "a float >= 0", self.noise)
+
 
 # --- model ---------------------------------------------------------------------------------
+ACTIVATIONS = ("gelu", "relu")
+
+
 @dataclass
 class ModelConfig:
     name: str = MISSING
     # the smallest square image the architecture accepts
     min_image_size: ClassVar[int] = 8
+
+    def smallest_image(self) -> int:
+        return self.min_image_size
+
+    def check(self, at: str, run: Config) -> None:
+        smallest, size = self.smallest_image(), run.dataset.pixels
+        require(size >= smallest, "dataset.image_size", f">= {smallest} for model={self.name}", size)
 
 
 @dataclass
@@ -120,12 +253,25 @@ class ResNet18Config(ModelConfig):
     name: str = "resnet18"
 
 
+def _check_widths(widths: List[int], at: str) -> None:
+    require(len(widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in widths), f"{at}.widths",
+            "a non-empty list of even integers >= 2", widths)
+
+
 @dataclass
 class SpeedNetConfig(ModelConfig):
     """A small fast-converging conv net (airbench-style)."""
     name: str = "speed_net"
     widths: List[int] = field(default_factory=lambda: [64, 128, 256])
     act: str = "gelu"
+
+    def smallest_image(self) -> int:
+        return max(self.min_image_size, 2 ** len(self.widths))  # each width halves the map
+
+    def check(self, at: str, run: Config) -> None:
+        _check_widths(self.widths, at)
+        require(self.act in ACTIVATIONS, f"{at}.act", " or ".join(ACTIVATIONS), self.act)
+        super().check(at, run)
 
 
 @dataclass
@@ -140,6 +286,17 @@ class Airbench94Config(ModelConfig):
     # the whitening conv's bias trains for this many epochs, then stays
     whiten_bias_epochs: int = 3
 
+    def smallest_image(self) -> int:
+        # the unpadded 2x2 whitening conv takes a pixel, then each group halves the map
+        return max(self.min_image_size, 2 ** len(self.widths) + 1)
+
+    def check(self, at: str, run: Config) -> None:
+        _check_widths(self.widths, at)
+        in_unit(self, at, "bn_momentum")
+        require(self.output_scale > 0, f"{at}.output_scale", "a float > 0", self.output_scale)
+        at_least(self, at, 0, "whiten_bias_epochs")
+        super().check(at, run)
+
 
 # --- optimizer -----------------------------------------------------------------------------
 @dataclass
@@ -153,6 +310,11 @@ class OptimizerConfig:
     # by it, so the decay per step (lr x weight_decay) stays the same
     norm_lr_scale: float = 1.0
 
+    def check(self, at: str, run: Config) -> None:
+        require(self.lr > 0, f"{at}.lr", "a float > 0", self.lr)
+        require(self.weight_decay >= 0, f"{at}.weight_decay", "a float >= 0", self.weight_decay)
+        require(self.norm_lr_scale > 0, f"{at}.norm_lr_scale", "a float > 0", self.norm_lr_scale)
+
 
 @dataclass
 class SGDConfig(OptimizerConfig):
@@ -160,12 +322,24 @@ class SGDConfig(OptimizerConfig):
     momentum: float = 0.0
     nesterov: bool = False
 
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        in_unit(self, at, "momentum")
+        require(not self.nesterov or self.momentum > 0, f"{at}.nesterov", f"false unless {at}.momentum > 0",
+                self.nesterov)
+
 
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
     betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
+
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{at}.betas",
+                "two floats in [0, 1)", self.betas)
+        require(self.eps > 0, f"{at}.eps", "a float > 0", self.eps)
 
 
 @dataclass
@@ -181,6 +355,9 @@ class SchedulerConfig:
     # linear warmup from 1% of the learning rate over this many epochs, then the schedule
     warmup_epochs: float = 0.0
 
+    def check(self, at: str, run: Config) -> None:
+        require(self.warmup_epochs >= 0, f"{at}.warmup_epochs", "a float >= 0 (0: off)", self.warmup_epochs)
+
 
 @dataclass
 class ConstantConfig(SchedulerConfig):
@@ -192,6 +369,10 @@ class CosineConfig(SchedulerConfig):
     name: str = "cosine"
     eta_min: float = 0.0
 
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        require(0 <= self.eta_min < run.optimizer.lr, f"{at}.eta_min", "a float in [0, optimizer.lr)", self.eta_min)
+
 
 @dataclass
 class OneCycleConfig(SchedulerConfig):
@@ -199,6 +380,12 @@ class OneCycleConfig(SchedulerConfig):
     # peak learning rate; null takes optimizer.lr
     max_lr: Optional[float] = None
     pct_start: float = 0.25
+
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        require(self.max_lr is None or self.max_lr > 0, f"{at}.max_lr", "a float > 0 (or null: optimizer.lr)",
+                self.max_lr)
+        require(0 < self.pct_start < 1, f"{at}.pct_start", "a float in (0, 1)", self.pct_start)
 
 
 @dataclass
@@ -210,6 +397,12 @@ class TriangleConfig(SchedulerConfig):
     peak_at: float = 0.23
     end_factor: float = 0.07
 
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        require(0 <= self.peak_at <= 1, f"{at}.peak_at", "a float in [0, 1]", self.peak_at)
+        for key in ("start_factor", "end_factor"):
+            require(getattr(self, key) >= 0, f"{at}.{key}", "a float >= 0", getattr(self, key))
+
 
 @dataclass
 class StepConfig(SchedulerConfig):
@@ -217,8 +410,17 @@ class StepConfig(SchedulerConfig):
     step_epochs: int = 30
     gamma: float = 0.1
 
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        at_least(self, at, 1, "step_epochs")
+        require(0 < self.gamma <= 1, f"{at}.gamma", "a float in (0, 1]", self.gamma)
+
 
 # --- trainer, tracking, checkpoints -------------------------------------------------------------
+DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+STRATEGIES = ("single", "ddp")
+
+
 @dataclass
 class TrainerConfig:
     # auto picks cuda, then mps, then cpu
@@ -268,6 +470,29 @@ class TrainerConfig:
     # trace this many training steps with torch.profiler (0 = off)
     profile_steps: int = 0
 
+    def check(self, at: str, run: Config) -> None:
+        require(DEVICE.fullmatch(self.device) is not None, f"{at}.device", "auto, cpu, mps, cuda or cuda:<index>",
+                self.device)
+        at_least(self, at, 1, "log_every_n_steps", "eval_every_n_epochs", "accumulate_grad_batches")
+        at_least(self, at, 0, "eval_translate", "lookahead_every", "max_steps", "early_stopping_patience",
+                 "limit_train_batches", "limit_eval_batches", "overfit_batches", "profile_steps")
+        in_unit(self, at, "label_smoothing", "ema_decay", "lookahead_decay")
+        require(self.strategy in STRATEGIES, f"{at}.strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
+        require(not self.sync_batchnorm or self.strategy == "ddp", f"{at}.sync_batchnorm",
+                f"false unless {at}.strategy=ddp (it syncs statistics across processes)", self.sync_batchnorm)
+        require(self.gradient_clip_val >= 0, f"{at}.gradient_clip_val", "a float >= 0 (0: off)",
+                self.gradient_clip_val)
+        require(not (self.overfit_batches and self.limit_train_batches), f"{at}.overfit_batches",
+                f"0 when {at}.limit_train_batches is set (one or the other)", self.overfit_batches)
+        half = run.dataset.pixels // 2
+        require(self.eval_translate <= half, f"{at}.eval_translate",
+                f"an integer in [0, {half}] (half the {run.dataset.pixels} px image side; 0: off)",
+                self.eval_translate)
+
+
+# MLflow's registered-model names: no '/' or ':', and a name that stays itself as a path
+MODEL_NAME_FORBIDDEN = ("/", ":")
+
 
 @dataclass
 class MlflowConfig:
@@ -286,6 +511,20 @@ class MlflowConfig:
     # also register the logged model under this name in the Model Registry
     registered_model_name: Optional[str] = None
 
+    def check(self, at: str, run: Config) -> None:
+        require(bool(self.experiment_name.strip()), f"{at}.experiment_name", "a non-empty name", self.experiment_name)
+        require(self.flush_every_s > 0, f"{at}.flush_every_s", "a float > 0", self.flush_every_s)
+        require(self.system_metrics_every_s >= 0, f"{at}.system_metrics_every_s", "a float >= 0 (0: off)",
+                self.system_metrics_every_s)
+        name = self.registered_model_name
+        if name is not None:
+            plain = name.strip() and not any(c in name for c in MODEL_NAME_FORBIDDEN)
+            require(bool(plain) and os.path.normpath(name) == name and not name.startswith("."),
+                    f"{at}.registered_model_name", "a non-empty name without '/', ':' or a leading '.' (or null)",
+                    name)
+            require(self.log_model, f"{at}.registered_model_name",
+                    f"null when {at}.log_model=false (only a logged model can be registered)", name)
+
 
 @dataclass
 class CheckpointConfig:
@@ -300,7 +539,18 @@ class CheckpointConfig:
     save_top_k: int = 0
     # follows the run's objective unless set
     monitor: str = "${objective}"
-    mode: str = "max"
+    # null: derived from the monitored metric (a loss is minimized, an accuracy maximized);
+    # set, it must agree
+    mode: Optional[str] = None
+
+    def check(self, at: str, run: Config) -> None:
+        at_least(self, at, 1, "every_n_epochs")
+        at_least(self, at, 0, "every_n_steps", "keep_last", "save_top_k")
+        require(self.mode in (None, "min", "max"), f"{at}.mode", "min, max or null (derived from the metric)",
+                self.mode)
+
+
+SEED_LIMIT = 2 ** 32  # NumPy's seeds are 32-bit
 
 
 @dataclass
@@ -319,328 +569,12 @@ class Config:
     # the metric @hydra.main returns to a sweeper
     objective: str = "test/acc"
 
+    GROUPS: ClassVar[tuple[str, ...]] = ("dataset", "model", "optimizer", "scheduler", "trainer", "mlflow",
+                                         "checkpoint")
 
-# --- the registry: one entry per option ------------------------------------------------------
-@dataclass(frozen=True)
-class Option:
-    schema: type
-    # "module:attribute" of the project function that builds it; None builds nothing
-    build: Optional[str]
-
-    @property
-    def name(self) -> str:
-        return self.schema.name
-
-
-def _options(*options: Option) -> dict[str, Option]:
-    return {o.name: o for o in options}
-
-
-REGISTRY: dict[str, dict[str, Option]] = {
-    "dataset": _options(
-        Option(Cifar10Config, "cifar_exp.data:load_torchvision"),
-        Option(Cifar100Config, "cifar_exp.data:load_torchvision"),
-        Option(ImageFolderConfig, "cifar_exp.data:load_image_folder"),
-        Option(SyntheticConfig, "cifar_exp.data:load_synthetic"),
-    ),
-    "model": _options(
-        Option(SimpleCNNConfig, "cifar_exp.models:SimpleCNN"),
-        Option(TutorialNetConfig, "cifar_exp.models:TutorialNet"),
-        Option(ResNet18Config, "cifar_exp.models:resnet18"),
-        Option(SpeedNetConfig, "cifar_exp.models:SpeedNet"),
-        Option(Airbench94Config, "cifar_exp.models:Airbench94Net"),
-    ),
-    "optimizer": _options(
-        Option(SGDConfig, "cifar_exp.optim:sgd"),
-        Option(AdamConfig, "cifar_exp.optim:adam"),
-        Option(AdamWConfig, "cifar_exp.optim:adamw"),
-    ),
-    "scheduler": _options(
-        Option(ConstantConfig, None),
-        Option(CosineConfig, "cifar_exp.optim:cosine"),
-        Option(OneCycleConfig, "cifar_exp.optim:onecycle"),
-        Option(StepConfig, "cifar_exp.optim:step"),
-        Option(TriangleConfig, "cifar_exp.optim:triangle"),
-    ),
-}
-BASES = {"dataset": DatasetConfig, "model": ModelConfig, "optimizer": OptimizerConfig,
-         "scheduler": SchedulerConfig}
-# trainer options share one schema and differ in their defaults
-TRAINERS = {"default": TrainerConfig(), "deterministic": TrainerConfig(deterministic=True, amp=False)}
-
-
-def register(group: str, option: Option) -> None:
-    """Add an option to a group: the registry entry and its Hydra group option."""
-    if not issubclass(option.schema, BASES[group]):
-        raise TypeError(f"{option.schema.__name__} must extend {BASES[group].__name__}")
-    REGISTRY[group][option.name] = option
-    ConfigStore.instance().store(group=group, name=option.name, node=option.schema)
-
-
-def register_configs() -> None:
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=Config)
-    for group, options in REGISTRY.items():
-        for option in options.values():
-            register(group, option)
-    for name, node in TRAINERS.items():
-        cs.store(group="trainer", name=name, node=node)
-
-
-def option(group: str, name: str) -> Option:
-    try:
-        return REGISTRY[group][name]
-    except KeyError:
-        raise UserError(f"{group}.name={name!r} is not a registered option; expected one of "
-                        f"{', '.join(REGISTRY[group])}") from None
-
-
-def builder(group: str, node: DictConfig) -> Optional[Callable[..., Any]]:
-    """The project function that builds the option `node` names (None: nothing to build)."""
-    target = option(group, node.name).build
-    if target is None:
-        return None
-    module, _, attribute = target.partition(":")
-    return getattr(importlib.import_module(module), attribute)
-
-
-def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
-    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
-    items = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-    out: dict[str, Any] = {}
-    for key, value in items.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def kwargs(node: DictConfig) -> dict[str, Any]:
-    """An option's keys as plain keyword arguments (its `name` excluded)."""
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
-
-
-def from_stored(stored: dict, origin: str) -> DictConfig:
-    """A config read from a file, rebuilt on the registered schemas: every group must name a
-    registered option and every key must belong to it, so a file can only describe a run,
-    never pick code. Anything else is a UserError naming the key."""
-    if not isinstance(stored, dict):
-        raise UserError(f"{origin}: the stored config is not a mapping")
-    _refuse_targets(stored, origin)
-    base = OmegaConf.structured(Config)
-    for group in REGISTRY:
-        node = stored.get(group)
-        name = node.get("name") if isinstance(node, dict) else None
-        if name not in REGISTRY[group]:
-            raise UserError(f"{origin}: {group}.name={name!r} is not a registered option "
-                            f"({', '.join(REGISTRY[group])})")
-        base[group] = OmegaConf.structured(REGISTRY[group][name].schema)
-    base.trainer = OmegaConf.structured(TrainerConfig)
-    try:
-        return OmegaConf.merge(base, stored)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or "?"
-        raise UserError(f"{origin}: stored config key {key} is invalid "
-                        f"({str(e).splitlines()[0]})") from None
-
-
-def _refuse_targets(tree: Any, origin: str, path: str = "") -> None:
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            where = f"{path}{key}"
-            if key in ("_target_", "_partial_", "_args_"):
-                raise UserError(f"{origin}: refusing {where}={value!r}: a stored config may name "
-                                f"registered options only, never code")
-            _refuse_targets(value, origin, f"{where}.")
-    elif isinstance(tree, list):
-        for i, value in enumerate(tree):
-            _refuse_targets(value, origin, f"{path}{i}.")
-    elif isinstance(tree, str) and "${" in tree:  # a resolver would run on reading
-        raise UserError(f"{origin}: refusing {path.rstrip('.')}={tree!r}: a stored config holds plain values only")
-
-
-# --- small key=value tools (evaluate, predict) ---------------------------------------------------
-def run_tool(action, defaults: dict, usage: str, prog: str, argv: list[str] | None = None) -> None:
-    """Entry point of a small key=value tool: --help prints `usage`, a UserError one line."""
-    import sys
-
-    from cifar_exp.errors import exit_with
-
-    argv = sys.argv[1:] if argv is None else argv
-    if any(a in ("-h", "--help") for a in argv):
-        print(usage)
-        return
-    try:
-        action(parse_cli(argv, defaults))
-    except UserError as e:
-        exit_with(str(e), prog=prog)
-
-
-def parse_cli(argv: list[str], defaults: dict) -> DictConfig:
-    """key=value arguments (Hydra's style) for the small tools, checked against `defaults`:
-    an unknown key or a missing required (None) value is a UserError."""
-    try:
-        given = OmegaConf.from_dotlist(argv)
-    except Exception as e:
-        raise UserError(f"cannot parse arguments {argv}: {e}") from None
-    for key in given:
-        if key not in defaults:
-            raise UserError(f"unknown argument {key}=...; expected {', '.join(f'{k}=' for k in defaults)}")
-    cfg = OmegaConf.merge(OmegaConf.create(defaults), given)
-    for key, value in cfg.items():
-        if value is None:
-            raise UserError(f"{key}=... is required")
-    return cfg
-
-
-# --- validation ---------------------------------------------------------------------------------
-def _check(ok: bool, key: str, allowed: str, value: Any) -> None:
-    if not ok:
-        raise UserError(f"{key}={value!r} is invalid: must be {allowed}")
-
-
-DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
-STRATEGIES = ("single", "ddp")
-SEED_LIMIT = 2 ** 32  # NumPy's seeds are 32-bit
-EPOCH_METRICS = ("train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch")
-
-
-def image_size(dataset: DictConfig) -> int:
-    """The square size of the dataset's images (CIFAR's are 32)."""
-    return dataset.get("image_size", 32)
-
-
-def logged_metrics(cfg: DictConfig) -> list[str]:
-    """The per-epoch metrics a run with this config logs (plus test/acc_class/<class>)."""
-    return [*EPOCH_METRICS, *(("val/loss", "val/acc") if cfg.dataset.val_size > 0 else ())]
-
-
-def _check_metric(cfg: DictConfig, key: str) -> None:
-    name = OmegaConf.select(cfg, key)
-    known = logged_metrics(cfg)
-    ok = name in known or name.startswith("test/acc_class/")
-    hint = " (val/* needs dataset.val_size > 0)" if name.startswith("val/") else ""
-    _check(ok, key, f"a metric the run logs: {', '.join(known)} or test/acc_class/<class>{hint}", name)
-
-
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the first key whose value is out of range."""
-    for group in REGISTRY:
-        chosen = option(group, cfg[group].name)
-        schema = OmegaConf.get_type(cfg[group])
-        if schema not in (dict, None) and schema is not chosen.schema:
-            raise UserError(f"{group}.name={chosen.name} does not match the {group} option's keys; "
-                            f"choose the option with {group}={chosen.name}")
-    _check_dataset(cfg.dataset)
-    _check_model(cfg)
-    _check_optimizer(cfg.optimizer, cfg.scheduler)
-    t, c, m = cfg.trainer, cfg.checkpoint, cfg.mlflow
-    _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
-    _check(0 <= cfg.seed < SEED_LIMIT, "seed", f"an integer in [0, {SEED_LIMIT})", cfg.seed)
-    _check_metric(cfg, "objective")
-    _check(DEVICE.fullmatch(t.device) is not None, "trainer.device", "auto, cpu, mps, cuda or cuda:<index>",
-           t.device)
-    _check(t.log_every_n_steps >= 1, "trainer.log_every_n_steps", "an integer >= 1", t.log_every_n_steps)
-    _check(t.eval_every_n_epochs >= 1, "trainer.eval_every_n_epochs", "an integer >= 1", t.eval_every_n_epochs)
-    _check(0 <= t.label_smoothing < 1, "trainer.label_smoothing", "a float in [0, 1)", t.label_smoothing)
-    _check(t.strategy in STRATEGIES, "trainer.strategy", f"one of {', '.join(STRATEGIES)}", t.strategy)
-    _check(c.every_n_epochs >= 1, "checkpoint.every_n_epochs", "an integer >= 1", c.every_n_epochs)
-    _check(c.every_n_steps >= 0, "checkpoint.every_n_steps", "an integer >= 0", c.every_n_steps)
-    _check(c.keep_last >= 0, "checkpoint.keep_last", "an integer >= 0", c.keep_last)
-    _check(c.mode in ("min", "max"), "checkpoint.mode", "min or max", c.mode)
-    _check(c.save_top_k >= 0, "checkpoint.save_top_k", "an integer >= 0", c.save_top_k)
-    _check_metric(cfg, "checkpoint.monitor")
-    _check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "an integer >= 1",
-           t.accumulate_grad_batches)
-    _check(t.gradient_clip_val >= 0, "trainer.gradient_clip_val", "a float >= 0 (0: off)", t.gradient_clip_val)
-    _check(0 <= t.ema_decay < 1, "trainer.ema_decay", "a float in [0, 1) (0: off)", t.ema_decay)
-    _check(t.eval_translate >= 0, "trainer.eval_translate", "an integer >= 0 (0: off)", t.eval_translate)
-    _check(t.lookahead_every >= 0, "trainer.lookahead_every", "an integer >= 0 (0: off)", t.lookahead_every)
-    _check(0 <= t.lookahead_decay < 1, "trainer.lookahead_decay", "a float in [0, 1)", t.lookahead_decay)
-    for key in ("max_steps", "early_stopping_patience", "limit_train_batches", "limit_eval_batches", "overfit_batches",
-                "profile_steps"):
-        _check(t[key] >= 0, f"trainer.{key}", "an integer >= 0 (0: off)", t[key])
-    _check(not (t.overfit_batches and t.limit_train_batches), "trainer.overfit_batches",
-           "0 when trainer.limit_train_batches is set (one or the other)", t.overfit_batches)
-    _check(bool(m.experiment_name.strip()), "mlflow.experiment_name", "a non-empty name", m.experiment_name)
-    _check(m.flush_every_s > 0, "mlflow.flush_every_s", "a float > 0", m.flush_every_s)
-    _check(m.system_metrics_every_s >= 0, "mlflow.system_metrics_every_s", "a float >= 0 (0: off)",
-           m.system_metrics_every_s)
-    _check(m.registered_model_name is None or bool(m.registered_model_name.strip()),
-           "mlflow.registered_model_name", "a non-empty name or null", m.registered_model_name)
-
-
-def _check_dataset(d: DictConfig) -> None:
-    if OmegaConf.is_missing(d, "root"):
-        raise UserError(f"dataset.root is required for dataset={d.name} (a directory with train/ and test/)")
-    _check(d.batch_size >= 1, "dataset.batch_size", "an integer >= 1", d.batch_size)
-    _check(d.eval_batch_size >= 1, "dataset.eval_batch_size", "an integer >= 1", d.eval_batch_size)
-    _check(d.val_size >= 0, "dataset.val_size", "an integer >= 0", d.val_size)
-    _check(d.crop_padding >= 0, "dataset.crop_padding", "an integer >= 0", d.crop_padding)
-    _check(len(d.mean) == 3, "dataset.mean", "a list of 3 floats", list(d.mean))
-    _check(len(d.std) == 3 and all(s > 0 for s in d.std), "dataset.std", "3 floats > 0", list(d.std))
-    _check(d.cutout >= 0, "dataset.cutout", "an integer >= 0 (0: off)", d.cutout)
-    _check(d.mixup_alpha >= 0, "dataset.mixup_alpha", "a float >= 0 (0: off)", d.mixup_alpha)
-    _check(d.cutmix_alpha >= 0, "dataset.cutmix_alpha", "a float >= 0 (0: off)", d.cutmix_alpha)
-    _check(d.flip in ("random", "alternate"), "dataset.flip", "random or alternate", d.flip)
-    _check(d.pad_mode in ("zeros", "reflect"), "dataset.pad_mode", "zeros or reflect", d.pad_mode)
-    if "image_size" in d:
-        _check(8 <= d.image_size <= 1024, "dataset.image_size", "an integer in [8, 1024]", d.image_size)
-    if d.name == "image_folder":
-        root = Path(d.root).expanduser()
-        _check(root.is_dir(), "dataset.root", "an existing directory with train/ and test/", d.root)
-        for split in ("train", "test"):
-            _check((root / split).is_dir(), "dataset.root",
-                   f"a directory holding {split}/<class>/<images> (no {root / split})", d.root)
-    if d.name == "synthetic":
-        _check(d.train_size > d.val_size, "dataset.train_size", "> dataset.val_size", d.train_size)
-        _check(d.test_size >= 1, "dataset.test_size", "an integer >= 1", d.test_size)
-        _check(d.num_classes >= 2, "dataset.num_classes", "an integer >= 2", d.num_classes)
-        _check(d.noise >= 0, "dataset.noise", "a float >= 0", d.noise)
-        _check(d.data_seed >= 0, "dataset.data_seed", "an integer >= 0", d.data_seed)
-
-
-def _check_model(cfg: DictConfig) -> None:
-    model, size = cfg.model, image_size(cfg.dataset)
-    smallest = option("model", model.name).schema.min_image_size
-    _check(size >= smallest, "dataset.image_size", f">= {smallest} for model={model.name}", size)
-    if "act" in model:
-        _check(model.act in ("gelu", "relu"), "model.act", "gelu or relu", model.act)
-    if "widths" in model:
-        _check(len(model.widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in model.widths), "model.widths",
-               "a non-empty list of even integers >= 2", list(model.widths))
-    if "bn_momentum" in model:
-        _check(0 <= model.bn_momentum < 1, "model.bn_momentum", "a float in [0, 1)", model.bn_momentum)
-        _check(model.output_scale > 0, "model.output_scale", "a float > 0", model.output_scale)
-        _check(model.whiten_bias_epochs >= 0, "model.whiten_bias_epochs", "an integer >= 0",
-               model.whiten_bias_epochs)
-
-
-def _check_optimizer(o: DictConfig, s: DictConfig) -> None:
-    _check(o.lr > 0, "optimizer.lr", "a float > 0", o.lr)
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", "a float >= 0", o.weight_decay)
-    if "momentum" in o:
-        _check(0 <= o.momentum < 1, "optimizer.momentum", "a float in [0, 1)", o.momentum)
-        _check(not o.nesterov or o.momentum > 0, "optimizer.nesterov", "false unless optimizer.momentum > 0",
-               o.nesterov)
-    if "betas" in o:
-        _check(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optimizer.betas",
-               "two floats in [0, 1)", list(o.betas))
-        _check(o.eps > 0, "optimizer.eps", "a float > 0", o.eps)
-    _check(o.norm_lr_scale > 0, "optimizer.norm_lr_scale", "a float > 0", o.norm_lr_scale)
-    _check(s.warmup_epochs >= 0, "scheduler.warmup_epochs", "a float >= 0 (0: off)", s.warmup_epochs)
-    if "eta_min" in s:
-        _check(0 <= s.eta_min < o.lr, "scheduler.eta_min", "a float in [0, optimizer.lr)", s.eta_min)
-    if "max_lr" in s:
-        _check(s.max_lr is None or s.max_lr > 0, "scheduler.max_lr", "a float > 0 (or null: optimizer.lr)",
-               s.max_lr)
-        _check(0 < s.pct_start < 1, "scheduler.pct_start", "a float in (0, 1)", s.pct_start)
-    if "peak_at" in s:
-        _check(0 <= s.peak_at <= 1, "scheduler.peak_at", "a float in [0, 1]", s.peak_at)
-        for key in ("start_factor", "end_factor"):
-            _check(s[key] >= 0, f"scheduler.{key}", "a float >= 0", s[key])
-    if "gamma" in s:
-        _check(s.step_epochs >= 1, "scheduler.step_epochs", "an integer >= 1", s.step_epochs)
-        _check(0 < s.gamma <= 1, "scheduler.gamma", "a float in (0, 1]", s.gamma)
+    def check(self) -> None:
+        """Every group's own rules, in the order a reader meets them, then the run's keys."""
+        for group in self.GROUPS:
+            getattr(self, group).check(group, self)
+        require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
+        require(0 <= self.seed < SEED_LIMIT, "seed", f"an integer in [0, {SEED_LIMIT})", self.seed)

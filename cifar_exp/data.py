@@ -16,15 +16,15 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import builder
+from cifar_exp.config import IMAGE_SUFFIXES
 from cifar_exp.errors import UserError
+from cifar_exp.registry import builder
 
 log = logging.getLogger("cifar_exp")
 
 CACHE_VERSION = 1
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
@@ -36,7 +36,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
-    def to(self, device: torch.device) -> "Split":
+    def to(self, device: torch.device) -> Split:
         return Split(self.x.to(device), self.y.to(device))
 
 
@@ -74,7 +74,7 @@ class Dataset:
     def device(self) -> torch.device:
         return self.train.x.device
 
-    def loader(self, split: str, batch_size: int, **options) -> "TensorLoader":
+    def loader(self, split: str, batch_size: int, **options) -> TensorLoader:
         return TensorLoader(getattr(self, split), batch_size, self.normalize, **options)
 
     def lineage(self, cfg: DictConfig) -> list[dict]:
@@ -251,7 +251,7 @@ def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = Fa
     """The configured dataset (a registered source, see config.REGISTRY), moved to `device`
     once: the CPU copy is not kept."""
     train, test, classes = builder("dataset", cfg)(cfg)
-    train, val = _hold_out(train, cfg.val_size)
+    train, val = _hold_out(train, OmegaConf.to_object(cfg).val_count(len(train)))
     return Dataset(train.to(device), test.to(device), val.to(device) if val is not None else None,
                    classes, Normalize(cfg.mean, cfg.std, device, channels_last))
 

@@ -25,3 +25,24 @@ def exit_with(message: str, prog: str = "cifar-exp") -> NoReturn:
     """One line on stderr, exit code 2. SystemExit passes through Hydra's error handling."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
+
+
+_NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
+
+
+def one_line(exc: BaseException) -> str:
+    """Hydra's and OmegaConf's multi-line messages, folded to one readable line."""
+    parts: list[str] = []
+    options: list[str] = []
+    while exc is not None:
+        for raw in str(exc).splitlines():
+            line = raw.strip()
+            if line.startswith("Config search path"):
+                break
+            if raw.startswith("\t"):
+                options.append(line)
+            elif line and not line.startswith(_NOISE):
+                parts.append(line.rstrip(".:"))
+        exc = exc.__cause__
+    text = "; ".join(dict.fromkeys(parts)) or "unknown error"
+    return f"{text}: {', '.join(options)}" if options else text

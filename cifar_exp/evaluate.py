@@ -4,11 +4,32 @@ accuracy and the confusion matrix of a saved model, on the test split it was tra
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
-from cifar_exp.config import run_tool
+from omegaconf import MISSING
+
+from cifar_exp.config import require
 from cifar_exp.errors import UserError
+from cifar_exp.tool_cli import check_device, run_tool
 
-DEFAULTS = {"checkpoint": None, "device": "auto", "dataset_root": "", "plot": ""}
+PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
+
+
+@dataclass
+class EvaluateArgs:
+    checkpoint: str = MISSING
+    device: str = "auto"
+    # another place for the dataset the checkpoint was trained on ("": where it was)
+    dataset_root: str = ""
+    # also draw the confusion matrix to this file ("": no plot)
+    plot: str = ""
+
+    def check(self) -> None:
+        check_device(self.device)
+        require(not self.plot or Path(self.plot).suffix.lower() in PLOT_SUFFIXES, "plot",
+                f"a file name ending in {', '.join(PLOT_SUFFIXES)}", self.plot)
+
 USAGE = ("usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
          "[dataset_root=<dir>] [plot=<confusion.png>]")
 
@@ -27,11 +48,13 @@ def evaluate(args) -> dict:
     from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
     from cifar_exp.runtime import pick_device
+    from cifar_exp.validation import validate
 
     ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
     cfg = ck.config
     if args.dataset_root:
         cfg.dataset.root = args.dataset_root
+    validate(cfg, origin=f"checkpoint {ck.path}")
     device = pick_device(args.device)
     data = load_dataset(cfg.dataset, device)
     if data.classes != ck.state.classes:
@@ -53,7 +76,7 @@ def evaluate(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(evaluate, DEFAULTS, USAGE, "cifar-exp-evaluate", argv)
+    run_tool(evaluate, EvaluateArgs, USAGE, "cifar-exp-evaluate", argv)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The registered optimizers and learning-rate schedules (see config.REGISTRY). Every
+"""The registered optimizers and learning-rate schedules (see registry.REGISTRY). Every
 schedule advances once per optimizer step, so its horizon is the run's step count."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from omegaconf import DictConfig
 
-from cifar_exp.config import builder, kwargs
+from cifar_exp.registry import builder, kwargs
 
 sched = torch.optim.lr_scheduler
 

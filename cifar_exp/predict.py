@@ -4,12 +4,38 @@ predicted class and the top-3 probabilities for each image file."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cifar_exp.config import image_size, run_tool
+from omegaconf import MISSING
+
+from cifar_exp.config import require
 from cifar_exp.errors import UserError
+from cifar_exp.tool_cli import check_device, run_tool
 
-DEFAULTS = {"checkpoint": None, "images": None, "device": "auto", "top": 3}
+
+@dataclass
+class PredictArgs:
+    checkpoint: str = MISSING
+    # one image path, or a list of them
+    images: Any = MISSING
+    device: str = "auto"
+    top: int = 3
+
+    def check(self) -> None:
+        check_device(self.device)
+        require(self.top >= 1, "top", "an integer >= 1", self.top)
+        paths = [self.images] if isinstance(self.images, str) else self.images
+        require(isinstance(paths, list) and all(isinstance(p, str) for p in paths), "images",
+                "an image path or a list of them: images=[a.png,b.jpg]", self.images)
+        if not paths:
+            raise UserError("images=[] names no image; give images=[a.png,b.jpg]")
+        for image in paths:
+            if not Path(image).is_file():
+                raise UserError(f"image {image} does not exist")
+        self.images = paths
+
 USAGE = "usage: python -m cifar_exp.predict checkpoint=<file or run dir> images=[a.png,b.jpg] [top=3]"
 
 
@@ -19,19 +45,13 @@ def predict(args) -> list[list[tuple[str, float]]]:
     from cifar_exp import checkpoint
     from cifar_exp.data import Normalize, decode_image
     from cifar_exp.runtime import pick_device
+    from cifar_exp.validation import validate
 
-    images = [args.images] if isinstance(args.images, str) else list(args.images)
-    if not images:
-        raise UserError("images=[] names no image; give images=[a.png,b.jpg]")
-    if not isinstance(args.top, int) or isinstance(args.top, bool) or args.top < 1:
-        raise UserError(f"top={args.top!r} is invalid: must be an integer >= 1")
-    for image in images:
-        if not Path(image).is_file():
-            raise UserError(f"image {image} does not exist")
+    images = args.images
     device = pick_device(args.device)
     ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
     cfg = ck.config.dataset
-    size = image_size(cfg)
+    size = validate(ck.config, paths=False, origin=f"checkpoint {ck.path}").dataset.pixels
     x = torch.stack([torch.from_numpy(decode_image(Path(p), size)).permute(2, 0, 1) for p in images])
     model = checkpoint.restore_model(ck, device)
     with torch.inference_mode():
@@ -47,7 +67,7 @@ def predict(args) -> list[list[tuple[str, float]]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_tool(predict, DEFAULTS, USAGE, "cifar-exp-predict", argv)
+    run_tool(predict, PredictArgs, USAGE, "cifar-exp-predict", argv)
 
 
 if __name__ == "__main__":

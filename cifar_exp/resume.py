@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import checkpoint
 from cifar_exp.checkpoint import Checkpoint
-from cifar_exp.config import flatten
 from cifar_exp.errors import UserError
 from cifar_exp.job import Job, parse_override
+from cifar_exp.registry import flatten
+from cifar_exp.validation import validate
 
 log = logging.getLogger("cifar_exp")
 
@@ -43,6 +44,7 @@ def plan(cfg: DictConfig, job: Job, run_dir: Path) -> Start:
     if ck is None:
         return Start(cfg, run_dir)
     merged = resume_config(cfg, ck.config, job.overrides)
+    validate(merged, origin=f"resuming {ck.path}")
     # a checkpoint inside a run's checkpoints/ continues that run's dir; a loose copy of
     # one continues in this job's dir, never in whatever folder holds the file
     home = checkpoint.run_dir_of(ck.path) or run_dir
@@ -92,7 +94,21 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
                 f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
                 f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
                 f"mlflow.log_model and dataset paths may change. Start a new run instead")
+    # where the run is tracked is this job's choice (its command and environment), never the file's
+    merged.mlflow.tracking_uri = cfg.mlflow.tracking_uri
     if merged.epochs != saved.epochs and merged.scheduler.name != "none":
         raise UserError(f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
                         f"its schedule spans the original {saved.epochs} epochs")
     return merged
+
+
+def restore(trainer, ck: Checkpoint) -> None:
+    """The checkpoint's weights, optimizer and schedule state into the run's trainer; a
+    state that does not fit (other shapes, missing entries) is a UserError, not a traceback."""
+    try:
+        trainer.load_state_dict(ck.trainer)
+    except UserError:
+        raise
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {ck.path}: its trainer state does not fit this run ({reason})") from None

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from cifar_exp import distributed, plots, resume, study
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
-from cifar_exp.config import REGISTRY, flatten, image_size, validate
+from cifar_exp.config import image_size
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job, resume_command
@@ -27,9 +27,11 @@ from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
+from cifar_exp.registry import REGISTRY, flatten
 from cifar_exp.runtime import pick_device, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, open_tracker
+from cifar_exp.validation import check_loaded, monitor_mode, validate
 
 # how many training images a model that sets its first layer from the data sees (airbench's 5,000)
 INIT_IMAGES = 5000
@@ -74,6 +76,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
 
         data = load_dataset(cfg.dataset, device, cfg.trainer.channels_last)
+        check_loaded(cfg, data.classes)
         if start.checkpoint is not None and data.classes != state.classes:
             raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {state.classes}")
         state.classes = data.classes
@@ -88,7 +91,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                  for s in ("val", "test") if getattr(data, s) is not None}
         trainer = build_trainer(cfg, data, len(train), device, world)
         if start.checkpoint is not None:
-            trainer.load_state_dict(start.checkpoint.trainer)
+            resume.restore(trainer, start.checkpoint)
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment)
@@ -163,7 +166,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                 if not math.isfinite(loss):
                     diverged(loss)
             monitor = cfg.checkpoint.monitor
-            is_best = state.end_epoch(metrics, monitor, cfg.checkpoint.mode)
+            is_best = state.end_epoch(metrics, monitor, monitor_mode(cfg))
             early = bool(patience) and state.bad_epochs >= patience and not last
             # every evaluated epoch's objective goes to the trial; the last cannot be pruned any more
             value = metrics.get(cfg.objective)
@@ -296,8 +299,11 @@ def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, 
     log.info("run dir %s | device %s | %d train / %d test images, %d classes%s",
              run_dir, device, len(data.train), len(data.test), data.num_classes,
              f" | mlflow run {tracker.run_id}" if tracker.run_id else "")
+    mode = monitor_mode(cfg)
+    log.info("objective %s; checkpoint.monitor %s, %s%s", cfg.objective, cfg.checkpoint.monitor,
+             "minimized" if mode == "min" else "maximized", "" if cfg.checkpoint.mode else " (derived from its name)")
     tracker.log_params({**flatten(cfg), **{group: cfg[group].name for group in REGISTRY},
-                        "trainer": job.choices.get("trainer", "default")})
+                        "trainer": job.choices.get("trainer", "default"), "checkpoint.mode": mode})
     tracker.log_artifact(job.output_dir / ".hydra", f"hydra/resume_{segment}" if segment else "hydra")
     if tracker.run_id and not segment:
         tracker.log_inputs(data.lineage(cfg.dataset))

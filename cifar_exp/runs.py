@@ -10,6 +10,33 @@ import sys
 from pathlib import Path
 
 COLUMNS_PARAMS = ("model.name", "optimizer.name", "optimizer.lr", "epochs", "dataset.name")
+PROG = "cifar-exp-runs"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse's errors as the project's one line and exit code 2 (not usage plus a line)."""
+
+    def error(self, message: str):
+        from cifar_exp.errors import exit_with
+
+        exit_with(message, prog=PROG)
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is invalid: must be an integer >= 1") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{number} is invalid: must be an integer >= 1")
+    return number
+
+
+def metric_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"{value!r} is invalid: must be comma-separated metric names")
+    return names
 
 
 def table(runs: list[dict], metrics: list[str]) -> str:
@@ -26,14 +53,15 @@ def table(runs: list[dict], metrics: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="cifar-exp-runs", description=__doc__.split("\n\n")[0])
+    parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="cifar_exp", help="experiment name (default: cifar_exp)")
     parser.add_argument("--tracking-uri", default=None,
                         help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--sort", default="test/acc", help="metric to sort by (default: test/acc)")
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
-    parser.add_argument("--metrics", default="test/acc,test/loss", help="comma-separated metric columns")
-    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--metrics", type=metric_names, default="test/acc,test/loss",
+                        help="comma-separated metric columns")
+    parser.add_argument("--limit", type=positive_int, default=50, help="at most this many runs (default: 50)")
     parser.add_argument("--deliver", metavar="RUN_DIR",
                         help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away")
     args = parser.parse_args(argv)
@@ -48,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
             return
         runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
     except UserError as e:
-        exit_with(str(e), prog="cifar-exp-runs")
+        exit_with(str(e), prog=PROG)
     if not runs:
         print(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
         raise SystemExit(1)
-    print(table(runs, args.metrics.split(",")))
+    print(table(runs, args.metrics))
 
 
 if __name__ == "__main__":

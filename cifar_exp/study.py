@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from cifar_exp import metrics
+from cifar_exp.errors import UserError
 from cifar_exp.job import Job, is_sweep, parse_override
 
 log = logging.getLogger("cifar_exp")
@@ -38,6 +40,38 @@ def storage_url(sweeper: Any, launch_dir: Path) -> str:
     if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
         url = prefix + str((launch_dir / url[len(prefix):]).resolve())
     return url
+
+
+DIRECTIONS = {metrics.MIN: "minimize", metrics.MAX: "maximize"}
+
+
+def direction(configured: Any, objective: str) -> str:
+    """The study's direction: derived from the objective (a loss is minimized, an accuracy
+    maximized); a configured one (plain: a string or a list) must be that one."""
+    derived = DIRECTIONS[metrics.goal(objective)]
+    if configured is None:
+        return derived
+    given = list(configured) if isinstance(configured, (list, tuple)) else [configured]
+    if given != [derived]:
+        raise UserError(f"hydra.sweeper.direction={configured} is invalid: must be {derived} or null, since "
+                        f"objective={objective} is {derived}d (a run returns that one objective)")
+    return derived
+
+
+def check_storage(url: str) -> None:
+    """An SQLAlchemy URL whose dialect is installed; an SQLite file's folder must exist."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()
+    except Exception as e:  # ArgumentError for garbage, NoSuchModuleError for an unknown dialect
+        raise UserError(f"hydra.sweeper.storage={url!r} is invalid: must be an SQLAlchemy database URL "
+                        f"such as sqlite:///optuna.db ({str(e).splitlines()[0]})") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        folder = Path(parsed.database).parent
+        if not folder.is_dir():
+            raise UserError(f"hydra.sweeper.storage={url!r} is invalid: its folder {folder} does not exist")
 
 
 def study_name(sweeper: Any, task_overrides: list[str]) -> str:
@@ -70,7 +104,7 @@ def connect(storage: str):
 
 def _build(module, registry: dict, name: str, kind: str, kwargs: dict):
     if name not in registry:
-        raise ValueError(f"unknown {kind} {name!r}; expected one of {', '.join(registry)}")
+        raise UserError(f"unknown {kind} {name!r}; expected one of {', '.join(registry)}")
     return getattr(module, registry[name])(**kwargs)
 
 

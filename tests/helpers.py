@@ -1,12 +1,15 @@
-"""Test-only models, registered as options of the model group (model=exploding_cnn,
+"""Shared test helpers: composing the real config in process (as a run or as a sweep), and
+test-only models, registered as options of the model group (model=exploding_cnn,
 model=slow_cnn) for runs launched through `python -m testing_cli` (tests/ is on PYTHONPATH)."""
 
 from dataclasses import dataclass
 
 import torch
+from hydra import compose, initialize_config_module
 
-from cifar_exp.config import ModelConfig, Option, register
+from cifar_exp.config import ModelConfig
 from cifar_exp.models import SimpleCNN
+from cifar_exp.registry import Option, register, register_configs
 
 
 class ExplodingCNN(SimpleCNN):
@@ -61,3 +64,25 @@ class SleepyCNNConfig(ModelConfig):
 
 register("model", Option(SlowCNNConfig, "helpers:SlowCNN"))
 register("model", Option(SleepyCNNConfig, "helpers:SleepyCNN"))
+
+
+def compose_cfg(*overrides: str):
+    """The project's config composed as `python -m cifar_exp overrides` would."""
+    register_configs()
+    with initialize_config_module("cifar_exp.conf", version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def check_sweep_of(*overrides: str) -> None:
+    """The checks `python -m cifar_exp --multirun overrides` runs before its first job."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    import cifar_exp.__main__  # noqa: F401  (the project's sweeper plugin on the path)
+    from cifar_exp.sweep_check import check_sweep
+
+    register_configs()
+    with initialize_config_module("cifar_exp.conf", version_base="1.3"):
+        cfg = GlobalHydra.instance().hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN,
+                                                          with_log_configuration=False)
+        check_sweep(cfg, "config")

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, cli_env
 from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
 
+from conftest import FAST, cli_env
 
 # --- the file format -----------------------------------------------------------------------
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -305,9 +305,10 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     assert f"Accuracy of the network on the 500 test images: {logged} %" in result.stdout
     assert "confusion matrix" in result.stdout and "Accuracy for class: class9" in result.stdout
 
-    from cifar_exp.data import load_dataset
     from omegaconf import OmegaConf
+
     from cifar_exp.config import SyntheticConfig
+    from cifar_exp.data import load_dataset
 
     test = load_dataset(OmegaConf.structured(SyntheticConfig), torch.device("cpu")).test
     paths = []
@@ -360,7 +361,7 @@ def _bomb(path: Path) -> Path:
 
 
 TOOL_BAD_INPUTS = [
-    ("cifar_exp.evaluate", ["device=tpu"], "device 'tpu'"),
+    ("cifar_exp.evaluate", ["device=tpu"], "device='tpu'"),
     ("cifar_exp.evaluate", ["plot=/proc/no/such/dir/c.png"], "plot=/proc/no/such/dir/c.png"),
     ("cifar_exp.evaluate", ["checkpoint_dir=x"], "unknown argument checkpoint_dir"),
     ("cifar_exp.predict", ["images=[IMG]", "top=0"], "top=0"),

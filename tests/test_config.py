@@ -5,14 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
-from hydra import compose, initialize_config_module
+import yaml
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 
-from cifar_exp.config import REGISTRY, TRAINERS, register_configs, validate
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, one_line
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
+from cifar_exp.registry import REGISTRY, TRAINERS, register_configs
+from cifar_exp.validation import validate
+
+from helpers import compose_cfg
 
 CONF = Path(__file__).parents[1] / "conf"
 register_configs()
@@ -22,11 +26,6 @@ def options(group: str) -> list[str]:
     if group in REGISTRY:
         return sorted(REGISTRY[group])
     return sorted(TRAINERS) if group == "trainer" else sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-
-
-def compose_cfg(*overrides: str):
-    with initialize_config_module("cifar_exp.conf", version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 def test_defaults_reproduce_the_notes():
@@ -68,14 +67,20 @@ def test_every_scheduler_composes_and_steps(name):
 
 
 @pytest.mark.parametrize("group", ["dataset", "trainer", "experiment"])
-def test_every_other_option_composes(group, tmp_path):
+def test_every_other_option_composes_as_itself_and_passes_the_checks(group, tmp_path):
     for name in options(group):
         cfg = compose_cfg(f"{group}={name}", "dataset.root=" + str(tmp_path))
-        assert cfg.trainer.log_every_n_steps >= 1
+        run = validate(cfg, paths=False)
+        if group == "dataset":
+            assert run.dataset.name == name
+        elif group == "trainer":
+            assert run.trainer.deterministic == (name == "deterministic")
+        else:  # a preset changes the model or the schedule it is named for
+            assert (run.model.name, run.scheduler.name) != ("simple_cnn", "none")
 
 
 def test_every_registered_option_builds_with_its_own_function():
-    from cifar_exp.config import builder
+    from cifar_exp.registry import builder
 
     for group, opts in REGISTRY.items():
         for name, option in opts.items():
@@ -137,12 +142,27 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("args,needle", BAD_INPUTS.items())
-def test_bad_input_is_one_line_and_exit_2(cli, workdir, args, needle):
+def test_bad_input_is_refused_naming_the_key(args, needle):
+    """What the entry point prints as its one line: Hydra's and OmegaConf's errors folded,
+    or the validation's UserError."""
+    with pytest.raises((UserError, HydraException, OmegaConfBaseException)) as err:
+        validate(compose_cfg(*args.split()))
+    assert needle in one_line(err.value)
+
+
+# one row per way a bad input is found: OmegaConf's type check, Hydra's unknown key and
+# missing option, a missing preset, the validation callback, a path on this machine
+CLI_ROWS = ["epochs=abc", "optimizr.lr=0.1", "model=nope", "debug=nope", "optimizer.lr=-1",
+            "dataset=image_folder dataset.root=/no/such/dir"]
+
+
+@pytest.mark.parametrize("args", CLI_ROWS)
+def test_bad_input_is_one_line_and_exit_2(cli, workdir, args):
     result = cli(*args.split(), "mlflow.enabled=false")
     assert result.returncode == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("cifar-exp: "), result.stderr
-    assert needle in lines[0] and "Traceback" not in result.output
+    assert BAD_INPUTS[args] in lines[0] and "Traceback" not in result.output
     assert not (workdir / "outputs").exists(), "a rejected config must not create a run dir"
 
 
@@ -171,6 +191,6 @@ def test_the_search_preset_selects_on_a_validation_split(cli):
     result = cli("hparams_search=optuna_lr", "--cfg", "job")
     assert result.returncode == 0, result.output
     cfg = yaml.safe_load(result.stdout)
-    assert cfg["dataset"]["val_size"] == 5000 and cfg["objective"] == "val/acc"
+    assert cfg["dataset"]["val_fraction"] == 0.1 and cfg["objective"] == "val/acc"
     assert cfg["checkpoint"]["monitor"] in ("val/acc", "${objective}")
     assert compose_cfg("hparams_search=optuna_lr").checkpoint.monitor == "val/acc"

@@ -11,7 +11,8 @@ from cifar_exp.distributed import World
 from cifar_exp.loop import Evaluation
 from cifar_exp.run import build_trainer, report
 from cifar_exp.tracking import NullTracker
-from test_config import compose_cfg
+
+from helpers import compose_cfg
 
 
 def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_device(tmp_path, monkeypatch):
@@ -155,7 +156,7 @@ def test_every_new_training_key_together_in_one_short_run(cli, workdir):
     result = cli(*FAST, "epochs=3", "dataset.val_size=200", "objective=val/acc", "dataset.augment=true",
                  "dataset.cutout=8", "dataset.mixup_alpha=0.2", "dataset.cutmix_alpha=1.0",
                  "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.ema_decay=0.9",
-                 "trainer.early_stopping_patience=5", "trainer.sync_batchnorm=true", "scheduler=cosine",
+                 "trainer.early_stopping_patience=5", "scheduler=cosine",
                  "scheduler.warmup_epochs=0.5", "optimizer.decay_norm_and_bias=false", "checkpoint.save_top_k=2",
                  "trainer.log_every_n_steps=2", f"hydra.run.dir={run_dir}")
     assert result.returncode == 0, result.output[-3000:]

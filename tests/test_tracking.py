@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
 import time
-import json
 import urllib.request
 
 import pytest
 import torch
 
+from cifar_exp.registry import flatten
+
 from conftest import FAST, cli_env, free_port, run_dirs, serve_mlflow
-from cifar_exp.config import flatten
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,8 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert "Warning" not in result.output, result.output  # e.g. torch.export's, on channels_last weights
     c, run = only_run(workdir)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == "simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1 channels_last=true"
+    assert run.info.run_name == ("simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1 "
+                                 "channels_last=true")
     p = run.data.params
     assert p["optimizer.lr"] == "0.05" and p["epochs"] == "2" and p["dataset.batch_size"] == "128"
     assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic"

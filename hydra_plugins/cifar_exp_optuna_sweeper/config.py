@@ -1,6 +1,7 @@
 """The sweeper's typed settings, registered as `hydra/sweeper=optuna` with its samplers in
 `hydra/sweeper/sampler` and pruners in `hydra/sweeper/pruner`. The keys of the official
-hydra-optuna-sweeper keep their meaning; storage, study_name and pruner are new."""
+hydra-optuna-sweeper keep their meaning; storage, study_name and pruner are new. Each
+sampler and pruner checks its own values (`check(at)`), as the run's schemas do."""
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -8,11 +9,17 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from cifar_exp.config import SEED_LIMIT, at_least, require
+
 
 @dataclass
 class SamplerConf:
     name: str = "tpe"
     seed: Optional[int] = None
+
+    def check(self, at: str) -> None:
+        require(self.seed is None or 0 <= self.seed < SEED_LIMIT, f"{at}.seed",
+                f"an integer in [0, {SEED_LIMIT}) or null", self.seed)
 
 
 @dataclass
@@ -21,6 +28,11 @@ class TPESamplerConf(SamplerConf):
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = False
+
+    def check(self, at: str) -> None:
+        super().check(at)
+        at_least(self, at, 0, "n_startup_trials")
+        at_least(self, at, 1, "n_ei_candidates")
 
 
 @dataclass
@@ -34,6 +46,11 @@ class CmaEsSamplerConf(SamplerConf):
     sigma0: Optional[float] = None
     n_startup_trials: int = 1
 
+    def check(self, at: str) -> None:
+        super().check(at)
+        require(self.sigma0 is None or self.sigma0 > 0, f"{at}.sigma0", "a float > 0 or null", self.sigma0)
+        at_least(self, at, 0, "n_startup_trials")
+
 
 @dataclass
 class GridSamplerConf(SamplerConf):
@@ -46,16 +63,27 @@ class QMCSamplerConf(SamplerConf):
     name: str = "qmc"
     qmc_type: str = "sobol"
 
+    def check(self, at: str) -> None:
+        super().check(at)
+        require(self.qmc_type in ("sobol", "halton"), f"{at}.qmc_type", "sobol or halton", self.qmc_type)
+
 
 @dataclass
 class NSGAIISamplerConf(SamplerConf):
     name: str = "nsgaii"
     population_size: int = 50
 
+    def check(self, at: str) -> None:
+        super().check(at)
+        at_least(self, at, 2, "population_size")
+
 
 @dataclass
 class PrunerConf:
     name: str = "none"
+
+    def check(self, at: str) -> None:
+        pass
 
 
 @dataclass
@@ -68,6 +96,10 @@ class MedianPrunerConf(PrunerConf):
     interval_steps: int = 1
     n_min_trials: int = 1
 
+    def check(self, at: str) -> None:
+        at_least(self, at, 0, "n_startup_trials", "n_warmup_steps")
+        at_least(self, at, 1, "interval_steps", "n_min_trials")
+
 
 @dataclass
 class HyperbandPrunerConf(PrunerConf):
@@ -76,6 +108,12 @@ class HyperbandPrunerConf(PrunerConf):
     # null: Optuna's "auto" (the epochs the first finished trial reported)
     max_resource: Optional[int] = None
     reduction_factor: int = 3
+
+    def check(self, at: str) -> None:
+        at_least(self, at, 1, "min_resource")
+        require(self.max_resource is None or self.max_resource > self.min_resource, f"{at}.max_resource",
+                f"> {at}.min_resource, or null (auto)", self.max_resource)
+        at_least(self, at, 2, "reduction_factor")  # 1 would never halve anything
 
 
 @dataclass
@@ -86,6 +124,12 @@ class SuccessiveHalvingPrunerConf(PrunerConf):
     reduction_factor: int = 4
     min_early_stopping_rate: int = 0
 
+    def check(self, at: str) -> None:
+        require(self.min_resource is None or self.min_resource >= 1, f"{at}.min_resource",
+                "an integer >= 1 or null (auto)", self.min_resource)
+        at_least(self, at, 2, "reduction_factor")
+        at_least(self, at, 0, "min_early_stopping_rate")
+
 
 @dataclass
 class OptunaSweeperConf:
@@ -94,8 +138,9 @@ class OptunaSweeperConf:
     # chosen in the defaults: hydra/sweeper/sampler=random, hydra/sweeper/pruner=median, ...
     sampler: SamplerConf = MISSING
     pruner: PrunerConf = MISSING
-    # minimize or maximize the value the task returns (the run's `objective`)
-    direction: Any = "minimize"
+    # minimize or maximize the value the task returns (the run's `objective`); null: derived
+    # from the objective (a loss is minimized, an accuracy maximized); set, it must agree
+    direction: Any = None
     # an SQLAlchemy URL; null: sqlite:///optuna.db in the launch dir
     storage: Optional[str] = None
     # null: derived from the command's fixed overrides, so the same command resumes the study
@@ -109,13 +154,28 @@ class OptunaSweeperConf:
     params: Optional[Dict[str, str]] = None
 
 
+SAMPLERS = {conf.name: conf for conf in (TPESamplerConf, RandomSamplerConf, CmaEsSamplerConf, GridSamplerConf,
+                                         QMCSamplerConf, NSGAIISamplerConf)}
+PRUNERS = {conf.name: conf for conf in (PrunerConf, MedianPrunerConf, HyperbandPrunerConf,
+                                        SuccessiveHalvingPrunerConf)}
+
+
+def typed(part: str, node: Any) -> Any:
+    """A sampler's or pruner's settings as its own schema's object (Hydra types the node by
+    the base schema only)."""
+    from omegaconf import OmegaConf
+
+    schemas = SAMPLERS if part == "sampler" else PRUNERS
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas[node.name]),
+                                               OmegaConf.to_container(node, resolve=True)))
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="cifar_exp")
-    for conf in (TPESamplerConf, RandomSamplerConf, CmaEsSamplerConf, GridSamplerConf, QMCSamplerConf,
-                 NSGAIISamplerConf):
+    for conf in SAMPLERS.values():
         cs.store(group="hydra/sweeper/sampler", name=conf.name, node=conf, provider="cifar_exp")
-    for conf in (PrunerConf, MedianPrunerConf, HyperbandPrunerConf, SuccessiveHalvingPrunerConf):
+    for conf in PRUNERS.values():
         cs.store(group="hydra/sweeper/pruner", name=conf.name, node=conf, provider="cifar_exp")
 
 

@@ -23,8 +23,9 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.errors import Interrupted
-
+from cifar_exp.config import at_least
+from cifar_exp.errors import Interrupted, UserError
+from hydra_plugins.cifar_exp_optuna_sweeper.config import typed
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
@@ -46,11 +47,52 @@ def distribution(override: Override):
             return IntDistribution(values[0], values[-1], step=int(sweep.step), log=log_scale)
         return CategoricalDistribution(values)
     if isinstance(sweep, IntervalSweep):  # int(interval(1, 8)) or tag(int, interval(1, 8)): integers
+        if not (math.isfinite(sweep.start) and math.isfinite(sweep.end) and sweep.start < sweep.end):
+            raise UserError(f"{override.input_line} is invalid: an interval needs finite bounds, low < high")
+        if log_scale and sweep.start <= 0:
+            raise UserError(f"{override.input_line} is invalid: a log interval needs bounds > 0")
         if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
         return FloatDistribution(sweep.start, sweep.end, log=log_scale)
-    raise ValueError(f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), "
-                     f"range(...) and comma lists")
+    raise UserError(f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), "
+                    f"range(...) and comma lists")
+
+
+def search_space(params: Optional[dict], arguments: list[str], grid_search: bool) -> tuple[dict, list[str], dict]:
+    """(distribution per searched key, the fixed overrides, the grid's values per key) of
+    hydra.sweeper.params and the command line's overrides (the command line wins)."""
+    from optuna.distributions import FloatDistribution
+
+    space, fixed = {}, []
+    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()]
+                                                             + list(arguments)):
+        dist = distribution(override)
+        if dist is None:
+            fixed.append(override.input_line)
+        else:
+            space[override.get_key_element()] = dist
+    grid = {k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
+            for k, d in space.items() if not isinstance(d, FloatDistribution)}
+    if grid_search and len(grid) < len(space):
+        raise UserError("hydra.sweeper.sampler=grid needs choice(...) or range(...) for every searched key, "
+                        f"not interval(...): {', '.join(sorted(set(space) - set(grid)))}")
+    return space, fixed, grid
+
+
+def check(config: DictConfig) -> str:
+    """The sweeper's own settings, before any job starts: the sampler's and pruner's values,
+    the trial counts, the storage, the search space, and the direction against the run's
+    objective (returned: derived when unset)."""
+    from cifar_exp import study as studies
+
+    sweeper = config.hydra.sweeper
+    for part in ("sampler", "pruner"):
+        typed(part, sweeper[part]).check(f"hydra.sweeper.{part}")
+    at_least(sweeper, "hydra.sweeper", 1, "n_trials", "n_jobs")
+    settings = OmegaConf.to_container(sweeper, resolve=True)
+    studies.check_storage(studies.storage_url(settings, Path(config.hydra.runtime.cwd)))
+    search_space(settings.get("params"), list(config.hydra.overrides.task), settings["sampler"]["name"] == "grid")
+    return studies.direction(settings.get("direction"), config.objective)
 
 
 def _quoted(value: str) -> str:
@@ -63,17 +105,11 @@ class OptunaSweeper(Sweeper):
         self.settings = OmegaConf.to_container(OmegaConf.create(
             {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name,
              "params": params}), resolve=True)
-        directions = list(direction) if OmegaConf.is_list(direction) or isinstance(direction, list) else [direction]
-        if len(directions) != 1 or directions[0] not in ("minimize", "maximize"):
-            raise ValueError(f"hydra.sweeper.direction={direction}: one of minimize, maximize (a run returns "
-                             f"one objective)")
-        self.direction = directions[0]
-        if n_trials < 1 or n_jobs < 1:
-            raise ValueError("hydra.sweeper.n_trials and n_jobs must be >= 1")
         self.n_trials, self.n_jobs = n_trials, n_jobs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
+        self.direction = check(config)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
         self.sweep_dir = Path(config.hydra.sweep.dir)
@@ -83,29 +119,18 @@ class OptunaSweeper(Sweeper):
 
         from cifar_exp import study as studies
 
-        parser = OverridesParser.create()
-        params = [f"{k}={v}" for k, v in (self.settings["params"] or {}).items()]
-        space, fixed = {}, []
-        for override in parser.parse_overrides(params + list(arguments)):
-            dist = distribution(override)
-            if dist is None:
-                fixed.append(override.input_line)
-            else:
-                space[override.get_key_element()] = dist
+        grid_search = self.settings["sampler"]["name"] == "grid"
+        space, fixed, grid = search_space(self.settings["params"], arguments, grid_search)
         storage = studies.storage_url(self.settings, Path(self.config.hydra.runtime.cwd))
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
-        grid = {k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
-                for k, d in space.items() if not isinstance(d, optuna.distributions.FloatDistribution)}
-        grid_search = self.settings["sampler"]["name"] == "grid"
-        if grid_search and len(grid) < len(space):
-            raise ValueError("sampler=grid needs choice(...) or range(...) for every param, not interval(...)")
         study = optuna.create_study(
             study_name=name, storage=studies.connect(storage), direction=self.direction, load_if_exists=True,
             sampler=studies.build_sampler(self.settings["sampler"], grid),
             pruner=studies.build_pruner(self.settings["pruner"]))
         self._requeue_left_running(study)
-        log.info("Optuna study %r in %s: %d of %d trials finished, searching %s", name, storage,
-                 self._finished(study), self.n_trials, ", ".join(space) or "nothing")
+        log.info("Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s", name, storage,
+                 self._finished(study), self.n_trials, ", ".join(space) or "nothing", self.direction,
+                 self.config.objective)
         identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
         # a grid has as many trials as points
         n_trials = min(self.n_trials, math.prod(map(len, grid.values()))) if grid_search else self.n_trials
@@ -122,7 +147,8 @@ class OptunaSweeper(Sweeper):
                 raise Interrupted(stopped[0]._return_value.signum,
                                   " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
             if failed >= max(n_trials, 3):
-                raise RuntimeError(f"{failed} trials failed in this sweep; see their logs in {self.sweep_dir}")
+                raise UserError(f"the study stops: {failed} trials failed in this sweep; see their logs in "
+                                f"{self.sweep_dir}")
         self._report(study)
 
     @staticmethod

@@ -1,0 +1,56 @@
+"""The catalogue of the metrics a run logs, given its config and classes, and which way each
+is better. `objective`, `checkpoint.monitor` (best and top-k checkpoints, early stopping),
+the sweep summary and the Optuna study's direction all read it: a name the run never logs
+is refused before anything trains, and a loss is never maximized."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+MIN, MAX = "min", "max"
+CLASS_PREFIX = "test/acc_class/"
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    # "min" or "max": chosen per epoch by objective/monitor; None: a trace (lr, epoch, ...)
+    goal: Optional[str]
+    # logged once per epoch (else per logging step)
+    per_epoch: bool = True
+
+
+def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
+    """Every metric a run with `cfg` logs; `classes` None when only loading the data tells
+    (then test/acc_class/<name> is taken on trust until the data is loaded)."""
+    steps = ["train/loss", "lr"] + (["train/grad_norm"] if cfg.trainer.gradient_clip_val > 0 else [])
+    epochs = ["train/loss_epoch", "train/acc", "time/epoch_s", "time/images_per_s", "test/loss", "test/acc"]
+    if cfg.dataset.val_size > 0 or cfg.dataset.val_fraction > 0:
+        epochs += ["val/loss", "val/acc"]
+    epochs += [f"{CLASS_PREFIX}{c}" for c in classes or []]
+    metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric("epoch", None)]
+    return {m.name: m for m in metrics + [Metric(n, goal(n)) for n in epochs]}
+
+
+def goal(name: str) -> str:
+    """Which way `name` is better, by the catalogue's naming: losses and times fall,
+    accuracies and throughput rise."""
+    return MIN if name.endswith(("loss", "loss_epoch", "_s")) else MAX
+
+
+def selectable(cfg, classes: Optional[list[str]]) -> list[str]:
+    """The names objective and checkpoint.monitor may take."""
+    return [m.name for m in catalogue(cfg, classes).values() if m.goal and m.per_epoch]
+
+
+def check_selected(cfg, key: str, name: str, classes: Optional[list[str]]) -> Optional[str]:
+    """None when `name` is a per-epoch metric of this run, else what is wrong with it."""
+    known = selectable(cfg, classes)
+    if name in known or (classes is None and name.startswith(CLASS_PREFIX) and len(name) > len(CLASS_PREFIX)):
+        return None
+    plain = [k for k in known if not k.startswith(CLASS_PREFIX)]
+    if name.startswith(CLASS_PREFIX):
+        return f"{CLASS_PREFIX}<class> for a class of this dataset: {', '.join(classes or [])}"
+    hint = " (val/* needs dataset.val_size or dataset.val_fraction > 0)" if name.startswith("val/") else ""
+    return f"a metric the run logs per epoch: {', '.join(plain)} or {CLASS_PREFIX}<class>{hint}"

@@ -1,0 +1,144 @@
+"""The registry: one entry per option of each group, its schema and the project function that
+builds it, stored in Hydra's ConfigStore typed by the group's base schema, so
+`model=speed_net model.widths=[32,64,128]` is checked key by key and an unknown key is an
+error. The same registry rebuilds a config read from a file (cifar_exp.stored), so a file
+can only ever name one of these options, never code. Nothing here imports torch."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cifar_exp import config as c
+from cifar_exp.errors import UserError
+
+
+@dataclass(frozen=True)
+class Option:
+    schema: type
+    # "module:attribute" of the project function that builds it; None builds nothing
+    build: Optional[str] = None
+
+    @property
+    def name(self) -> str:
+        return self.schema.name
+
+
+def _options(*options: Option) -> dict[str, Option]:
+    return {o.name: o for o in options}
+
+
+REGISTRY: dict[str, dict[str, Option]] = {
+    "dataset": _options(
+        Option(c.Cifar10Config, "cifar_exp.data:load_torchvision"),
+        Option(c.Cifar100Config, "cifar_exp.data:load_torchvision"),
+        Option(c.ImageFolderConfig, "cifar_exp.data:load_image_folder"),
+        Option(c.SyntheticConfig, "cifar_exp.data:load_synthetic"),
+    ),
+    "model": _options(
+        Option(c.SimpleCNNConfig, "cifar_exp.models:SimpleCNN"),
+        Option(c.TutorialNetConfig, "cifar_exp.models:TutorialNet"),
+        Option(c.ResNet18Config, "cifar_exp.models:resnet18"),
+        Option(c.SpeedNetConfig, "cifar_exp.models:SpeedNet"),
+        Option(c.Airbench94Config, "cifar_exp.models:Airbench94Net"),
+    ),
+    "optimizer": _options(
+        Option(c.SGDConfig, "cifar_exp.optim:sgd"),
+        Option(c.AdamConfig, "cifar_exp.optim:adam"),
+        Option(c.AdamWConfig, "cifar_exp.optim:adamw"),
+    ),
+    "scheduler": _options(
+        Option(c.ConstantConfig),
+        Option(c.CosineConfig, "cifar_exp.optim:cosine"),
+        Option(c.OneCycleConfig, "cifar_exp.optim:onecycle"),
+        Option(c.StepConfig, "cifar_exp.optim:step"),
+        Option(c.TriangleConfig, "cifar_exp.optim:triangle"),
+    ),
+}
+BASES = {"dataset": c.DatasetConfig, "model": c.ModelConfig, "optimizer": c.OptimizerConfig,
+         "scheduler": c.SchedulerConfig}
+# the trainer group's options are one schema with other defaults (nothing to build)
+TRAINERS = {"default": c.TrainerConfig(), "deterministic": c.TrainerConfig(deterministic=True, amp=False)}
+
+
+def register(group: str, option: Option) -> None:
+    """Add an option to a group: the registry entry and its Hydra group option."""
+    if not issubclass(option.schema, BASES[group]):
+        raise TypeError(f"{option.schema.__name__} must extend {BASES[group].__name__}")
+    REGISTRY[group][option.name] = option
+    ConfigStore.instance().store(group=group, name=option.name, node=option.schema)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=c.Config)
+    for group, options in REGISTRY.items():
+        for entry in options.values():
+            register(group, entry)
+    for name, node in TRAINERS.items():
+        cs.store(group="trainer", name=name, node=node)
+
+
+def option(group: str, name: Any) -> Option:
+    try:
+        return REGISTRY[group][name]
+    except (KeyError, TypeError):
+        raise UserError(f"{group}.name={name!r} is not a registered option; expected one of "
+                        f"{', '.join(REGISTRY[group])}") from None
+
+
+def schema(group: str, name: Any) -> type:
+    """The schema of a group's option (the trainer group has one schema)."""
+    return c.TrainerConfig if group == "trainer" else option(group, name).schema
+
+
+def builder(group: str, node: DictConfig) -> Optional[Callable[..., Any]]:
+    """The project function that builds the option `node` names (None: nothing to build)."""
+    target = option(group, node.name).build
+    if target is None:
+        return None
+    module, _, attribute = target.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
+    """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
+    items = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, Any] = {}
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def kwargs(node: DictConfig) -> dict[str, Any]:
+    """An option's keys as plain keyword arguments (its `name` excluded)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+
+
+def on_schemas(plain: dict, origin: str = "") -> DictConfig:
+    """A plain config (resolved, as stored or composed) rebuilt on the registered schemas:
+    every group must name a registered option and every key must belong to it, with its
+    type. Anything else is a UserError naming the key."""
+    prefix = f"{origin}: " if origin else ""
+    base = OmegaConf.structured(c.Config)
+    for group in c.Config.GROUPS[:5]:  # the groups chosen in the defaults list
+        node = plain.get(group)
+        name = node.get("name") if isinstance(node, dict) else None
+        try:
+            base[group] = OmegaConf.structured(schema(group, name))
+        except UserError as e:
+            raise UserError(f"{prefix}{e}") from None
+    try:
+        return OmegaConf.merge(base, plain)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UserError(f"{prefix}config key {key} is invalid ({str(e).splitlines()[0]})") from None

@@ -1,0 +1,39 @@
+"""Configs read from files (a checkpoint's, a run's): plain data rebuilt on the registered
+schemas. Every container is walked (dicts, lists, tuples, sets): a `_target_` or a `${...}`
+anywhere is refused, so a file can only describe a run, never pick code or read the
+environment. The rebuilt config then passes the same checks as the command line's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from cifar_exp.errors import UserError
+from cifar_exp.registry import on_schemas
+
+CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
+
+
+def from_stored(stored: Any, origin: str) -> DictConfig:
+    """`stored` rebuilt on the schemas; any problem is a UserError naming `origin` and the key."""
+    if not isinstance(stored, dict):
+        raise UserError(f"{origin}: the stored config is not a mapping")
+    _refuse_code(stored, origin, "")
+    return on_schemas(stored, origin)
+
+
+def _refuse_code(tree: Any, origin: str, path: str) -> None:
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            if not isinstance(key, str):
+                raise UserError(f"{origin}: stored config key {path}{key!r} is not a name")
+            if key in CODE_KEYS:
+                raise UserError(f"{origin}: refusing {path}{key}={value!r}: a stored config may name "
+                                f"registered options only, never code")
+            _refuse_code(value, origin, f"{path}{key}.")
+    elif isinstance(tree, (list, tuple, set, frozenset)):
+        for i, value in enumerate(tree):
+            _refuse_code(value, origin, f"{path}{i}.")
+    elif isinstance(tree, str) and "${" in tree:  # a resolver would run on reading
+        raise UserError(f"{origin}: refusing {path.rstrip('.')}={tree!r}: a stored config holds plain values only")

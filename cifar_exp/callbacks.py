@@ -6,6 +6,7 @@ import atexit
 import csv
 import math
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import study, tracking
 from cifar_exp.errors import UserError, exit_with
-from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override
+from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override, source_tags, sweep_name
 from cifar_exp.metrics import MAX, goal
 from cifar_exp.validation import validate
 
@@ -67,13 +68,14 @@ class SweepTracking(Callback):
         swept = [parse_override(o)[0] for o in overrides if is_sweep(o)]
         swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
         sweep_dir = config.hydra.sweep.dir
-        name = f"sweep {' '.join(overrides)}".strip()
+        command = " ".join(["python -m cifar_exp --multirun", *map(shlex.quote, overrides)])
         uri = tracking.tracking_uri(config.mlflow.tracking_uri)
         # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
         # numeric optimizer.lr column then holds numbers only
         params = {(f"sweep.{k}" if k in swept else k): v for k, v in map(parse_override, overrides)}
         tags = {"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
-                "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_}
+                "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_,
+                "mlflow.note.content": sweep_description(command, Path(sweep_dir).resolve()), **source_tags()}
         reuse = None
         if study.is_optuna(config.hydra.sweeper):  # a resumed study keeps its one parent run
             sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
@@ -81,7 +83,8 @@ class SweepTracking(Callback):
             tags.update(study.parent_tags(storage, study.study_name(sweeper, overrides)))
             reuse = study.STUDY_KEY_TAG
         try:
-            exp_id, parent_id = tracking.start_parent(uri, config.mlflow.experiment_name, name, params=params,
+            exp_id, parent_id = tracking.start_parent(uri, config.mlflow.experiment_name, sweep_name(overrides, swept),
+                                                      params=params,
                                                       tags=tags, reuse_tag=reuse)
         except UserError as e:  # Hydra would turn it into a warning and start every job anyway
             exit_with(str(e))
@@ -89,7 +92,7 @@ class SweepTracking(Callback):
         os.environ[tracking.EXPERIMENT_ENV] = exp_id
         os.environ[SWEPT_ENV] = ",".join(swept)
         self.parent = {"uri": uri, "experiment_id": exp_id, "run_id": parent_id, "swept": swept,
-                       "objective": config.objective, "sweep_dir": Path(sweep_dir)}
+                       "objective": config.objective, "sweep_dir": Path(sweep_dir), "command": command}
         atexit.register(self._finish)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -123,7 +126,7 @@ class SweepTracking(Callback):
         children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
         summary = sweep_summary(children, p["objective"], p["swept"], completed)
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
-        files = [write_csv(summary["rows"], out / "sweep_summary.csv")]
+        files = [write_csv(summary["rows"], out / "sweep_summary.csv", p["swept"])]
         files += sorted((p["sweep_dir"] / "optuna").glob("*.*"))  # the Optuna sweeper's study record
         if summary["seed_groups"]:
             files.append(write_csv(summary["seed_groups"], out / "sweep_seeds.csv"))
@@ -132,8 +135,29 @@ class SweepTracking(Callback):
 
             files.append(objective_vs_params(summary["rows"], p["swept"], p["objective"],
                                              out / "objective_vs_params.png"))
-        tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"],
-                               summary["tags"], files)
+        best = summary["best"]
+        tracking.mark_best(p["uri"], children, best and best["run_id"])
+        tags = {**summary["tags"], "mlflow.note.content": sweep_description(
+            p["command"], p["sweep_dir"].resolve(), summary, p["objective"], p["swept"])}
+        tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"], tags, files)
+
+
+def sweep_description(command: str, sweep_dir: Path, summary: Optional[dict] = None, objective: str = "",
+                      swept: Optional[list[str]] = None) -> str:
+    """The sweep parent's description in the MLflow UI (markdown): how it was launched and,
+    once it ends, its best job and the job counts."""
+    lines = [f"`{command}`", "", f"- sweep dir: `{sweep_dir}`",
+             "- the same command again resumes an Optuna study, or reruns a grid"]
+    if summary is None:
+        return "\n".join(lines)
+    m, best = summary["metrics"], summary["best"]
+    lines.append(f"- jobs: {m['jobs']}, finished {m['jobs_finished']}, pruned {m['jobs_pruned']}, "
+                 f"failed {m['jobs_failed']}")
+    if best is not None:
+        values = ", ".join(f"`{k}={best['params'].get(k, '')}`" for k in swept or [])
+        lines += ["", f"**Best**: job {best['job']}, {objective} {best[objective]:.4g}: {values} "
+                      f"(run `{best['run_id']}`)"]
+    return "\n".join(lines)
 
 
 def sweep_summary(children: list[dict], objective: str, swept: list[str], completed: bool = False) -> dict:
@@ -152,7 +176,7 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
             "val/acc": c["metrics"].get("val/acc"), "val/loss": c["metrics"].get("val/loss"),
             "test/acc": c["metrics"].get("test/acc"), "test/loss": c["metrics"].get("test/loss"),
             "output_dir": c["tags"].get("hydra.output_dir", ""),
-            "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == "PRUNED",
+            "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == study.PRUNED, "best": False,
             "params": _job_params(c["tags"].get("hydra.overrides", "")),
         })
     # a pruned trial's objective is from a shortened run: it cannot be the best
@@ -160,11 +184,13 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     metrics: dict[str, float] = {"jobs": len(rows), "jobs_finished": len(done),
                                  "jobs_pruned": sum(r["pruned"] for r in rows)}
     tags: dict[str, str] = {}
-    if done:
-        best = (max if maximize else min)(done, key=lambda r: r[objective])
+    best = (max if maximize else min)(done, key=lambda r: r[objective]) if done else None
+    if best is not None:
         metrics[f"best/{objective}"] = best[objective]
         tags.update({"best_run_id": best["run_id"], "best_overrides": best["overrides"],
-                     "best_output_dir": best["output_dir"]})
+                     "best_output_dir": best["output_dir"],
+                     **{f"best.{k}": best["params"][k] for k in swept if k in best["params"]}})
+        best["best"] = True
     seed_groups = _seed_groups(done, objective)
     if len(seed_groups) == 1:
         metrics[f"{objective}_mean"] = seed_groups[0]["mean"]
@@ -173,7 +199,8 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     metrics["jobs_failed"] = sum(r["status"] == "FAILED" for r in rows)
     status = ("FINISHED" if completed or statuses <= {"FINISHED"} else "FAILED" if "FAILED" in statuses
               else "KILLED")
-    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status}
+    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status,
+            "best": best}
 
 
 def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
@@ -188,10 +215,14 @@ def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
             for k, v in groups.items() if len(v) > 1]
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[dict], path: Path, swept: Optional[list[str]] = None) -> Path:
+    """A table of plain values; with `swept`, one column per swept key after the job's
+    number and status, so the table sorts and filters by each."""
+    swept = swept or []
     fields = [k for k in rows[0] if k != "params"] if rows else ["job"]
+    fields = fields[:2] + swept + fields[2:]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({**{k: r.get("params", {}).get(k, "") for k in swept}, **r} for r in rows)
     return path

@@ -17,8 +17,10 @@ from cifar_exp import __version__
 
 # Overrides that say nothing about the experiment itself stay out of derived run names.
 RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")
+RUN_NAME_SKIP_GROUPS = ("mlflow.", "checkpoint.", "hydra")
 # the keys a --multirun sweeps, set by the sweep for its jobs: they lead the jobs' run names
 SWEPT_ENV = "CIFAR_EXP_SWEPT"
+NAME_MAX = 60  # about what the MLflow runs table shows at its default column width
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -64,21 +66,29 @@ class Job:
                    log_file=out / f"{hc.job.name}.log", num=hc.job.num if sweep else None,
                    sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if sweep else None)
 
-    def run_name(self, cfg: DictConfig) -> str:
-        """'simple_cnn lr=0.01 epochs=5': the model, then each override by its last key part;
-        in a sweep the swept values come first ('lr=0.01 simple_cnn epochs=5'), so runs
-        tell apart in a narrow column."""
+    def run_name(self, cfg: DictConfig, overrides: Optional[list[str]] = None) -> str:
+        """What tells the run apart, first, in at most NAME_MAX characters (the full command
+        is in the description). A sweep's job: its swept values ('lr=0.01 resnet18'); what
+        its jobs share is in the parent's name. Otherwise each override by its last key
+        part, then the options chosen, then the model: 'lr=0.01 epochs=5 simple_cnn'.
+        `overrides` replaces the job's own (a resume names the run it continues)."""
         if cfg.mlflow.run_name:
             return cfg.mlflow.run_name
+        overrides = self.overrides or [] if overrides is None else overrides
         swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(","))) if self.num is not None else set()
-        first, rest = [], []
-        for o in self.overrides or []:
-            key, value = parse_override(o)
-            if key in swept:
-                first.append(_short_override(key, value, o))
-            elif key not in RUN_NAME_SKIP and not key.startswith(("mlflow.", "checkpoint.", "hydra")):
-                rest.append(_short_override(key, value, o))
-        return " ".join([*first, self.choices.get("model") or cfg.model.name, *rest])
+        shown = [(key, self._part(key, value)) for key, value in map(parse_override, overrides)
+                 if key in swept or key not in RUN_NAME_SKIP and not key.startswith(RUN_NAME_SKIP_GROUPS)]
+        if swept & {key for key, _ in shown}:
+            return _capped(" ".join(part for key, part in shown if key in swept))
+        settings = " ".join(part for key, part in shown if key not in self.choices)
+        options = " ".join([*(part for key, part in shown if key in self.choices),
+                            self.choices.get("model") or cfg.model.name])
+        # what was chosen stays whole; the settings before it give way
+        return _capped(f"{_capped(settings, NAME_MAX - len(options) - 1)} {options}".strip())
+
+    def _part(self, key: str, value: str) -> str:
+        """An option by its name (resnet18), a setting by its last key part (lr=0.01)."""
+        return value if key in self.choices else f"{key.rsplit('.', 1)[-1]}={_short(value)}"
 
     def command(self) -> str:
         return " ".join(["python -m cifar_exp", *map(shlex.quote, self.overrides or [])])
@@ -99,17 +109,12 @@ class Job:
             "device": facts["device"],
             "version.cifar_exp": __version__,
             "version.torch": torch.__version__,
-            "mlflow.source.name": "cifar_exp",
-            "mlflow.user": _user(),
             "mlflow.note.content": self.description(run_dir),
+            **source_tags(),
             **cfg.mlflow.tags,
         }
         if self.num is not None:
             tags["hydra.job.num"] = self.num
-        for key, where in (("mlflow.source.git.commit", None), ("cifar_exp.git_commit", PACKAGE_DIR)):
-            commit = git_commit(where)
-            if commit:
-                tags[key] = commit
         return tags
 
     def description(self, run_dir: Path) -> str:
@@ -124,8 +129,25 @@ class Job:
         ])
 
 
-def _short_override(key: str, value: str, override: str) -> str:
-    return f"{key.rsplit('.', 1)[-1]}={_short(value)}" if "." in key else override.lstrip("+~")
+def sweep_name(overrides: list[str], swept: list[str]) -> str:
+    """'sweep lr=0.001,0.01 model=simple_cnn,resnet18 epochs=5': the parent run of a
+    --multirun, its swept keys first."""
+    pairs = sorted(map(parse_override, overrides), key=lambda kv: kv[0] not in swept)
+    return _capped(" ".join(["sweep", *(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in pairs)]))
+
+
+def source_tags() -> dict[str, str]:
+    """Who launched a run and from what: MLflow's 'Created by' and 'Source' columns."""
+    tags = {"mlflow.source.name": "cifar_exp", "mlflow.user": _user()}
+    for key, where in (("mlflow.source.git.commit", None), ("cifar_exp.git_commit", PACKAGE_DIR)):
+        commit = git_commit(where)
+        if commit:
+            tags[key] = commit
+    return tags
+
+
+def _capped(name: str, limit: int = NAME_MAX) -> str:
+    return name if len(name) <= limit else name[:max(limit - 1, 0)] + "…"
 
 
 def _short(value: str) -> str:

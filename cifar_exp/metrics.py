@@ -54,3 +54,10 @@ def check_selected(cfg, key: str, name: str, classes: Optional[list[str]]) -> Op
         return f"{CLASS_PREFIX}<class> for a class of this dataset: {', '.join(classes or [])}"
     hint = " (val/* needs dataset.val_size or dataset.val_fraction > 0)" if name.startswith("val/") else ""
     return f"a metric the run logs per epoch: {', '.join(plain)} or {CLASS_PREFIX}<class>{hint}"
+
+
+def logged(values: dict, selected: set) -> dict:
+    """An epoch's metrics as they go to MLflow: per-class accuracies only where objective or
+    checkpoint.monitor names one. The run's per-class table holds them all; a chart per class
+    (a hundred for CIFAR-100) would bury the loss and accuracy charts."""
+    return {k: v for k, v in values.items() if not k.startswith(CLASS_PREFIX) or k in selected}

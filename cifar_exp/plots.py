@@ -141,28 +141,49 @@ def _axis_values(values: list) -> tuple[list, list[str] | None]:
     return numbers, None
 
 
+# how a job is drawn in the sweep plot, by what became of it
+MARKS = {"best": dict(marker="*", s=220, color="tab:red", zorder=3),
+         "finished": dict(marker="o", s=36, color="tab:blue"),
+         "pruned": dict(marker="x", s=40, color="0.5")}
+
+
+def _mark(row: dict) -> str:
+    return "best" if row.get("best") else "pruned" if row.get("pruned") else "finished"
+
+
 def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path: Path) -> Path:
-    """One panel per swept key: each finished job's objective against that key's value."""
+    """One panel per swept key: each job's objective against that key's value, the best job
+    a red star, pruned ones (their objective when stopped) grey crosses."""
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.8), squeeze=False)
+    drawn = [r for r in rows if r.get(objective) is not None]
     for ax, key in zip(axes[0], keys):
-        points = [(r["params"].get(key), r[objective]) for r in rows if r.get(objective) is not None]
-        xs, categories = _axis_values([p[0] for p in points])
+        xs, categories = _axis_values([r["params"].get(key) for r in drawn])
         if categories is not None:
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 6 else 0)
+            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0,
+                          ha="right" if len(categories) > 4 else "center")
             ax.set_xlim(-0.5, len(categories) - 0.5)
         elif xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
-            # plain numbers at 1, 2 and 5 of each decade: 0.001 0.002 0.005 0.01 ...
+            # plain numbers at 1, 2 and 5 of each decade (only 1 past three decades): 0.001 0.002 0.005 0.01 ...
             ax.set_xscale("log")
-            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            subs = (1.0, 2.0, 5.0) if max(xs) / min(xs) < 1e3 else (1.0,)
+            ax.xaxis.set_major_locator(LogLocator(subs=subs))
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.scatter(xs, [p[1] for p in points], s=36)
+        elif len(set(xs)) == 1:  # one value: a window around it (matplotlib warns on an empty one)
+            ax.set_xlim(xs[0] - abs(xs[0]) / 2 - 1e-12, xs[0] + abs(xs[0]) / 2 + 1e-12)
+        for mark, style in MARKS.items():
+            points = [(x, r[objective]) for x, r in zip(xs, drawn) if _mark(r) == mark]
+            if points:
+                ax.scatter(*zip(*points), label=mark, **style)
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_xlabel(key)
         ax.set_ylabel(objective)
         ax.grid(alpha=0.3)
+    if any(_mark(r) != "finished" for r in drawn):
+        axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -180,16 +201,19 @@ def study_plots(study, out: Path) -> list[Path]:
     from optuna.exceptions import ExperimentalWarning
     from optuna.visualization import matplotlib as optuna_plots
 
-    _pyplot()
+    plt = _pyplot()
     saved = []
     for name, fn in STUDY_PLOTS.items():
-        try:
-            with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental
-                warnings.simplefilter("ignore", ExperimentalWarning)
+        # Optuna sets its ggplot style for the whole process: it stays inside this block
+        with plt.rc_context(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks this backend experimental
+            try:
                 ax = getattr(optuna_plots, fn)(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as e:
-            logging.getLogger("cifar_exp").info("no %s plot: %s", name, e)
-            continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
-        saved.append(_save(fig, out / f"{name}.png"))
+            except (ValueError, RuntimeError, ZeroDivisionError) as e:
+                logging.getLogger("cifar_exp").info("no %s plot: %s", name, e)
+                continue
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).get_figure()
+            fig.set_size_inches(max(fig.get_figwidth(), 8), max(fig.get_figheight(), 5))
+            fig.tight_layout()  # room for the parameter names Optuna's layout cuts off
+            saved.append(_save(fig, out / f"{name}.png"))
     return saved

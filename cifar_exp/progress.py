@@ -45,7 +45,9 @@ class EpochProgress:
         elif not self.quiet and self.done >= self.next_report and self.done < self.total:
             self.next_report = self._next_quarter(self.done)
             rate = (self.done - self.start) * self.batch_size / max(time.perf_counter() - self.t0, 1e-9)
+            # only a loss logged since the last line: a stale one would read as a plateau
             loss_txt = f" loss {self.loss:.4f}" if self.loss is not None else ""
+            self.loss = None
             log.info("%s: %d%% (%d/%d steps)%s | %.0f img/s", self.label, 100 * self.done // self.total,
                      self.done, self.total, loss_txt, rate)
 

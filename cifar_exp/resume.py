@@ -24,10 +24,11 @@ log = logging.getLogger("cifar_exp")
 # is observed or how long it lasts, not what it computes.
 RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progress",
                "trainer.early_stopping_patience", "trainer.profile_steps",
-               "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow.log_model",
-               "mlflow.flush_every_s", "mlflow.run_name", "mlflow.tags", "mlflow.enabled",
-               "mlflow.tracking_uri", "mlflow.experiment_name",
+               "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow",
                "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size")
+# The safe keys that runs are compared by. MLflow params are write-once, so these are logged
+# as tags, which each resume updates; the other safe keys are in the logged config only.
+COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoint.monitor", "checkpoint.mode")
 
 
 @dataclass
@@ -63,6 +64,22 @@ def _find(cfg: DictConfig, run_dir: Path) -> Optional[Checkpoint]:
     return checkpoint.find(cfg.resume, log=log.warning)
 
 
+def record(flat: dict) -> tuple[dict, dict]:
+    """A run's flattened config as MLflow params (what it computes, fixed for the run's
+    life) and tags (the COMPARED keys a resume may change)."""
+    params = {k: v for k, v in flat.items() if not _is_safe(k)}
+    return params, {k: flat[k] for k in COMPARED if k in flat}
+
+
+def continued_overrides(first: list[str], now: list[str]) -> list[str]:
+    """The overrides a resumed run stands for: the first segment's, with the keys this
+    resume sets replaced or added (its `resume=` aside)."""
+    new = {parse_override(o)[0]: o for o in now}
+    new.pop("resume", None)
+    kept = [new.pop(parse_override(o)[0], o) for o in first]
+    return kept + list(new.values())
+
+
 def _key_touched(key: str, overrides: Optional[list[str]]) -> bool:
     if overrides is None:
         return True
@@ -93,7 +110,7 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
             raise UserError(
                 f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
                 f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
-                f"mlflow.log_model and dataset paths may change. Start a new run instead")
+                f"mlflow.* and dataset paths may change. Start a new run instead")
     # where the run is tracked is this job's choice (its command and environment), never the file's
     merged.mlflow.tracking_uri = cfg.mlflow.tracking_uri
     if merged.epochs != saved.epochs and merged.scheduler.name != "none":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import logging
 import math
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import distributed, plots, resume, study
 from cifar_exp.checkpoint import Checkpointer, RunState, set_rng_state
@@ -23,11 +24,12 @@ from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job, resume_command
 from cifar_exp.loop import Evaluation, Trainer
+from cifar_exp.metrics import logged
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
-from cifar_exp.registry import REGISTRY, flatten
+from cifar_exp.registry import flatten
 from cifar_exp.runtime import pick_device, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, open_tracker
@@ -136,10 +138,10 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     # every n steps, and at each epoch's last step so short epochs have a curve too
                     if state.global_step % every_log == 0 or state.step == len(train):
                         loss = trainer.meter.pop_window()
-                        logged = {"train/loss": loss, "lr": trainer.lr()}
+                        point = {"train/loss": loss, "lr": trainer.lr()}
                         if trainer.grad_norm is not None:  # gradient clipping on: the norm before it
-                            logged["train/grad_norm"] = float(trainer.grad_norm)
-                        tracker.log_metrics(logged, step=state.global_step)
+                            point["train/grad_norm"] = float(trainer.grad_norm)
+                        tracker.log_metrics(point, step=state.global_step)
                         if not math.isfinite(loss):
                             diverged(loss)
                     bar.update(loss)
@@ -160,7 +162,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                 test = evaluate_splits(trainer, data, evals, metrics)
             metrics["time/epoch_s"] = seconds
             metrics["time/images_per_s"] = (state.step - first_step) * d.batch_size / seconds
-            tracker.log_metrics(metrics, step=state.global_step)
+            tracker.log_metrics(logged(metrics, {cfg.objective, cfg.checkpoint.monitor}), step=state.global_step)
             log_epoch(metrics, cfg.epochs)
             for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
                 if not math.isfinite(loss):
@@ -180,7 +182,8 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             if pruned:
                 log.info("stopping after epoch %d: the Optuna study prunes this trial (%s %.4g)", state.epoch,
                          cfg.objective, metrics[cfg.objective])
-                tracker.set_tags({study.TRIAL_STATE_TAG: "PRUNED"})
+                # KILLED: the run did not get to its planned end; the name says why
+                tracker.cut_short(f"pruned e{state.epoch}", {study.TRIAL_STATE_TAG: study.PRUNED})
                 if trial is not None:
                     trial.mark_pruned()
                 break
@@ -244,7 +247,11 @@ def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, w
     if not world.is_main:
         return NullTracker()
     tags = job.tags(cfg, device, world.world_size, run_dir, state.segment)
-    return open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir)
+    tracker = open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir)
+    if tracker.resumed:  # named for what it now is: its first command with this resume's changes
+        first = tracker.recorded_tags.get("hydra.overrides", "").split()
+        tracker.rename(job.run_name(cfg, resume.continued_overrides(first, job.overrides or [])))
+    return tracker
 
 
 @contextlib.contextmanager
@@ -265,7 +272,7 @@ def tracked(tracker, log_file, segment: int, resume_hint: str):
         tracker.finish("FAILED", e)
         raise
     tracker.log_artifact(log_file, where)
-    tracker.finish("FINISHED")
+    tracker.finish("KILLED" if tracker.was_cut_short else "FINISHED")
 
 
 # --- each epoch -----------------------------------------------------------------------------------
@@ -302,9 +309,15 @@ def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, 
     mode = monitor_mode(cfg)
     log.info("objective %s; checkpoint.monitor %s, %s%s", cfg.objective, cfg.checkpoint.monitor,
              "minimized" if mode == "min" else "maximized", "" if cfg.checkpoint.mode else " (derived from its name)")
-    tracker.log_params({**flatten(cfg), **{group: cfg[group].name for group in REGISTRY},
-                        "trainer": job.choices.get("trainer", "default"), "checkpoint.mode": mode})
-    tracker.log_artifact(job.output_dir / ".hydra", f"hydra/resume_{segment}" if segment else "hydra")
+    params, compared = resume.record(flatten(cfg))
+    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})
+    tracker.set_tags({**compared, "checkpoint.mode": mode})
+    hydra_dir = job.output_dir / ".hydra"
+    if segment and hydra_dir.is_dir():
+        # Hydra composed this job's config.yaml from the resume command alone: what runs is
+        # the checkpoint's config with the resume's changes
+        (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    tracker.log_artifact(hydra_dir, f"hydra/resume_{segment}" if segment else "hydra")
     if tracker.run_id and not segment:
         tracker.log_inputs(data.lineage(cfg.dataset))
     if not segment:
@@ -331,7 +344,22 @@ def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: Run
     predicted = trainer.predict(data.normalize(images))
     tracker.log_artifact(plots.predictions(images, predicted, labels, data.classes, plot_dir / "predictions.png"),
                          "plots")
+    tracker.log_artifact(per_class_table(test, data.classes, run_dir / "per_class_accuracy.csv"))
     if cfg.mlflow.enabled and cfg.mlflow.log_model:
         example = data.normalize(images[:2]).cpu()
-        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, f"{cfg.model.name}-{tracker.run_id[:8]}",
-                          state.last_metrics.keys())
+        # one model per segment, each its own name
+        name = f"{cfg.model.name}-{tracker.run_id[:8]}" + (f"-resume{state.segment}" if state.segment else "")
+        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, state.last_metrics.keys())
+
+
+def per_class_table(test: Evaluation, classes: list[str], path: Path) -> Path:
+    """The test set's accuracy (recall) and precision per class, a table MLflow previews."""
+    confusion = test.confusion.cpu()
+    correct, images, predicted = confusion.diag(), confusion.sum(1), confusion.sum(0)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "images", "correct", "accuracy", "precision"])
+        for i, name in enumerate(classes):
+            writer.writerow([name, int(images[i]), int(correct[i]), f"{float(correct[i] / max(int(images[i]), 1)):.4f}",
+                             f"{float(correct[i] / predicted[i]):.4f}" if predicted[i] else ""])
+    return path

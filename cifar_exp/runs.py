@@ -43,7 +43,7 @@ def table(runs: list[dict], metrics: list[str]) -> str:
     headers = ["run", "status", "model", "optimizer", "lr", "epochs", "dataset", *metrics, "name"]
     rows = []
     for r in runs:
-        p = r["params"]
+        p = {**r["tags"], **r["params"]}  # epochs is a tag: a resume may change it
         short = [p.get(k, "") for k in COLUMNS_PARAMS]
         values = [r["metrics"].get(m, math.nan) for m in metrics]
         rows.append([r["run_id"][:8], r["status"], *short, *(f"{v:.4f}" for v in values), r["name"] or ""])

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from cifar_exp import metrics
 from cifar_exp.errors import UserError
 from cifar_exp.job import Job, is_sweep, parse_override
+from cifar_exp.tracking import PRUNED_TAG
 
 log = logging.getLogger("cifar_exp")
 
@@ -25,7 +26,7 @@ PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "Hyperban
            "successive_halving": "SuccessiveHalvingPruner"}
 # a sweep resumed by the same command finds its MLflow parent run by this tag
 STUDY_KEY_TAG = "optuna.study_key"
-TRIAL_STATE_TAG = "optuna.state"
+TRIAL_STATE_TAG, PRUNED = PRUNED_TAG  # a job's tag for its trial's state
 
 
 def is_optuna(sweeper: Any) -> bool:

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 import traceback
 import urllib.error
@@ -38,6 +39,10 @@ HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BA
 RETRY_S = (5, 10, 20, 40, 80, 120)  # waits between delivery attempts during an outage
 FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
 PROBE_TIMEOUT_S = 5
+# MLflow 3 opens an experiment in its GenAI view unless this tag says it holds model training
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# the first system metrics sample comes this soon, so even a short run has one from its start
+FIRST_SAMPLE_S = 1.0
 
 
 def tracking_uri(explicit: Optional[str]) -> str:
@@ -45,19 +50,80 @@ def tracking_uri(explicit: Optional[str]) -> str:
     return explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+def rounded(key: str, value: float) -> float:
+    """A metric as precise as what it measures: times to the millisecond, everything else to
+    float32's 7 significant digits (0.06603612, not 0.06603612005710602)."""
+    value = float(value)
+    if key.endswith("_s"):
+        return round(value, 3)
+    return float(f"{value:.7g}")
+
+
 class NullTracker:
     """Tracking switched off: every call is accepted and dropped."""
 
     run_id: Optional[str] = None
+    resumed = was_cut_short = False
+    recorded_tags: dict = {}
 
     def log_params(self, params: dict) -> None: ...
     def set_tags(self, tags: dict) -> None: ...
+    def rename(self, name: str) -> None: ...
+    def cut_short(self, label: str, tags: dict) -> None: ...
     def log_metrics(self, metrics: dict, step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
     def log_inputs(self, inputs: list[dict]) -> None: ...
     def log_model(self, model, example, name: str, metric_keys) -> None: ...
     def flush(self) -> None: ...
     def finish(self, status: str, error: Optional[BaseException] = None) -> None: ...
+
+
+class SystemMetrics:
+    """MLflow's own system monitors on the run's schedule. psutil reads CPU use as the share
+    since its previous reading, so MLflow's first reading, taken the moment it starts, says
+    0 %: here that one only primes it. Samples follow FIRST_SAMPLE_S after the start, then
+    every `every_s`, and a last one when the run ends, so a 5-second run has two true ones."""
+
+    def __init__(self, run_id: str, every_s: float, resumed: bool, uri: str):
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.mlflow = SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=resumed,
+                                           tracking_uri=uri)
+        self.every_s = every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="SystemMetrics")
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        # priming, in this thread (psutil keeps the previous reading per thread): its CPU
+        # figure covers no time
+        self.mlflow.collect_metrics()
+        for monitor in self.mlflow.monitors:
+            monitor.clear_metrics()
+        self._last = time.monotonic()
+        wait = min(FIRST_SAMPLE_S, self.every_s)
+        while not self._stop.wait(wait):
+            self._sample()
+            wait = self.every_s
+        if time.monotonic() - self._last >= FIRST_SAMPLE_S / 2:  # a shorter span reads noise
+            self._sample()
+
+    def _sample(self) -> None:
+        self._last = time.monotonic()
+        try:
+            self.mlflow.collect_metrics()
+            self.mlflow.publish_metrics(self.mlflow.aggregate_metrics())
+            self.mlflow.mlflow_logger.flush()
+        except Exception as e:  # the store is away: these samples are not worth an outbox
+            log.debug("system metrics not logged: %s", _reason(e))
+
+    def finish(self) -> None:
+        """The last sample, taken in the sampling thread as it stops."""
+        self._stop.set()
+        self._thread.join()
 
 
 def client_for(uri: str):
@@ -134,11 +200,17 @@ def open_store(uri: str, experiment: Optional[str] = None):
 
 
 def ensure_experiment(client, name: str, attempts: int = 5) -> str:
-    """The experiment's id, created if missing. Tolerates a concurrent creator."""
+    """The experiment's id, created if missing, and marked as model training when it has no
+    kind yet (a kind someone chose is left alone). Tolerates a concurrent creator."""
+    (kind, value), = EXPERIMENT_KIND.items()
     for attempt in range(attempts):
         try:
             exp = client.get_experiment_by_name(name)
-            return exp.experiment_id if exp is not None else client.create_experiment(name)
+            if exp is None:
+                return client.create_experiment(name, tags=EXPERIMENT_KIND)
+            if kind not in exp.tags:
+                client.set_experiment_tag(exp.experiment_id, kind, value)
+            return exp.experiment_id
         except Exception:
             if attempt == attempts - 1:
                 raise
@@ -174,6 +246,8 @@ def _deliver(client, run_id: str, op: dict) -> None:
         client.log_text(run_id, op["text"], op["file"])
     elif kind == "inputs":
         client.log_inputs(run_id, datasets=[_dataset_input(i) for i in op["items"]])
+    elif kind == "name":
+        client.update_run(run_id, name=op["name"])
     elif kind == "status":
         client.set_terminated(run_id, op["status"])
 
@@ -260,7 +334,9 @@ class MlflowTracker:
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
         tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
-        self.resumed = run_id is not None and self._exists(run_id)
+        self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
+        self.resumed = self.recorded_tags is not None
+        self.name, self.was_cut_short = run_name, False
         if self.resumed:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -283,24 +359,21 @@ class MlflowTracker:
         self._monitor = self._system_metrics(cfg.mlflow.system_metrics_every_s)
 
     def _system_metrics(self, every_s: float):
-        """MLflow's own monitor (CPU, memory, disk, network; GPU where pynvml finds one),
-        continuing a resumed run's series."""
+        """MLflow's own monitors (CPU, memory, disk, network; GPU where pynvml finds one),
+        continuing a resumed run's series, sampled at the run's start and end too."""
         if every_s <= 0:
             return None
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
-        monitor = SystemMetricsMonitor(self.run_id, sampling_interval=every_s, samples_before_logging=1,
-                                       resume_logging=self.resumed, tracking_uri=self.uri)
+        monitor = SystemMetrics(self.run_id, every_s, self.resumed, self.uri)
         monitor.start()
         return monitor
 
-    def _exists(self, run_id: str) -> bool:
+    def _recorded_tags(self, run_id: str) -> Optional[dict]:
+        """The tags of a run being resumed; None when the store does not have it."""
         try:
-            self.client.get_run(run_id)
-            return True
+            return dict(self.client.get_run(run_id).data.tags)
         except Exception:
-            return False
+            return None
 
     def _take_over(self, path: Optional[Path]) -> None:
         """Writes an earlier segment could not deliver go first."""
@@ -325,14 +398,24 @@ class MlflowTracker:
             self._buffer = []
 
     def log_params(self, params: dict) -> None:
-        # Params are write-once in MLflow; on resume a changed safe key becomes a tag.
+        """Params are write-once in MLflow: a resume logs only those the run does not have
+        (what it may change is logged as tags, which a resume updates)."""
         existing = self.client.get_run(self.run_id).data.params if self.resumed else {}
-        values = {k: str(v)[:6000] for k, v in params.items()}
-        self._queue({"op": "params", "items": {k: v for k, v in values.items() if k not in existing}})
-        changed = {f"resumed.{k}": v for k, v in values.items() if k in existing and existing[k] != v}
-        if changed:
-            self._queue({"op": "tags", "items": changed})
+        values = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+        self._queue({"op": "params", "items": values})
         self.flush()
+
+    def rename(self, name: str) -> None:
+        self.name = name
+        self._queue({"op": "name", "name": name})
+        self.flush()
+
+    def cut_short(self, label: str, tags: dict) -> None:
+        """The run stops before its planned end by a decision, not a fault (a pruned trial):
+        its name leads with `label` and it ends KILLED, so the runs table shows it."""
+        self.was_cut_short = True
+        self.set_tags(tags)
+        self.rename(f"[{label}] {self.name}")
 
     def set_tags(self, tags: dict) -> None:
         self._queue({"op": "tags", "items": {k: str(v)[:5000] for k, v in tags.items()}})
@@ -340,7 +423,7 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
-        points = [[k, float(v), ts, step] for k, v in metrics.items() if step > self._logged_until.get(k, -1)]
+        points = [[k, rounded(k, v), ts, step] for k, v in metrics.items() if step > self._logged_until.get(k, -1)]
         self._buffer.extend(points)
         self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:
@@ -463,12 +546,14 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
     order = f"metrics.`{sort_by}` {'ASC' if ascending else 'DESC'}"
     runs = client.search_runs([exp.experiment_id], order_by=[order], max_results=limit)
     return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "start_time": r.info.start_time, "params": r.data.params, "metrics": r.data.metrics}
-            for r in runs]
+             "start_time": r.info.start_time, "params": r.data.params, "metrics": r.data.metrics,
+             "tags": r.data.tags} for r in runs]
 
 
 # --- sweeps -------------------------------------------------------------------------------------
 SUPERSEDED_TAG = "cifar_exp.superseded"
+PRUNED_TAG = ("optuna.state", "PRUNED")
+BEST_TAG, BEST_MARK = "cifar_exp.best", "[best] "
 
 
 def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
@@ -489,7 +574,9 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
             parent_id = found[0].info.run_id
             client.update_run(parent_id, status="RUNNING")
             for child in child_runs(uri, exp_id, parent_id):
-                if child["status"] in ("RUNNING", "KILLED") and SUPERSEDED_TAG not in child["tags"]:
+                # a pruned trial (KILLED by design) is a result, not an interruption
+                cut_short = child["tags"].get(PRUNED_TAG[0]) == PRUNED_TAG[1]
+                if child["status"] in ("RUNNING", "KILLED") and SUPERSEDED_TAG not in child["tags"] and not cut_short:
                     client.set_tag(child["run_id"], SUPERSEDED_TAG, "its sweep was killed; the trial ran again")
                     client.set_terminated(child["run_id"], "KILLED")
             return exp_id, parent_id
@@ -523,12 +610,26 @@ def record_failed_job(uri: str, experiment_id: str, parent_id: str, name: str, t
     client.set_terminated(run.info.run_id, "FAILED")
 
 
+def mark_best(uri: str, children: list[dict], best_id: Optional[str]) -> None:
+    """The sweep's best job leads its name with [best] and is tagged; a job that was the
+    best of an earlier pass of a resumed sweep loses the mark."""
+    client = client_for(uri)
+    for child in children:
+        marked = child["tags"].get(BEST_TAG) == "true"
+        if child["run_id"] == best_id and not marked:
+            client.set_tag(best_id, BEST_TAG, "true")
+            client.update_run(best_id, name=BEST_MARK + child["name"])
+        elif child["run_id"] != best_id and marked:
+            client.delete_tag(child["run_id"], BEST_TAG)
+            client.update_run(child["run_id"], name=child["name"].removeprefix(BEST_MARK))
+
+
 def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: dict, files: list[Path]) -> None:
     from mlflow.entities import Metric, RunTag
 
     client = client_for(uri)
     ts = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()],
+    client.log_batch(parent_id, metrics=[Metric(k, rounded(k, v), ts, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, str(v)) for k, v in tags.items()])
     for f in files:
         client.log_artifact(parent_id, str(f))

@@ -68,11 +68,29 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     assert parent.data.metrics["best/test/acc"] == best.data.metrics["test/acc"]
     dirs = {r.data.tags["hydra.output_dir"] for r in children}
     assert len(dirs) == 4 and all("/multirun/" in d for d in dirs)
-    # the swept values lead each child's name; the parent keeps the swept lists apart
-    for r in children:
-        assert r.info.run_name.startswith(f"lr={r.data.params['optimizer.lr']} seed={r.data.params['seed']} ")
+    # a child's name is its swept values (what its siblings share is in the parent's), the
+    # best one marked; the parent keeps the swept lists apart
+    names = {r.info.run_id: r.info.run_name for r in children}
+    lr, seed = best.data.params["optimizer.lr"], best.data.params["seed"]
+    assert names.pop(best.info.run_id) == f"[best] lr={lr} seed={seed}"
+    assert sorted(names.values()) == sorted({"lr=0.01 seed=0", "lr=0.01 seed=1", "lr=0.05 seed=0", "lr=0.05 seed=1"}
+                                            - {best.info.run_name.removeprefix("[best] ")})
+    assert [r.data.tags.get("cifar_exp.best") for r in children].count("true") == 1
+    assert parent.info.run_name.startswith("sweep ") and "lr=0.01,0.05 seed=0,1" in parent.info.run_name
     assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.05" and parent.data.params["sweep.seed"] == "0,1"
     assert "optimizer.lr" not in parent.data.params
+    # the parent says what it is: its command, who ran it, from what, and its best job's values
+    tags = parent.data.tags
+    assert tags["mlflow.user"] and tags["mlflow.source.name"] == "cifar_exp" and len(tags["cifar_exp.git_commit"]) == 40
+    note = tags["mlflow.note.content"]
+    assert note.startswith("`python -m cifar_exp --multirun ") and "**Best**: job" in note
+    assert f"`optimizer.lr={lr}`" in note and "jobs: 4, finished 4" in note
+    assert tags["best.optimizer.lr"] == lr and tags["best.seed"] == seed
+    # the summary has a column per swept key, holding that job's value
+    assert list(rows[0])[:4] == ["job", "run_id", "optimizer.lr", "seed"]
+    assert sorted((r["optimizer.lr"], r["seed"]) for r in rows) == [("0.01", "0"), ("0.01", "1"), ("0.05", "0"),
+                                                                    ("0.05", "1")]
+    assert [r["best"] for r in rows].count("True") == 1
 
 
 def test_a_failed_job_leaves_the_others_and_a_summary(cli, workdir):
@@ -104,7 +122,7 @@ def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir
     assert len(children) == 3 and {r.info.status for r in children} == {"FINISHED"}
     best = max(children, key=lambda r: r.data.metrics["val/acc"])
     assert parent.data.metrics["best/val/acc"] == best.data.metrics["val/acc"]
-    assert {r.data.params["checkpoint.monitor"] for r in children} == {"val/acc"}  # follows the objective
+    assert {r.data.tags["checkpoint.monitor"] for r in children} == {"val/acc"}  # follows the objective
     rows = summary_rows(c, parent)
     assert all(r["val/acc"] and r["test/acc"] for r in rows)  # selected on val, reported on test
     assert "Best value" in result.output

@@ -166,7 +166,7 @@ def test_every_new_training_key_together_in_one_short_run(cli, workdir):
     c = _client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     assert run.info.status == "FINISHED" and c.get_metric_history(run.info.run_id, "train/grad_norm")
-    assert run.data.params["checkpoint.monitor"] == "val/acc"
+    assert run.data.tags["checkpoint.monitor"] == "val/acc"
 
 
 def test_a_model_initialized_from_data_sees_every_class_of_a_class_sorted_folder():

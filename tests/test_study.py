@@ -107,7 +107,8 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
 
 def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     """A learning rate that cannot learn in time is stopped after its first epoch; the run
-    checkpoints, ends FINISHED and is tagged PRUNED; its trial is PRUNED."""
+    checkpoints, ends KILLED (it did not reach its planned end), its name says so and it is
+    tagged PRUNED; its trial is PRUNED. The best trial's name says that it is."""
     # the grid's seed 1 runs lr=0.05 first: the first trial is never pruned (nothing to compare)
     result = cli(*SEARCH, "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median",
                  "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
@@ -119,7 +120,10 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     assert sorted(good.intermediate_values) == [1, 2, 3, 4]
     assert bad.state.name == "PRUNED" and sorted(bad.intermediate_values) == [1]
     [pruned] = [r for r in runs(workdir) if r.data.tags.get("optuna.state") == "PRUNED"]
-    assert pruned.info.status == "FINISHED" and pruned.data.tags["optuna.trial"] == str(bad.number)
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.trial"] == str(bad.number)
+    assert pruned.info.run_name == "[pruned e1] lr=1e-05"
+    [best] = [r for r in runs(workdir) if r.data.tags.get("cifar_exp.best") == "true"]
+    assert best.info.run_name == "[best] lr=0.05" and best.data.tags["optuna.trial"] == str(good.number)
     out = Path(pruned.data.tags["hydra.output_dir"])
     assert (out / "checkpoints" / "last.pt").is_file()
 

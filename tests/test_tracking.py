@@ -47,14 +47,11 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert "Warning" not in result.output, result.output  # e.g. torch.export's, on channels_last weights
     c, run = only_run(workdir)
     assert run.info.status == "FINISHED"
-    assert run.info.run_name == ("simple_cnn dataset=synthetic lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1 "
-                                 "channels_last=true")
+    assert run.info.run_name == "lr=0.05 momentum=0.9 epochs=2 log_ever… synthetic simple_cnn"
     p = run.data.params
-    assert p["optimizer.lr"] == "0.05" and p["epochs"] == "2" and p["dataset.batch_size"] == "128"
-    assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic"
-    # each group's option as a short param, for the runs table and comparisons
-    assert [p[g] for g in ("model", "optimizer", "scheduler", "dataset", "trainer")] == [
-        "simple_cnn", "sgd", "none", "synthetic", "default"]
+    assert p["optimizer.lr"] == "0.05" and p["dataset.batch_size"] == "128"
+    assert p["model.name"] == "simple_cnn" and p["dataset.name"] == "synthetic" and p["trainer"] == "default"
+    assert run.data.tags["epochs"] == "2"  # a resume may change it: a tag, which it can update
     [run_dir] = run_dirs(workdir)
     tags = run.data.tags
     assert tags["hydra.output_dir"] == str(run_dir.resolve())
@@ -79,7 +76,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert steps(c, run.info.run_id, "train/loss") == list(range(1, 2 * per_epoch + 1))
     assert steps(c, run.info.run_id, "lr") == list(range(1, 2 * per_epoch + 1))
     for key in ("train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch",
-                "test/acc_class/class3", "time/epoch_s", "time/images_per_s"):
+                "time/epoch_s", "time/images_per_s"):
         assert steps(c, run.info.run_id, key) == [per_epoch, 2 * per_epoch], key
     accs = [m.value for m in c.get_metric_history(run.info.run_id, "test/acc")]
     assert all(0 <= a <= 1 for a in accs) and accs[-1] > 0.5

@@ -1,0 +1,146 @@
+"""What a user meets in the MLflow UI, read back through MlflowClient: the view an experiment
+opens in, a resumed run that tells the truth, system metrics on short runs, clean values,
+no duplicated params and a per-class table. Sweeps' names, marks and summaries are checked
+with the sweeps themselves (test_callbacks.py, test_study.py)."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import shutil
+
+import pytest
+import yaml
+
+from cifar_exp import tracking
+from cifar_exp.metrics import logged
+from cifar_exp.progress import EpochProgress
+
+from conftest import FAST, run_cli
+
+KIND = "mlflow.experimentKind"
+
+
+def client_of(workdir):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, mlflow_template):
+    """One short run (two 16-step epochs, a few seconds) and its record."""
+    workdir = tmp_path_factory.mktemp("finished")
+    shutil.copy(mlflow_template, workdir / "mlflow.db")
+    result = run_cli(*FAST, "epochs=2", "mlflow.log_model=false", cwd=workdir)
+    assert result.returncode == 0, result.output
+    c = client_of(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    return c, run
+
+
+@pytest.mark.slow
+def test_a_run_s_experiment_opens_in_the_model_training_view(finished):
+    c, run = finished
+    assert c.get_experiment(run.info.experiment_id).tags[KIND] == "custom_model_development"
+
+
+def test_an_experiment_without_a_kind_gets_one_and_a_chosen_kind_stays(workdir):
+    store = client_of(workdir)
+    fresh = tracking.ensure_experiment(store, "fresh")
+    assert store.get_experiment(fresh).tags[KIND] == "custom_model_development"
+    older = store.create_experiment("older")  # made before the project set a kind
+    assert tracking.ensure_experiment(store, "older") == older
+    assert store.get_experiment(older).tags[KIND] == "custom_model_development"
+    chosen = store.create_experiment("chosen", tags={KIND: "genai_development"})
+    tracking.ensure_experiment(store, "chosen")
+    assert store.get_experiment(chosen).tags[KIND] == "genai_development"  # someone's choice stays
+
+
+@pytest.mark.slow
+def test_a_five_second_run_has_true_system_metrics_from_its_start_to_its_end(finished):
+    """MLflow's own loop samples every 10 s and takes its first CPU reading against nothing
+    (0 %): a run of a few seconds had no system metrics, or a CPU of 0."""
+    c, run = finished
+    seconds = (run.info.end_time - run.info.start_time) / 1000
+    assert seconds < 10
+    cpu = c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert len(cpu) >= 2 and all(m.value > 0 for m in cpu), [(m.step, m.value) for m in cpu]
+    assert sorted(m.step for m in cpu) == list(range(len(cpu)))
+    assert c.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+
+
+@pytest.mark.slow
+def test_metric_values_carry_only_the_digits_they_have(finished):
+    c, run = finished
+    for key in run.data.metrics:
+        for m in c.get_metric_history(run.info.run_id, key):
+            if not key.startswith("system/"):
+                assert m.value == tracking.rounded(key, m.value), (key, m.value)
+            if key.endswith("_s"):
+                assert m.value == round(m.value, 3), (key, m.value)
+
+
+@pytest.mark.slow
+def test_the_first_charts_are_loss_accuracy_and_lr_and_no_param_is_said_twice(finished):
+    c, run = finished
+    run_metrics = {k for k in run.data.metrics if not k.startswith("system/")}
+    assert run_metrics == {"train/loss", "lr", "epoch", "train/loss_epoch", "train/acc", "test/loss", "test/acc",
+                           "time/epoch_s", "time/images_per_s"}
+    params = run.data.params
+    for group in ("model", "optimizer", "scheduler", "dataset"):
+        assert group not in params and f"{group}.name" in params
+    # how the run is observed (mlflow.*, dataset paths, the progress bar) is in its config file
+    assert not [k for k in params if k.startswith(("mlflow.", "checkpoint.")) or k in ("epochs", "resume")]
+    assert len(params) + len(run.data.metrics) + len(run.data.tags) < 100
+
+
+@pytest.mark.slow
+def test_per_class_accuracy_is_a_table_artifact(finished):
+    c, run = finished
+    with open(c.download_artifacts(run.info.run_id, "per_class_accuracy.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows] == [f"class{i}" for i in range(10)]
+    assert sum(int(r["images"]) for r in rows) == 500
+    correct = sum(int(r["correct"]) for r in rows)
+    assert correct / 500 == run.data.metrics["test/acc"]
+    assert all(float(r["accuracy"]) == round(int(r["correct"]) / int(r["images"]), 4) for r in rows)
+
+
+def test_a_per_class_metric_is_logged_only_when_a_run_selects_it():
+    epoch = {"test/acc": 0.5, "test/acc_class/cat": 0.4, "test/acc_class/dog": 0.6}
+    assert logged(epoch, {"test/acc"}) == {"test/acc": 0.5}
+    assert logged(epoch, {"test/acc_class/cat"}) == {"test/acc": 0.5, "test/acc_class/cat": 0.4}
+
+
+@pytest.mark.slow
+def test_a_resumed_run_says_what_ran(cli, workdir):
+    """Extended from 1 to 2 epochs by a resume: its epochs, name and config file say 2 and
+    the checkpoint's settings, and each segment's model has its own name."""
+    first = workdir / "first"
+    assert cli(*FAST, "mlflow.system_metrics_every_s=0", f"hydra.run.dir={first}").returncode == 0
+    resumed = cli(f"resume={first}", "epochs=2", "mlflow.system_metrics_every_s=0")
+    assert resumed.returncode == 0, resumed.output
+    c = client_of(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    rid = run.info.run_id
+    assert run.data.tags["epochs"] == "2" and "epochs" not in run.data.params
+    assert run.info.run_name == "lr=0.05 momentum=0.9 epochs=2 synthetic simple_cnn"
+    config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/resume_1/config.yaml")))
+    assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 2
+    assert yaml.safe_load(open(c.download_artifacts(rid, "hydra/config.yaml")))["epochs"] == 1
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list")
+    assert sorted(m.name for m in models) == [f"simple_cnn-{rid[:8]}", f"simple_cnn-{rid[:8]}-resume1"]
+
+
+def test_progress_lines_show_a_loss_only_when_a_new_one_was_logged(caplog):
+    """The plain lines (no terminal) at each quarter of an epoch: a loss logged every 50
+    steps in an epoch of 16 steps must not be repeated as if it were current."""
+    with caplog.at_level(logging.INFO, logger="cifar_exp"), EpochProgress(True, 16, 0, 1, 1, 8) as bar:
+        for step in range(1, 16):
+            bar.update(0.25 if step == 2 else None)
+    lines = [r.getMessage() for r in caplog.records]
+    assert [("loss" in line) for line in lines] == [True, False, False], lines

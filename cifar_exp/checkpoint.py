@@ -7,10 +7,10 @@ the registered schemas, so a checkpoint can never choose code."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
-import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -88,13 +88,15 @@ class Checkpoint:
     config: DictConfig
 
 
-def atomic_save(obj: Any, path: Path) -> None:
+def atomic_save(obj: Any, path: Path) -> memoryview:
     """torch.save to a temporary file beside `path`, fsync, then rename: a crash at any point
     leaves either the old file or the new one, never a torn one. The bytes are built in
-    memory first, so a full disk is a plain OSError (ENOSPC) from the write."""
+    memory first, so a full disk is a plain OSError (ENOSPC) from the write; they are
+    returned, for copies."""
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     _atomic_write(buffer.getbuffer(), path)
+    return buffer.getbuffer()
 
 
 def atomic_write_text(text: str, path: Path) -> None:
@@ -125,15 +127,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def link_or_copy(src: Path, dst: Path) -> None:
-    """Atomically make `dst` hold the same bytes as `src` (a hard link where possible)."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+def digest(payload: Any) -> str:
+    """sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every
+    plain value, in order. torch.load reads a file whose tensor bytes were overwritten in
+    place without a word; this tells."""
+    h = hashlib.sha256()
+    _feed(h, payload)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)};".encode())
+        for key in sorted(obj, key=str):
+            h.update(f"{key!r}:".encode())
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):  # a stored tuple may come back a list
+        h.update(f"list {len(obj)};".encode())
+        for item in obj:
+            _feed(h, item)
+    else:  # a NumPy scalar and the Python number it loads back as read the same
+        h.update(f"{obj.item() if isinstance(obj, np.generic) else obj!r};".encode())
 
 
 def rng_state() -> dict:
@@ -195,6 +213,9 @@ def _read(path: Path) -> dict:
                         f"file): {reason.rstrip('. ')}") from None
     if not isinstance(raw, dict) or "format_version" not in raw:
         raise UserError(f"{path} is not a cifar_exp checkpoint")
+    # files written before checksums have none: torch's own checks are all they get
+    if "sha256" in raw and raw["sha256"] != digest({k: v for k, v in raw.items() if k != "sha256"}):
+        raise UserError(f"checkpoint {path} is damaged: its contents do not match its checksum")
     return raw
 
 
@@ -274,12 +295,17 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(path, state, trainer, rng, config)
 
 
-def candidates(ckpt_dir: Path) -> list[Path]:
-    """Checkpoint files of a run, last.pt first, then newest first."""
-    files = [p for p in ckpt_dir.glob("*.pt") if p.name != LAST]
-    files.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
-    last = ckpt_dir / LAST
-    return ([last] if last.exists() else []) + files
+def candidates(ckpt_dir: Path, log=None) -> list[Path]:
+    """Checkpoint files of a run, last.pt first, then newest first. An entry that is not a
+    readable file (a dangling link, a folder) is passed over, said to `log` if given."""
+    files = []
+    for p in ckpt_dir.glob("*.pt"):
+        if p.is_file():
+            files.append(p)
+        elif log is not None:
+            log(f"warning: {p} is not a checkpoint file (a dangling link or a folder): skipped")
+    rest = sorted((p for p in files if p.name != LAST), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    return [p for p in files if p.name == LAST] + rest
 
 
 def find(target: str | Path, log=print) -> Checkpoint:
@@ -288,7 +314,7 @@ def find(target: str | Path, log=print) -> Checkpoint:
     if target.is_file() or not target.exists():
         return load(target)
     ckpt_dir = checkpoint_dir(target) if checkpoint_dir(target).is_dir() else target
-    files = candidates(ckpt_dir)
+    files = candidates(ckpt_dir, log)
     if not files:
         raise UserError(f"no checkpoint in {target} (looked for {ckpt_dir}/{LAST})")
     problems = []
@@ -299,7 +325,7 @@ def find(target: str | Path, log=print) -> Checkpoint:
             problems.append(str(e))
             continue
         if problems:
-            log(f"warning: skipped invalid checkpoint(s): {'; '.join(problems)}; using {path}")
+            log(f"warning: skipped invalid checkpoint(s): {'; '.join(problems)}; using {path}, the newest valid one")
         return ck
     raise UserError(f"no valid checkpoint in {ckpt_dir}: {'; '.join(problems)}")
 
@@ -377,19 +403,21 @@ class Checkpointer:
         if epoch_end:
             top = self._rank(state, score)
             dropped, state.top = [t for t in state.top if t not in top], top
+        payload = {"format_version": FORMAT_VERSION, "framework_version": __version__, "run": asdict(state),
+                   "trainer": trainer.state_dict(), "rng": rng_state(), "config": self.config}
+        payload["sha256"] = digest(payload)
         try:
-            atomic_save({"format_version": FORMAT_VERSION, "framework_version": __version__,
-                         "run": asdict(state), "trainer": trainer.state_dict(), "rng": rng_state(),
-                         "config": self.config}, last)
+            data = atomic_save(payload, last)
             self.last_good = (last, state.global_step)
+            # copies, never links: damage to one file must leave the others whole
             if epoch_end and self.keep_last:
-                link_or_copy(last, self.dir / f"epoch_{state.epoch:04d}.pt")
+                _atomic_write(data, self.dir / f"epoch_{state.epoch:04d}.pt")
                 for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:
                     old.unlink()
             if is_best and self.save_best:
-                link_or_copy(last, self.dir / BEST)
+                _atomic_write(data, self.dir / BEST)
             if epoch_end and [score, state.epoch] in state.top:
-                link_or_copy(last, self.dir / f"top_epoch_{state.epoch:04d}.pt")
+                _atomic_write(data, self.dir / f"top_epoch_{state.epoch:04d}.pt")
             for _, epoch in dropped:
                 (self.dir / f"top_epoch_{epoch:04d}.pt").unlink(missing_ok=True)
         except OSError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -185,6 +186,69 @@ def test_checkpointer_keeps_last_k_top_k_and_best_and_flushes_first(tmp_path):
     assert torch.load(tmp_path / "checkpoints/top_epoch_0003.pt", weights_only=True)["run"]["epoch"] == 3
     assert state.top == [[0.5, 2], [0.3, 3]] and state.bad_epochs == 2
     assert flushed == [0, 1, 1, 1]  # the flush precedes each write
+
+
+class _WeightsTrainer:
+    """A trainer state with real tensor bytes, large enough to damage in the middle."""
+
+    def __init__(self, seed: int):
+        self.weight = torch.randn(50_000, generator=torch.Generator().manual_seed(seed))
+
+    def state_dict(self) -> dict:
+        return {"model": {"w": self.weight}}
+
+
+def _three_epochs(tmp_path) -> Path:
+    """last.pt, best.pt and epoch_0002/0003.pt of a run whose epochs 1-3 have seeds 1-3."""
+    from helpers import compose_cfg
+
+    writer = checkpoint.Checkpointer(tmp_path, compose_cfg("dataset=synthetic", "checkpoint.keep_last=2"),
+                                     enabled=True)
+    state = checkpoint.RunState(classes=[f"class{i}" for i in range(10)])
+    for epoch, acc in enumerate([0.1, 0.5, 0.6], start=1):
+        is_best = state.end_epoch({"test/acc": acc}, "test/acc", "max")
+        writer.save(state, _WeightsTrainer(epoch), epoch_end=True, is_best=is_best, score=acc)
+        time.sleep(0.01)  # the fall-back order is by time
+    return tmp_path / "checkpoints"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_in_place_damage_of_the_newest_checkpoint_falls_back_and_spares_the_others(tmp_path, damage):
+    """Each file is its own copy (no shared inode) and carries a checksum: torch.load reads
+    tensor bytes overwritten in place without a word, the checksum does not."""
+    d = _three_epochs(tmp_path)
+    files = sorted(d.glob("*.pt"))
+    assert [p.name for p in files] == ["best.pt", "epoch_0002.pt", "epoch_0003.pt", "last.pt"]
+    assert len({p.stat().st_ino for p in files}) == 4 and all(p.stat().st_nlink == 1 for p in files)
+    last = d / "last.pt"
+    if damage == "truncate":
+        os.truncate(last, 100_000)
+    else:
+        with open(last, "r+b") as f:  # the middle of the weights, in place
+            f.seek(last.stat().st_size // 2)
+            f.write(b"\xff" * 64)
+    said = []
+    ck = checkpoint.find(tmp_path, log=said.append)
+    [line] = said
+    assert "last.pt" in line and ck.path.name in line and "newest valid" in line
+    assert ck.state.epoch == 3 and torch.equal(ck.trainer["model"]["w"], _WeightsTrainer(3).weight)
+    for name in ("best.pt", "epoch_0002.pt", "epoch_0003.pt"):
+        checkpoint.load(d / name)  # intact
+    if damage == "overwrite":
+        with pytest.raises(UserError, match="damaged: its contents do not match its checksum"):
+            checkpoint.load(last)
+
+
+def test_foreign_entries_among_the_checkpoints_are_skipped_with_a_line(tmp_path):
+    d = _three_epochs(tmp_path)
+    (d / "extra.pt").symlink_to(tmp_path / "gone.pt")  # dangling
+    (d / "folder.pt").mkdir()
+    said = []
+    ck = checkpoint.find(tmp_path, log=said.append)
+    assert ck.path.name == "last.pt" and ck.state.epoch == 3
+    assert sorted(line.split()[1] for line in said) == [str(d / "extra.pt"), str(d / "folder.pt")]
+    assert all("not a checkpoint file" in line for line in said)
+    assert checkpoint.has_checkpoint(tmp_path)
 
 
 # --- resume, end to end ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 import traceback
@@ -57,6 +58,45 @@ def rounded(key: str, value: float) -> float:
     if key.endswith("_s"):
         return round(value, 3)
     return float(f"{value:.7g}")
+
+
+# MLflow's rules for metric, param and tag keys: these characters, at most 250 of them, and
+# nothing a file path would read differently ("a//b", "./a", "a/")
+KEY_CHARS = re.compile(r"[^/\w.\- :]")
+MAX_KEY = 250
+
+
+def valid_key(key: str) -> str:
+    """`key` as MLflow takes it: other characters become _, empty and dot-only path parts
+    go, and it is cut to MAX_KEY. A valid key comes back unchanged."""
+    parts = [p if p.strip(".") else p.replace(".", "_") for p in KEY_CHARS.sub("_", str(key)).split("/") if p]
+    return "/".join(parts)[:MAX_KEY].rstrip("/") or "_"
+
+
+def _valid_keys(items: dict, what: str) -> dict:
+    """The items with valid keys; each renamed one is said once, by its original name."""
+    out = {}
+    for key, value in items.items():
+        fixed = valid_key(key)
+        if fixed != key and (what, key) not in _RENAMED:
+            _RENAMED.add((what, key))
+            log.warning("warning: MLflow does not take the %s key %r: it is logged as %r", what, key, fixed)
+        out[fixed] = value
+    return out
+
+
+_RENAMED: set = set()
+
+
+def refused(e: BaseException) -> bool:
+    """Whether the store answered and said no (a bad key or value, a missing run): trying
+    again cannot help. No answer, a 5xx or a locked database is an outage instead."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(e, MlflowException):
+        return False
+    status = e.get_http_status_code()
+    return 400 <= status < 500 and status != 429
 
 
 class NullTracker:
@@ -252,6 +292,26 @@ def _deliver(client, run_id: str, op: dict) -> None:
         client.set_terminated(run_id, op["status"])
 
 
+def _split(op: dict) -> list[dict]:
+    """A batch as one op per item, so a refused item does not take the others with it;
+    [] for an op that is one write already."""
+    items = op.get("items")
+    if op["op"] not in ("metrics", "params", "tags") or len(items) < 2:
+        return []
+    if op["op"] == "metrics":
+        return [{"op": "metrics", "items": [m]} for m in items]
+    return [{"op": op["op"], "items": {k: v}} for k, v in items.items()]
+
+
+def _describe(op: dict) -> str:
+    items = op.get("items")
+    if isinstance(items, dict):
+        return f"{op['op'][:-1]} {next(iter(items))!r}"
+    if isinstance(items, list) and op["op"] == "metrics":
+        return f"metric {items[0][0]!r} at step {items[0][3]}"
+    return f"the {op['op']} write"
+
+
 def _dataset_input(item: dict):
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
@@ -290,9 +350,21 @@ class Outbox:
             self.path.unlink(missing_ok=True)
 
     def deliver(self, client) -> None:
-        """Deliver in order; on a failure the undelivered rest stays queued and it raises."""
+        """Deliver in order. A write the store refuses is said and dropped (a batch is
+        first retried item by item, so only the refused item goes); on an outage the
+        undelivered rest stays queued and it raises."""
         while self.ops:
-            _deliver(client, self.run_id, self.ops[0])
+            try:
+                _deliver(client, self.run_id, self.ops[0])
+            except Exception as e:
+                if not refused(e):
+                    raise
+                parts = _split(self.ops[0])
+                if parts:
+                    self.ops[0:1] = parts
+                    continue
+                log.warning("warning: the MLflow store refused %s (%s): dropped, the rest is delivered",
+                            _describe(self.ops[0]), _reason(e))
             del self.ops[0]
 
 
@@ -333,7 +405,7 @@ class MlflowTracker:
         self._latest: dict[str, list] = {}  # key -> its newest point, to link to the logged model
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
-        tags = {k: str(v) for k, v in tags.items()}  # the REST store takes strings only
+        tags = _valid_keys({k: str(v)[:5000] for k, v in tags.items()}, "tag")  # the REST store takes strings only
         self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
         self.resumed = self.recorded_tags is not None
         self.name, self.was_cut_short = run_name, False
@@ -401,7 +473,7 @@ class MlflowTracker:
         """Params are write-once in MLflow: a resume logs only those the run does not have
         (what it may change is logged as tags, which a resume updates)."""
         existing = self.client.get_run(self.run_id).data.params if self.resumed else {}
-        values = {k: str(v)[:6000] for k, v in params.items() if k not in existing}
+        values = {k: str(v)[:6000] for k, v in _valid_keys(params, "param").items() if k not in existing}
         self._queue({"op": "params", "items": values})
         self.flush()
 
@@ -418,12 +490,13 @@ class MlflowTracker:
         self.rename(f"[{label}] {self.name}")
 
     def set_tags(self, tags: dict) -> None:
-        self._queue({"op": "tags", "items": {k: str(v)[:5000] for k, v in tags.items()}})
+        self._queue({"op": "tags", "items": {k: str(v)[:5000] for k, v in _valid_keys(tags, "tag").items()}})
         self.flush()
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
-        points = [[k, rounded(k, v), ts, step] for k, v in metrics.items() if step > self._logged_until.get(k, -1)]
+        points = [[k, rounded(k, v), ts, step] for k, v in _valid_keys(metrics, "metric").items()
+                  if step > self._logged_until.get(k, -1)]
         self._buffer.extend(points)
         self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:

@@ -36,6 +36,66 @@ def steps(c, run_id, key):
     return [m.step for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
+@pytest.mark.parametrize("key, valid", [
+    ("test/acc", "test/acc"),
+    ("a+b", "a_b"),
+    ("test/acc_class/T-shirt (top)", "test/acc_class/T-shirt _top_"),
+    ("test/acc_class/dog's", "test/acc_class/dog_s"),
+    ("a//b/", "a/b"),
+    ("/../x", "__/x"),
+    ("k" * 300, "k" * 250),
+])
+def test_keys_are_made_valid_for_mlflow(key, valid):
+    from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
+
+    from cifar_exp.tracking import valid_key
+
+    assert valid_key(key) == valid
+    assert validate_param_and_metric_name(valid) and not path_not_unique(valid)
+
+
+def test_a_refused_write_is_dropped_with_a_line_and_the_rest_delivered(workdir, caplog):
+    """Refusals (a 4xx: a bad key, a missing run) are not outages: retrying cannot help, so
+    the refused item goes (a batch is retried item by item first) and the queue moves on."""
+    from cifar_exp.tracking import Outbox
+
+    c = client(workdir)
+    rid = c.create_run(c.create_experiment("refusals")).info.run_id
+    box = Outbox(None, str(workdir / "mlflow.db"), rid)
+    box.ops = [{"op": "metrics", "items": [["ok", 1.0, 0, 1], ["bad+key", 2.0, 0, 1], ["ok", 3.0, 0, 2]]},
+               {"op": "tags", "items": {"bad+tag": "x", "kept": "y"}},
+               {"op": "params", "items": {"p": "1"}},
+               {"op": "status", "status": "FINISHED"}]
+    with caplog.at_level("WARNING", logger="cifar_exp"):
+        box.deliver(c)
+    assert box.ops == []
+    run = c.get_run(rid)
+    assert [m.value for m in c.get_metric_history(rid, "ok")] == [1.0, 3.0] and "bad+key" not in run.data.metrics
+    assert run.data.tags["kept"] == "y" and run.data.params == {"p": "1"} and run.info.status == "FINISHED"
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and "'bad+key'" in refusals[0] and "'bad+tag'" in refusals[1]
+
+
+def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cli, workdir):
+    from test_data import _png_tree
+
+    classes = ("T-shirt (top)", "dog's", "x" * 241)
+    _png_tree(workdir / "imgs", per_class=4, classes=classes)
+    result = cli("dataset=image_folder", f"dataset.root={workdir / 'imgs'}", "dataset.batch_size=4",
+                 "trainer.progress=false", "mlflow.log_model=false", "+mlflow.tags={a+b:v}",
+                 "objective='test/acc_class/T-shirt (top)'")
+    assert result.returncode == 0, result.output
+    assert "unreachable" not in result.output and "refused" not in result.output
+    assert "it is logged as 'test/acc_class/T-shirt _top_'" in result.output
+    c, run = only_run(workdir)
+    assert run.info.status == "FINISHED" and run.data.tags["a_b"] == "v"
+    assert {"train/loss", "test/acc", "test/loss", "epoch", "test/acc_class/T-shirt _top_"} <= set(run.data.metrics)
+    [run_dir] = run_dirs(workdir)
+    assert not (run_dir / "mlflow_outbox.json").exists()
+    table = c.download_artifacts(run.info.run_id, "per_class_accuracy.csv")
+    assert "T-shirt (top)" in open(table).read()  # the original names where a user reads them
+
+
 def test_flatten_dotted_keys():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 

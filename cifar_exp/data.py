@@ -24,7 +24,7 @@ from cifar_exp.registry import builder
 
 log = logging.getLogger("cifar_exp")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: each cache says what it was built from
 CIFAR_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 
 
@@ -175,40 +175,60 @@ def _folder_signature(root: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _read_cache(path: Path) -> Optional[tuple[Split, Split, list[str]]]:
-    """The cached splits, or None (with a warning) when the file is not a sound cache."""
+def _read_cache(path: Path, built_from: dict) -> Optional[tuple[Split, Split, list[str]]]:
+    """The cached splits, or None (with a line) when the file is not a sound cache of what
+    `built_from` says (source, image size, class list): a cache is data, checked on read."""
     try:
         blob = torch.load(path, weights_only=True)
         train, test, classes = Split(*blob["train"]), Split(*blob["test"]), list(blob["classes"])
+        if blob.get("built_from") != built_from:
+            raise ValueError(f"it was built from {blob.get('built_from')}, not {built_from}")
+        size = built_from["image_size"]
         for split in (train, test):
-            ok = (split.x.dtype == torch.uint8 and split.x.dim() == 4 and split.y.dtype == torch.int64
-                  and len(split.x) == len(split.y) and 0 <= int(split.y.min()) and int(split.y.max()) < len(classes))
+            ok = (split.x.dtype == torch.uint8 and split.x.dim() == 4 and split.x.shape[1:] == (3, size, size)
+                  and split.y.dtype == torch.int64 and len(split.x) == len(split.y)
+                  and 0 <= int(split.y.min()) and int(split.y.max()) < len(classes))
             if not ok:
                 raise ValueError("unexpected tensors")
+        if classes != built_from["classes"]:
+            raise ValueError("other class names")
         return train, test, classes
-    except Exception as e:  # truncated, garbage or foreign: rebuilt below
-        reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    except Exception as e:  # truncated, garbage, foreign or stale: rebuilt below
+        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
         log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path, reason)
         return None
 
 
+def _write_cache(splits: tuple[Split, Split, list[str]], built_from: dict, path: Path) -> None:
+    """The cache saves the next run's decoding; a run goes on without it, saying why."""
+    from cifar_exp.checkpoint import atomic_save
+
+    train, test, classes = splits
+    try:
+        atomic_save({"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes,
+                     "built_from": built_from}, path)
+    except OSError as e:
+        log.warning("warning: cannot write the decoded-image cache %s (%s); the run goes on without it (set "
+                    "dataset.cache_dir elsewhere, or null)", path, e.strerror or e)
+
+
 def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.root).expanduser()
+    classes = list(_image_files(root / "train"))
+    built_from = {"source": str(root.resolve()), "image_size": cfg.image_size, "classes": classes,
+                  "version": CACHE_VERSION}
     cache = None
     if cfg.cache_dir:
         key = f"image_folder-{_folder_signature(root)}-{cfg.image_size}px.pt"
         cache = Path(cfg.cache_dir) / key
-        cached = _read_cache(cache) if cache.exists() else None
+        cached = _read_cache(cache, built_from) if cache.exists() else None
         if cached is not None:
             return cached
-    classes = list(_image_files(root / "train"))
-    train = _decode_folder(root / "train", classes, cfg.image_size)
-    test = _decode_folder(root / "test", classes, cfg.image_size)
+    splits = (_decode_folder(root / "train", classes, cfg.image_size),
+              _decode_folder(root / "test", classes, cfg.image_size), classes)
     if cache is not None:
-        from cifar_exp.checkpoint import atomic_save
-
-        atomic_save({"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes}, cache)
-    return train, test, classes
+        _write_cache(splits, built_from, cache)
+    return splits
 
 
 def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: torch.Tensor) -> Split:

@@ -122,6 +122,49 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
     assert torch.equal(load_dataset(cfg, CPU).train.x, good.train.x)  # the rebuilt cache is sound
 
 
+@pytest.mark.parametrize("stale", ["another size", "other classes", "another source"])
+def test_a_cache_of_something_else_under_the_key_is_rebuilt_with_a_line(tmp_path, caplog, stale):
+    """Valid tensors, but not of this folder at this size: never used, and never a
+    RuntimeError after the run has started."""
+    _png_tree(tmp_path / "imgs")
+    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
+                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    good = load_dataset(cfg, CPU)
+    [cache] = (tmp_path / "cache").glob("*.pt")
+    blob = torch.load(cache, weights_only=True)
+    if stale == "another size":
+        blob["train"][0] = torch.zeros(6, 3, 40, 40, dtype=torch.uint8)
+    elif stale == "other classes":
+        blob["classes"] = blob["built_from"]["classes"] = ["airplane", "ship"]
+    else:
+        blob["built_from"]["source"] = "/somewhere/else"
+    torch.save(blob, cache)
+    with caplog.at_level("WARNING", logger="cifar_exp"):
+        again = load_dataset(cfg, CPU)
+    assert again.classes == ["cat", "dog"] and torch.equal(again.train.x, good.train.x)
+    assert "is unusable" in caplog.text and "decoding the images again" in caplog.text
+
+
+def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, monkeypatch):
+    import errno
+
+    from cifar_exp import checkpoint
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(checkpoint, "atomic_save", full)
+    _png_tree(tmp_path / "imgs")
+    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
+                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    with caplog.at_level("WARNING", logger="cifar_exp"):
+        d = load_dataset(cfg, CPU)
+    assert d.classes == ["cat", "dog"] and len(d.train) == 6
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "cannot write the decoded-image cache" in line and str(tmp_path / "cache") in line
+    assert "No space left on device" in line
+
+
 def test_image_folder_rejects_an_unreadable_image(tmp_path):
     _png_tree(tmp_path / "imgs")
     (tmp_path / "imgs/train/cat/broken.png").write_bytes(b"not an image")

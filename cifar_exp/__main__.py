@@ -14,7 +14,7 @@ from typing import NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line
+from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
 from cifar_exp.registry import register_configs
 from cifar_exp.signals import ignore_stop_signals
 
@@ -53,6 +53,7 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 def _exit_for(e: Exception) -> NoReturn:
     if isinstance(e, Interrupted):
+        stopping.append(e)
         ignore_stop_signals()
         print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
         sys.exit(128 + e.signum)
@@ -74,9 +75,11 @@ def main() -> None:
     except (UserError, Interrupted) as e:
         _exit_for(e)
     except (HydraException, OmegaConfBaseException) as e:
+        stopping.append(e)
         print(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:  # a second stop signal: out at once, from the last checkpoint
+    except KeyboardInterrupt as e:  # a second stop signal: out at once, from the last checkpoint
+        stopping.append(e)
         ignore_stop_signals()
         print("cifar-exp: stopped at once by a second stop signal; resume from the last checkpoint "
               "with resume=<run dir>", file=sys.stderr)

@@ -11,13 +11,13 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp import study, tracking
-from cifar_exp.errors import UserError, exit_with
+from cifar_exp import errors, study, tracking
+from cifar_exp.errors import Interrupted, UserError, exit_with, one_line
 from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override, source_tags, sweep_name
 from cifar_exp.metrics import MAX, goal
 from cifar_exp.validation import validate
@@ -62,13 +62,21 @@ class SweepTracking(Callback):
         if config.objective.startswith("test/"):
             print(f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
                   f"select on held-out data instead: dataset.val_fraction=0.1 objective=val/acc", file=sys.stderr)
+        overrides = list(config.hydra.overrides.task)
+        command = " ".join(["python -m cifar_exp --multirun", *map(shlex.quote, overrides)])
+        optuna = None
+        if study.is_optuna(config.hydra.sweeper):  # one sweep per study, before anything is recorded
+            sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
+            optuna = (study.storage_url(sweeper, Path(config.hydra.runtime.cwd)), study.study_name(sweeper, overrides))
+            try:
+                study.take_lease(*optuna, command)
+            except UserError as e:
+                exit_with(str(e))
         if not config.mlflow.enabled:
             return
-        overrides = list(config.hydra.overrides.task)
         swept = [parse_override(o)[0] for o in overrides if is_sweep(o)]
         swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
         sweep_dir = config.hydra.sweep.dir
-        command = " ".join(["python -m cifar_exp --multirun", *map(shlex.quote, overrides)])
         uri = tracking.tracking_uri(config.mlflow.tracking_uri)
         # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
         # numeric optimizer.lr column then holds numbers only
@@ -77,10 +85,8 @@ class SweepTracking(Callback):
                 "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_,
                 "mlflow.note.content": sweep_description(command, Path(sweep_dir).resolve()), **source_tags()}
         reuse = None
-        if study.is_optuna(config.hydra.sweeper):  # a resumed study keeps its one parent run
-            sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-            storage = study.storage_url(sweeper, Path(config.hydra.runtime.cwd))
-            tags.update(study.parent_tags(storage, study.study_name(sweeper, overrides)))
+        if optuna is not None:  # a resumed study keeps its one parent run
+            tags.update(study.parent_tags(*optuna))
             reuse = study.STUDY_KEY_TAG
         try:
             exp_id, parent_id = tracking.start_parent(uri, config.mlflow.experiment_name, sweep_name(overrides, swept),
@@ -124,7 +130,7 @@ class SweepTracking(Callback):
         for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, SWEPT_ENV):
             os.environ.pop(name, None)
         children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
-        summary = sweep_summary(children, p["objective"], p["swept"], completed)
+        summary = sweep_summary(children, p["objective"], p["swept"], completed, errors.stopping[-1:])
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
         files = [write_csv(summary["rows"], out / "sweep_summary.csv", p["swept"])]
         files += sorted((p["sweep_dir"] / "optuna").glob("*.*"))  # the Optuna sweeper's study record
@@ -160,10 +166,12 @@ def sweep_description(command: str, sweep_dir: Path, summary: Optional[dict] = N
     return "\n".join(lines)
 
 
-def sweep_summary(children: list[dict], objective: str, swept: list[str], completed: bool = False) -> dict:
+def sweep_summary(children: list[dict], objective: str, swept: list[str], completed: bool = False,
+                  stopped_by: Sequence[BaseException] = ()) -> dict:
     """Rows per job, the best job, seed statistics and the parent's status: FINISHED for a
-    sweep that ran to its end (an Optuna study goes on past failed trials), else the worst
-    of its jobs' (FAILED, KILLED)."""
+    sweep that ran to its end (an Optuna study goes on past failed trials). One that did
+    not is KILLED when a stop signal ended it, else FAILED, and says why in its
+    `cifar_exp.sweep_end` tag."""
     maximize = goal(objective) == MAX
     rows = []
     # children of a killed sweep whose trials ran again are history, not results
@@ -195,10 +203,15 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     if len(seed_groups) == 1:
         metrics[f"{objective}_mean"] = seed_groups[0]["mean"]
         metrics[f"{objective}_std"] = seed_groups[0]["std"]
-    statuses = {r["status"] for r in rows}
     metrics["jobs_failed"] = sum(r["status"] == "FAILED" for r in rows)
-    status = ("FINISHED" if completed or statuses <= {"FINISHED"} else "FAILED" if "FAILED" in statuses
-              else "KILLED")
+    status = "FINISHED"
+    if not completed:
+        signalled = any(isinstance(e, (Interrupted, KeyboardInterrupt)) for e in stopped_by)
+        status = "KILLED" if signalled or not metrics["jobs_failed"] and any(
+            r["status"] == "KILLED" for r in rows) else "FAILED"
+        why = f": {one_line(stopped_by[0])}" if stopped_by else ""
+        tags["cifar_exp.sweep_end"] = (f"the sweep stopped before its end{why}; {len(rows)} jobs ran, "
+                                       f"{len(done)} finished")
     return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status,
             "best": best}
 

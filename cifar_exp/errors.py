@@ -21,9 +21,14 @@ class Interrupted(Exception):
         self.resume_hint = resume_hint
 
 
+# why this process is ending early, for what records it at exit (a sweep's parent run)
+stopping: list[BaseException] = []
+
+
 def exit_with(message: str, prog: str = "cifar-exp") -> NoReturn:
     """One line on stderr, exit code 2. SystemExit passes through Hydra's error handling."""
     print(f"{prog}: error: {message}", file=sys.stderr)
+    stopping.append(UserError(message))
     raise SystemExit(EXIT_USAGE)
 
 

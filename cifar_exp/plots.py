@@ -206,7 +206,10 @@ def study_plots(study, out: Path) -> list[Path]:
     for name, fn in STUDY_PLOTS.items():
         # Optuna sets its ggplot style for the whole process: it stays inside this block
         with plt.rc_context(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # Optuna marks this backend experimental
+            # Optuna marks this backend experimental, and warns of what a small study cannot show
+            # (equal importances, a flat axis): the figure shows it, the user's terminal need not
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            warnings.simplefilter("ignore", UserWarning)
             try:
                 ax = getattr(optuna_plots, fn)(study)
             except (ValueError, RuntimeError, ZeroDivisionError) as e:

@@ -5,8 +5,11 @@ objective and says when the pruner stops the run. Optuna is imported only when u
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -73,6 +76,23 @@ def check_storage(url: str) -> None:
         folder = Path(parsed.database).parent
         if not folder.is_dir():
             raise UserError(f"hydra.sweeper.storage={url!r} is invalid: its folder {folder} does not exist")
+        _check_sqlite(Path(parsed.database))
+
+
+def _check_sqlite(db: Path) -> None:
+    """An SQLite file that is there must be a database (an empty one is a new study)."""
+    import sqlite3
+
+    if not db.is_file() or db.stat().st_size == 0:
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=SQLITE_BUSY_S)) as c:
+            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as e:
+        if "locked" in str(e):
+            return  # in use: the sweep waits for it
+        raise UserError(f"the Optuna storage {db} is damaged or not a database ({e}); move it away (the study "
+                        f"starts afresh) or point hydra.sweeper.storage elsewhere") from None
 
 
 def study_name(sweeper: Any, task_overrides: list[str]) -> str:
@@ -94,13 +114,130 @@ def parent_tags(storage: str, name: str) -> dict[str, str]:
     return {"optuna.study": name, "optuna.storage": storage, STUDY_KEY_TAG: key}
 
 
-def connect(storage: str):
-    """Optuna's RDB storage; SQLite waits for a lock instead of failing at once when jobs
-    in other processes write at the same moment."""
-    import optuna
+# the leases this process holds, by study: each until the process ends, when the system
+# lets go of it however the process ends (a killed sweep leaves no stale lease behind)
+_LEASES: dict[str, Any] = {}
 
-    kwargs = {"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(storage, engine_kwargs=kwargs)
+
+def take_lease(storage: str, name: str, command: str) -> None:
+    """One sweep per study: the running sweep holds a lease on it, and a second sweep of the
+    same study is refused in one line naming the first. SQLite: a lock on a file beside the
+    database; PostgreSQL: a session advisory lock; other stores: no lease, said once."""
+    key = hashlib.sha1(f"{storage}#{name}".encode()).hexdigest()[:16]
+    if key in _LEASES:
+        return
+    if storage.startswith("sqlite:///"):
+        _LEASES[key] = _file_lease(Path(storage[len("sqlite:///"):].split("?")[0]), key, name, command)
+    elif storage.startswith(("postgresql", "postgres")):
+        _LEASES[key] = _advisory_lease(storage, key, name)
+    else:
+        log.warning("warning: no sweep lease on %s: make sure no other sweep runs study %r", storage, name)
+        _LEASES[key] = None
+
+
+def _running(name: str, holder: str) -> UserError:
+    return UserError(f"the Optuna study {name!r} is being run by another sweep ({holder}); one sweep per study: "
+                     f"wait for it to end, stop it, or name another study with hydra.sweeper.study_name")
+
+
+def _file_lease(db: Path, key: str, name: str, command: str):
+    import fcntl
+    import os
+    import socket
+    import time
+
+    path = db.parent / f".{db.name}.{key}.sweep"
+    try:
+        f = open(path, "a+")
+    except OSError as e:
+        raise UserError(f"cannot take the sweep lease {path}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that has not said which"
+        f.close()
+        raise _running(name, holder) from None
+    f.truncate(0)
+    f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}: {command}")
+    f.flush()
+    return f
+
+
+def _advisory_lease(storage: str, key: str, name: str):
+    import sqlalchemy
+
+    connection = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool).connect()
+    lock = int(key[:15], 16)  # fits PostgreSQL's bigint
+    if not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock}).scalar():
+        holders = connection.execute(sqlalchemy.text(
+            "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+            "WHERE l.locktype = 'advisory' AND l.objid = (:k & 4294967295) AND l.classid = (:k >> 32)"),
+            {"k": lock}).fetchall()
+        connection.close()
+        holder = ", ".join(f"server pid {p} from {addr or 'a local socket'} since {start:%Y-%m-%d %H:%M:%S}"
+                           for p, addr, start in holders) or "a session of the database server"
+        raise _running(name, holder)
+    connection.commit()  # the lock is the session's: no transaction stays open
+    return connection
+
+
+# A locked SQLite storage (another process writing, a backup holding it) is waited for:
+# each attempt waits SQLITE_BUSY_S, so the line saying so comes early, and the whole wait is
+# bounded (the sweep's by SWEEP_WAIT_S; a job's by JOB_WAIT_S, then that epoch's report goes)
+SQLITE_BUSY_S = 10
+SWEEP_WAIT_S, JOB_WAIT_S = 600, 60
+
+
+def connect(storage: str, wait_s: float = SWEEP_WAIT_S):
+    """Optuna's RDB storage, every call of which waits out a lock (bounded, with a line)."""
+    kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}} if storage.startswith("sqlite") else {}
+    patient = _patient_storage()
+    connected = _waiting(lambda: patient(storage, engine_kwargs=kwargs), storage, wait_s)
+    connected.wait_s = wait_s
+    return connected
+
+
+def _locked(e: Optional[BaseException]) -> bool:
+    while e is not None:
+        if "database is locked" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _waiting(call, storage: str, wait_s: float):
+    deadline = None
+    while True:
+        try:
+            return call()
+        except Exception as e:
+            if not _locked(e):
+                raise
+            if deadline is None:
+                deadline = time.monotonic() + wait_s
+                log.warning("warning: the Optuna storage %s is locked by another process; waiting for it "
+                            "(up to %d s)", storage, wait_s)
+            if time.monotonic() >= deadline:
+                raise UserError(f"the Optuna storage {storage} stayed locked for {wait_s:.0f} s; find what holds "
+                                f"it (another sweep, a backup) and run the same command again") from None
+            time.sleep(1)
+
+
+@functools.cache
+def _patient_storage():
+    """RDBStorage whose public calls wait out a lock (see _waiting)."""
+    from optuna.storages import BaseStorage, RDBStorage
+
+    def patient(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            return _waiting(lambda: method(self, *args, **kwargs), self.url, self.wait_s)
+        return call
+
+    methods = {name: patient(getattr(RDBStorage, name)) for name in dir(BaseStorage)
+               if not name.startswith("_") and callable(getattr(RDBStorage, name))}
+    return type("PatientRDBStorage", (RDBStorage,), {"wait_s": SWEEP_WAIT_S, **methods})
 
 
 def _build(module, registry: dict, name: str, kind: str, kwargs: dict):
@@ -145,7 +282,7 @@ class TrialLink:
     def __post_init__(self) -> None:
         import optuna
 
-        self._storage = connect(self.storage)
+        self._storage = connect(self.storage, JOB_WAIT_S)
         self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
                                         pruner=build_pruner(self.pruner_cfg))
         study_id = self._storage.get_study_id_from_name(self.study_name)
@@ -160,7 +297,7 @@ class TrialLink:
         try:
             self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
             return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
-        except (SQLAlchemyError, StorageInternalError) as e:  # Optuna wraps a failed commit in the latter
+        except (SQLAlchemyError, StorageInternalError, UserError) as e:  # Optuna wraps a failed commit in the 2nd
             log.warning("could not report epoch %d to Optuna trial %d (%s); training goes on", epoch,
                         self.number, str(e).splitlines()[0])
             return False

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -194,3 +195,77 @@ def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_
 
     monkeypatch.setattr(link._storage, "set_trial_intermediate_value", commit_failed)
     assert link.report(3, 0.7) is False
+
+
+def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
+    """A sweep in the background, read up to its first trial's training."""
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith("run dir"):
+            return proc
+    pytest.fail(f"the sweep ended before its first trial: {proc.wait()}")
+
+
+def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
+    """The second identical command meets the first's lease: one line naming it, before it
+    records anything, and the first runs every trial untouched."""
+    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+               "optimizer.lr=interval(0.01, 0.1)"]
+    first = _start_sweep(workdir, command)
+    second = subprocess.run([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
+                            capture_output=True, text=True, timeout=120)
+    rest, _ = first.communicate(timeout=300)
+    assert second.returncode == 2, second.stderr
+    [line] = second.stderr.strip().splitlines()
+    assert "is being run by another sweep" in line and f"pid {first.pid} " in line and "one sweep per study" in line
+    assert first.returncode == 0, rest[-3000:]
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "COMPLETE"]
+    everything = runs(workdir)
+    [parent] = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in everything if "mlflow.parentRunId" in r.data.tags]
+    assert parent.info.status == "FINISHED" and sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    assert not [r for r in children if "cifar_exp.superseded" in r.data.tags]
+    history = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(parent.info.run_id, "jobs")
+    assert len(history) == 1  # one summary, not one per sweep
+
+
+def test_a_locked_study_storage_is_waited_for_with_a_line(workdir):
+    """A process holds the study's SQLite file locked for longer than one attempt's wait
+    while a trial trains: the sweep says so, waits, and completes."""
+    import sqlite3
+
+    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
+               "optimizer.lr=interval(0.01, 0.1)"]
+    proc = _start_sweep(workdir, command)
+    holder = sqlite3.connect(workdir / "optuna.db", timeout=30)
+    holder.execute("BEGIN EXCLUSIVE")
+    time.sleep(study.SQLITE_BUSY_S + 5)
+    holder.rollback()
+    holder.close()
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "is locked by another process; waiting for it" in out and "Traceback" not in out
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "COMPLETE"]
+
+
+def test_a_corrupt_study_storage_is_one_line_before_anything_runs(cli, workdir):
+    (workdir / "optuna.db").write_bytes(b"not a database " * 100)
+    result = cli(*SEARCH, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.01, 0.1)")
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert str(workdir / "optuna.db") in line and "damaged or not a database" in line and "move it away" in line
+    exp = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_experiment_by_name("cifar_exp")
+    assert exp is None or runs(workdir) == []
+    assert not list(workdir.glob("multirun/*/*/0"))
+
+
+def test_a_crashed_sweep_s_parent_is_failed_and_says_why(cli, workdir):
+    """The study gives up after three failed trials: its parent run ends FAILED with the
+    reason, not FINISHED."""
+    result = cli(*SEARCH, "model=exploding_cnn", "dataset.batch_size=64", "hydra.sweeper.n_trials=1",
+                 "hydra.sweeper.n_jobs=1", "optimizer.lr=interval(0.01, 0.1)", module="testing_cli", timeout=600)
+    assert result.returncode == 2, result.output[-3000:]
+    [parent] = [r for r in runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
+    assert parent.info.status == "FAILED"
+    assert "3 trials failed" in parent.data.tags["cifar_exp.sweep_end"]

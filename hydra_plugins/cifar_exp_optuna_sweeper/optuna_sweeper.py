@@ -123,6 +123,7 @@ class OptunaSweeper(Sweeper):
         space, fixed, grid = search_space(self.settings["params"], arguments, grid_search)
         storage = studies.storage_url(self.settings, Path(self.config.hydra.runtime.cwd))
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
+        studies.take_lease(storage, name, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
         study = optuna.create_study(
             study_name=name, storage=studies.connect(storage), direction=self.direction, load_if_exists=True,
             sampler=studies.build_sampler(self.settings["sampler"], grid),

@@ -52,7 +52,8 @@ def predict(args) -> list[list[tuple[str, float]]]:
     ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
     cfg = ck.config.dataset
     size = validate(ck.config, paths=False, origin=f"checkpoint {ck.path}").dataset.pixels
-    x = torch.stack([torch.from_numpy(decode_image(Path(p), size)).permute(2, 0, 1) for p in images])
+    # decode_image gives PIL's read-only view: torch.tensor copies it (from_numpy warns)
+    x = torch.stack([torch.tensor(decode_image(Path(p), size)).permute(2, 0, 1) for p in images])
     model = checkpoint.restore_model(ck, device)
     with torch.inference_mode():
         probs = model(Normalize(cfg.mean, cfg.std, device)(x.to(device))).float().softmax(1).cpu()

@@ -12,7 +12,7 @@ import math
 import signal
 import time
 from pathlib import Path
-from typing import NoReturn, Optional
+from typing import Callable, NoReturn, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,7 +32,7 @@ from cifar_exp.progress import EpochProgress
 from cifar_exp.registry import flatten
 from cifar_exp.runtime import pick_device, seed_everything
 from cifar_exp.signals import StopSignals
-from cifar_exp.tracking import NullTracker, open_tracker
+from cifar_exp.tracking import NullTracker, open_store, open_tracker
 from cifar_exp.validation import check_loaded, monitor_mode, validate
 
 # how many training images a model that sets its first layer from the data sees (airbench's 5,000)
@@ -68,7 +68,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
     profiler = StepProfiler(cfg.trainer.profile_steps if world.is_main else 0, run_dir / "profile")
     # the store is checked before the data is loaded, and whatever fails after is recorded
-    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir), job.log_file,
+    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir, stop), job.log_file,
                                         state.segment, resume_command(run_dir)) as tracker, profiler:
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
@@ -123,9 +123,12 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
         def checkpoint_and_stop(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> NoReturn:
             save(epoch_end=epoch_end, is_best=is_best, score=score)
+            if world.is_main:
+                record_results(tracker, data, state, run_dir, evaluated)
             raise Interrupted(stop.signum or signal.SIGTERM, resume_command(run_dir))
 
         test = None  # the last epoch's test evaluation, if it had one
+        evaluated = None  # the newest test evaluation, whichever epoch had it
         for epoch in range(state.epoch, state.epoch if done else cfg.epochs):
             t0, first_step, test = time.perf_counter(), state.step, None
             trainer.begin_epoch(epoch, first_step)
@@ -159,7 +162,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             last = epoch + 1 == cfg.epochs or state.global_step == max_batches
             metrics = epoch_summary(trainer, epoch + 1)
             if last or (epoch + 1) % t.eval_every_n_epochs == 0:
-                test = evaluate_splits(trainer, data, evals, metrics)
+                test = evaluated = evaluate_splits(trainer, data, evals, metrics)
             metrics["time/epoch_s"] = seconds
             metrics["time/images_per_s"] = (state.step - first_step) * d.batch_size / seconds
             tracker.log_metrics(logged(metrics, {cfg.objective, cfg.checkpoint.monitor}), step=state.global_step)
@@ -197,7 +200,9 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
         test = test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:
-            report(cfg, trainer, data, tracker, state, run_dir, test)
+            # a second signal now is heard between the report's steps, not raised inside a library
+            stop.second_raises = False
+            report(cfg, trainer, data, tracker, state, run_dir, test, lambda: stop.signum is not None)
         if stop.signum is not None:  # asked to stop while reporting: the run did not finish
             raise Interrupted(stop.signum, resume_command(run_dir))
     return state.last_metrics
@@ -242,12 +247,14 @@ def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: 
 
 
 def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World,
-             run_dir: Path):
-    """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only."""
+             run_dir: Path, stop: StopSignals):
+    """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only. A stop
+    request while the store is being reached ends the run at once: nothing is saved yet."""
     if not world.is_main:
         return NullTracker()
+    store = stop.at_once(job.command(), open_store, cfg) if cfg.mlflow.enabled else None
     tags = job.tags(cfg, device, world.world_size, run_dir, state.segment)
-    tracker = open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir)
+    tracker = open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir, store)
     if tracker.resumed:  # named for what it now is: its first command with this resume's changes
         first = tracker.recorded_tags.get("hydra.overrides", "").split()
         tracker.rename(job.run_name(cfg, resume.continued_overrides(first, job.overrides or [])))
@@ -328,28 +335,38 @@ def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, 
 
 
 def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: RunState, run_dir: Path,
-           test: Evaluation) -> None:
+           test: Evaluation, stopping: Callable[[], bool] = lambda: False) -> None:
     """The test report, the run-end plots and the logged model. Every image shown comes from
-    the one on-device dataset; only the few drawn move to the CPU, inside plots."""
+    the one on-device dataset; only the few drawn move to the CPU, inside plots. Once
+    `stopping()` says a stop was asked for, the slow rest (predictions, the model) is left."""
     log.info("%s", test.report(data.classes))
-    plot_dir = run_dir / "plots"
     if (run_dir / "profile").is_dir():
         tracker.log_artifact(run_dir / "profile", "profile")
-    if state.history:
-        tracker.log_artifact(plots.learning_curves(state.history, plot_dir / "learning_curves.png"), "plots")
-    tracker.log_artifact(plots.confusion_matrix(test.confusion, data.classes, plot_dir / "confusion_matrix.png"),
-                         "plots")
+    record_results(tracker, data, state, run_dir, test)
+    if stopping():
+        return
     idx = plots.showcase(len(data.test), data.device)
     images, labels = data.test.x[idx], data.test.y[idx]
     predicted = trainer.predict(data.normalize(images))
-    tracker.log_artifact(plots.predictions(images, predicted, labels, data.classes, plot_dir / "predictions.png"),
-                         "plots")
-    tracker.log_artifact(per_class_table(test, data.classes, run_dir / "per_class_accuracy.csv"))
-    if cfg.mlflow.enabled and cfg.mlflow.log_model:
+    tracker.log_artifact(plots.predictions(images, predicted, labels, data.classes,
+                                           run_dir / "plots" / "predictions.png"), "plots")
+    if cfg.mlflow.enabled and cfg.mlflow.log_model and not stopping():
         example = data.normalize(images[:2]).cpu()
         # one model per segment, each its own name
         name = f"{cfg.model.name}-{tracker.run_id[:8]}" + (f"-resume{state.segment}" if state.segment else "")
         tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, state.last_metrics.keys())
+
+
+def record_results(tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:
+    """What the finished epochs show, cheaply: the learning curves, and the newest test
+    evaluation's confusion matrix and per-class table. A stopped run logs them too."""
+    plot_dir = run_dir / "plots"
+    if state.history:
+        tracker.log_artifact(plots.learning_curves(state.history, plot_dir / "learning_curves.png"), "plots")
+    if test is not None:
+        tracker.log_artifact(plots.confusion_matrix(test.confusion, data.classes, plot_dir / "confusion_matrix.png"),
+                             "plots")
+        tracker.log_artifact(per_class_table(test, data.classes, run_dir / "per_class_accuracy.csv"))
 
 
 def per_class_table(test: Evaluation, classes: list[str], path: Path) -> Path:

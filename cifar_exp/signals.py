@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Optional
+from typing import Callable, Optional, TypeVar
+
+from cifar_exp.errors import Interrupted
+
+T = TypeVar("T")
 
 # SIGUSR2 is what SLURM (via submitit) sends before a timeout or preemption.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
@@ -18,12 +22,30 @@ class StopSignals:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        # False where the code polls `signum` often (a run's report): a KeyboardInterrupt
+        # raised inside a library's cleanup is printed as "Exception ignored" and lost
+        self.second_raises = True
+        self._at_once: Optional[str] = None  # while set, the first signal raises too
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is not None and self.second_raises:
             raise KeyboardInterrupt
-        self.signum = signum
+        self.signum = self.signum or signum
+        if self._at_once is not None:
+            raise Interrupted(signum, self._at_once)
+
+    def at_once(self, hint: str, fn: Callable[..., T], *args) -> T:
+        """fn(*args), where a stop signal ends the run at once (Interrupted, with `hint` for
+        what to run next): for a start that has nothing to save yet, and may wait on a
+        store that does not answer."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, hint)
+        self._at_once = hint
+        try:
+            return fn(*args)
+        finally:
+            self._at_once = None
 
     def __enter__(self) -> StopSignals:
         # Python only lets the main thread install handlers (a run inside a worker thread

@@ -35,8 +35,10 @@ EXPERIMENT_ENV = "CIFAR_EXP_EXPERIMENT_ID"
 OUTBOX = "mlflow_outbox.json"
 # MLflow's HTTP client retries a call for minutes by default; a run retries on its own
 # schedule instead (RETRY_S), so one call gives up within seconds.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# Each call is bounded (a server that hangs costs one timeout, and a stop request is heard
+# within seconds); MLflow's own retries are off, since the outbox retries.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 RETRY_S = (5, 10, 20, 40, 80, 120)  # waits between delivery attempts during an outage
 FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
 PROBE_TIMEOUT_S = 5
@@ -163,12 +165,14 @@ class SystemMetrics:
     def finish(self) -> None:
         """The last sample, taken in the sampling thread as it stops."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=FIRST_SAMPLE_S)  # a sample stuck on a hanging store is not waited for
 
 
 def client_for(uri: str):
     for key, value in HTTP_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    for chatty in ("alembic", "mlflow.store.db.utils"):  # a fresh SQLite store's INFO lines
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
@@ -180,10 +184,12 @@ def _reason(e: BaseException) -> str:
 
 
 def _probe(uri: str) -> None:
-    """One short request: a tracking server that does not answer is a user error now, not
-    twenty minutes of retries later."""
+    """One short request to the tracking API itself (a server can answer /health and hang
+    on its API): a tracking server that does not answer is a user error now, not minutes of
+    retries later. Any HTTP answer counts, a 404 for the missing experiment included."""
+    url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?experiment_name=Default"
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_TIMEOUT_S).close()
+        urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S).close()
     except urllib.error.HTTPError:
         return  # it answered
     except (OSError, ValueError) as e:
@@ -221,7 +227,14 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def open_store(uri: str, experiment: Optional[str] = None):
+def open_store(cfg: DictConfig) -> tuple:
+    """A run's store: a client and its experiment's id (a sweep's jobs get the sweep's)."""
+    if os.environ.get(EXPERIMENT_ENV):
+        return connect(tracking_uri(cfg.mlflow.tracking_uri))[0], os.environ[EXPERIMENT_ENV]
+    return connect(tracking_uri(cfg.mlflow.tracking_uri), cfg.mlflow.experiment_name)
+
+
+def connect(uri: str, experiment: Optional[str] = None):
     """A client of a reachable, initialised store, and the experiment's id (created if
     missing) when one is named. Any problem is one UserError naming the store."""
     if uri.startswith(("http://", "https://")):
@@ -375,7 +388,7 @@ def deliver_outbox(run_dir: Path) -> str:
         raise UserError(f"no MLflow outbox at {path}: nothing to deliver")
     box = Outbox.read(path)
     count = len(box.ops)
-    client, _ = open_store(box.uri)
+    client, _ = connect(box.uri)
     try:
         box.deliver(client)
     except Exception as e:
@@ -392,13 +405,11 @@ class MlflowTracker:
     end, and it runs by itself every `flush_every_s` seconds so the UI stays live."""
 
     def __init__(self, cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict,
-                 run_dir: Optional[Path] = None):
+                 run_dir: Optional[Path] = None, store: Optional[tuple] = None):
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
         self.uri = tracking_uri(cfg.mlflow.tracking_uri)
-        experiment = None if os.environ.get(EXPERIMENT_ENV) else cfg.mlflow.experiment_name
-        self.client, exp_id = open_store(self.uri, experiment)
-        exp_id = os.environ.get(EXPERIMENT_ENV) or exp_id
+        self.client, exp_id = store or open_store(cfg)
         self.flush_every_s = cfg.mlflow.flush_every_s
         self.registered_model_name = cfg.mlflow.registered_model_name
         self._buffer: list = []
@@ -585,7 +596,8 @@ class MlflowTracker:
         if self._monitor is not None:
             self._monitor.finish()
         self._queue({"op": "status", "status": status})
-        deadline = time.monotonic() + FINISH_RETRY_S
+        # a stopped run is waited on by whoever stopped it: one try, then the outbox
+        deadline = time.monotonic() + (0 if status == "KILLED" else FINISH_RETRY_S)
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
             self._retry_at = 0.0
@@ -596,13 +608,14 @@ class MlflowTracker:
                         self.outbox.path.parent if self.outbox.path else "")
 
 
-def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path):
+def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path,
+                 store: Optional[tuple] = None):
     if not cfg.mlflow.enabled:
         if run_id is not None:
             log.info("tracking is off for this segment (mlflow.enabled=false); the checkpoint keeps "
                      "its MLflow run %s for a later resume", run_id)
         return NullTracker()
-    return MlflowTracker(cfg, run_id, run_name, tags, run_dir)
+    return MlflowTracker(cfg, run_id, run_name, tags, run_dir, store)
 
 
 def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit: int) -> list[dict]:
@@ -612,7 +625,7 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
     if db is not None and not db.is_file():
         raise UserError(f"no MLflow store at {uri} (run this where you launched the runs, or give "
                         f"--tracking-uri)")
-    client, _ = open_store(uri)
+    client, _ = connect(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
@@ -638,7 +651,7 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
     from mlflow.entities import Param
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
 
-    client, exp_id = open_store(uri, experiment)
+    client, exp_id = connect(uri, experiment)
     tags = {k: str(v) for k, v in tags.items()}
     if reuse_tag is not None:
         found = client.search_runs([exp_id], filter_string=f"tags.`{reuse_tag}` = '{tags[reuse_tag]}'", max_results=1,

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
+from typing import Optional
 
 import pytest
 import torch
@@ -364,6 +366,52 @@ def test_sigterm_while_reporting_ends_killed(workdir):
     assert run.info.status == "KILLED"
 
 
+def test_a_second_sigterm_during_the_report_is_heard_without_a_traceback(workdir):
+    """The report polls for a stop between its steps, so a second signal is neither raised
+    inside a library's cleanup ("Exception ignored ... KeyboardInterrupt") nor lost."""
+    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST], cwd=workdir, env=cli_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("Accuracy of the network"):
+            proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert err.startswith("cifar-exp: stopped by signal 15"), err
+    c, run = only_run(workdir)
+    assert run.info.status == "KILLED"
+    assert "plots/learning_curves.png" in {a.path for a in c.list_artifacts(run.info.run_id, "plots")}
+
+
+def test_a_stopped_run_keeps_what_its_finished_epochs_show(workdir):
+    """KILLED after two epochs: the learning curves, the confusion matrix and the per-class
+    table of the newest evaluation are in the record; the model is not (the checkpoint
+    holds it)."""
+    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=10"],
+                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    c, run = only_run(workdir)
+    assert run.info.status == "KILLED"
+    rid = run.info.run_id
+    plotted = {a.path for a in c.list_artifacts(rid, "plots")}
+    assert {"plots/learning_curves.png", "plots/confusion_matrix.png"} <= plotted
+    with open(c.download_artifacts(rid, "per_class_accuracy.csv")) as f:
+        assert len(f.read().splitlines()) == 11
+    assert [m.value for m in c.get_metric_history(rid, "epoch")][:2] == [1, 2]
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list") == []
+
+
 def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
     proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=sleepy_cnn", "epochs=50"],
                             cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -479,3 +527,115 @@ def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli, workdir)
     assert steps(c, rid, "train/loss") == [16, 32] and steps(c, rid, "lr") == [16, 32]
     system = steps(c, rid, "system/cpu_utilization_percentage")
     assert len(system) == len(set(system))  # the resumed series continues, no step twice
+
+
+class HangingProxy:
+    """A tracking server's stand-in on loopback: it answers /health itself and forwards the
+    API to `target`, until `hang` is set; from then on API calls get no answer at all."""
+
+    def __init__(self, target: Optional[str]):
+        import http.server
+        import threading
+
+        self.hang = threading.Event()
+        self.release = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.startswith("/health"):
+                    return self._answer(200, b"OK", "text/plain")
+                if proxy.hang.is_set() or proxy.target is None:
+                    proxy.release.wait(120)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                request = urllib.request.Request(proxy.target + self.path, method=self.command,
+                                                 data=self.rfile.read(length) if length else None,
+                                                 headers={"Content-Type": self.headers.get("Content-Type", "")})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as r:
+                        self._answer(r.status, r.read(), r.headers.get("Content-Type", ""))
+                except urllib.error.HTTPError as e:
+                    self._answer(e.code, e.read(), e.headers.get("Content-Type", ""))
+
+            do_POST = do_PUT = do_GET
+
+            def _answer(self, code, body, kind):
+                self.send_response(code)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.target = target
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_sigterm_while_the_store_hangs_from_the_start_is_heard_at_once(workdir):
+    proxy = HangingProxy(None)
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
+                                cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(4.5)  # the imports, then the first call to the store, which gets no answer
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - start < 3
+        assert proc.returncode == 128 + signal.SIGTERM, err
+        assert "Traceback" not in err and err.startswith("cifar-exp: stopped by signal 15")
+        # no signal: one line within the probe's bound, not minutes of retries
+        start = time.monotonic()
+        alone = subprocess.run([sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
+                               cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - start < 15 and alone.returncode == 2
+        [line] = alone.stderr.strip().splitlines()
+        assert f"the MLflow tracking server {proxy.url} does not answer" in line
+    finally:
+        proxy.close()
+
+
+def test_sigterm_while_the_store_hangs_mid_run_is_honoured_within_10_s(workdir, mlflow_server):
+    """The server stops answering mid-run: a SIGTERM still stops the run within seconds, its
+    checkpoint written and the undelivered writes (the KILLED status among them) kept for
+    delivery, which later brings them all."""
+    from mlflow.tracking import MlflowClient
+
+    proxy = HangingProxy(mlflow_server)
+    try:
+        run_dir = workdir / "run"
+        proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=20",
+                                 "mlflow.log_model=false", "mlflow.system_metrics_every_s=1",
+                                 f"mlflow.tracking_uri={proxy.url}", f"hydra.run.dir={run_dir}"],
+                                cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        for line in proc.stdout:
+            if line.startswith("epoch 1/"):
+                break
+        proxy.hang.set()
+        time.sleep(1)
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+        assert time.monotonic() - start < 10, out[-2000:]
+        assert proc.returncode == 128 + signal.SIGTERM, out[-2000:]
+        assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "mlflow_outbox.json").is_file()
+        proxy.hang.clear()  # the server answers again
+        proxy.release.set()
+        delivered = subprocess.run([sys.executable, "-m", "cifar_exp.runs", "--deliver", str(run_dir)], cwd=workdir,
+                                   env=cli_env(), capture_output=True, text=True, timeout=120)
+        assert delivered.returncode == 0, delivered.stderr
+    finally:
+        proxy.close()
+    c = MlflowClient(tracking_uri=mlflow_server)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    assert run.info.status == "KILLED" and steps(c, run.info.run_id, "epoch")[0] == 16

@@ -384,6 +384,7 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     assert result.returncode == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{paths[0]}: class")
+    assert result.stderr == ""  # no library warning (NumPy's "not writable") around the answer
     assert len(re.findall(r"class\d \d+\.\d%", lines[0])) == 3
     bad = cli("checkpoint=/nope.pt", f"images=[{paths[0]}]", module="cifar_exp.predict")
     assert bad.returncode == 2 and "/nope.pt does not exist" in bad.stderr

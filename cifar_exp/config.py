@@ -425,8 +425,9 @@ STRATEGIES = ("single", "ddp")
 class TrainerConfig:
     # auto picks cuda, then mps, then cpu
     device: str = "auto"
-    # bf16/fp16 autocast on CUDA; ignored on CPU and MPS
-    amp: bool = True
+    # autocast: auto (on for CUDA and for CPUs with native bf16, off elsewhere and under
+    # deterministic), true (forced; refused where the device has no such units), false
+    amp: str = "auto"
     log_every_n_steps: int = 50
     # evaluate (val, test) after every n-th epoch and after the last; early stopping, best
     # checkpoints and Optuna's pruning see only the evaluated epochs
@@ -477,6 +478,7 @@ class TrainerConfig:
         at_least(self, at, 0, "eval_translate", "lookahead_every", "max_steps", "early_stopping_patience",
                  "limit_train_batches", "limit_eval_batches", "overfit_batches", "profile_steps")
         in_unit(self, at, "label_smoothing", "ema_decay", "lookahead_decay")
+        require(str(self.amp).lower() in ("auto", "true", "false"), f"{at}.amp", "auto, true or false", self.amp)
         require(self.strategy in STRATEGIES, f"{at}.strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
         require(not self.sync_batchnorm or self.strategy == "ddp", f"{at}.sync_batchnorm",
                 f"false unless {at}.strategy=ddp (it syncs statistics across processes)", self.sync_batchnorm)

@@ -15,13 +15,13 @@ from cifar_exp.distributed import all_reduce_sum
 from cifar_exp.errors import UserError
 
 
-def autocast_for(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (fp16 where bf16 is missing); full precision elsewhere."""
-    if not enabled or device.type != "cuda":
+def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to `dtype` on the device (None: float32 throughout); fp16 gets a gradient
+    scaler, bf16 has float32's range and needs none."""
+    if dtype is None:
         return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
 class EpochMeter:
@@ -112,7 +112,8 @@ class Trainer:
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
     loss_fn: nn.Module
     device: torch.device
-    amp: bool = False
+    # autocast dtype of forward passes, training and evaluation (None: float32)
+    autocast_dtype: Optional[torch.dtype] = None
     # test-time augmentation: average the logits of each image and its mirror image
     eval_flip: bool = False
     # batches whose gradients are summed into one optimizer step
@@ -129,7 +130,7 @@ class Trainer:
     total_steps: int = 0
 
     def __post_init__(self):
-        self.autocast, self.scaler = autocast_for(self.device, self.amp)
+        self.autocast, self.scaler = autocast_for(self.device, self.autocast_dtype)
         self.meter = EpochMeter(self.device)
         # torch.compile and DDP wrap the module; checkpoints hold the plain module's weights
         module = getattr(self.model, "_orig_mod", self.model)

@@ -63,7 +63,7 @@ REGISTRY: dict[str, dict[str, Option]] = {
 BASES = {"dataset": c.DatasetConfig, "model": c.ModelConfig, "optimizer": c.OptimizerConfig,
          "scheduler": c.SchedulerConfig}
 # the trainer group's options are one schema with other defaults (nothing to build)
-TRAINERS = {"default": c.TrainerConfig(), "deterministic": c.TrainerConfig(deterministic=True, amp=False)}
+TRAINERS = {"default": c.TrainerConfig(), "deterministic": c.TrainerConfig(deterministic=True, amp="false")}
 
 
 def register(group: str, option: Option) -> None:

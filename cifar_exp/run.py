@@ -30,7 +30,7 @@ from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
 from cifar_exp.registry import flatten
-from cifar_exp.runtime import pick_device, seed_everything
+from cifar_exp.runtime import Precision, pick_device, pick_precision, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, open_store, open_tracker
 from cifar_exp.validation import check_loaded, monitor_mode, validate
@@ -58,6 +58,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = pick_device(cfg.trainer.device, world.local_rank)
+    precision = pick_precision(cfg.trainer.amp, device, cfg.trainer.deterministic)
     # one process writes checkpoints; each is a commit point for the metrics before it
     ckpt = Checkpointer(run_dir, cfg, enabled=cfg.checkpoint.enabled and world.is_main)
     ckpt.check_writable()
@@ -91,12 +92,12 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                             pad_mode=d.pad_mode, **shard)
         evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
                  for s in ("val", "test") if getattr(data, s) is not None}
-        trainer = build_trainer(cfg, data, len(train), device, world)
+        trainer = build_trainer(cfg, data, len(train), device, world, precision)
         if start.checkpoint is not None:
             resume.restore(trainer, start.checkpoint)
             set_rng_state(start.checkpoint.rng)
         if world.is_main:
-            log_start(cfg, job, tracker, data, run_dir, device, state.segment)
+            log_start(cfg, job, tracker, data, run_dir, device, state.segment, precision)
         patience = t.early_stopping_patience
         stopped_early = bool(patience) and state.bad_epochs >= patience  # by an earlier segment
         max_batches = t.max_steps * t.accumulate_grad_batches  # 0: no limit
@@ -217,8 +218,9 @@ def init_images(images: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: torch.device,
-                  world: distributed.World) -> Trainer:
+                  world: distributed.World, precision: Optional[Precision] = None) -> Trainer:
     t = cfg.trainer
+    precision = precision or pick_precision(t.amp, device, t.deterministic)
     model = build_model(cfg.model, data.num_classes, image_size(cfg.dataset)).to(device)
     if hasattr(model, "init_from_data"):  # e.g. a whitening layer (a resumed run loads its weights after)
         model.init_from_data(data.normalize(init_images(data.train.x, cfg.seed)))
@@ -240,7 +242,7 @@ def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: 
     if t.compile:
         model = torch.compile(model)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    return Trainer(model, optimizer, scheduler, loss_fn, device, amp=t.amp, eval_flip=t.eval_flip,
+    return Trainer(model, optimizer, scheduler, loss_fn, device, autocast_dtype=precision.dtype, eval_flip=t.eval_flip,
                    eval_translate=t.eval_translate, accumulate=t.accumulate_grad_batches,
                    clip_norm=t.gradient_clip_val, ema_decay=t.ema_decay, lookahead_every=t.lookahead_every,
                    lookahead_decay=t.lookahead_decay, total_steps=total_steps)
@@ -306,18 +308,20 @@ def log_epoch(m: dict, epochs: int) -> None:
 
 
 # --- the run's start and end ----------------------------------------------------------------------
-def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int) -> None:
-    """The run's params (the dotted keys, and each group's option as a short param), its
-    data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
+def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int,
+              precision: Precision) -> None:
+    """The run's params (what it computes with, and its precision), the tags a resume may
+    update, its data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
     as hydra/resume_<n>/, so the record only grows."""
     log.info("run dir %s | device %s | %d train / %d test images, %d classes%s",
              run_dir, device, len(data.train), len(data.test), data.num_classes,
              f" | mlflow run {tracker.run_id}" if tracker.run_id else "")
+    log.info("precision %s (%s)", precision.name, precision.reason)
     mode = monitor_mode(cfg)
     log.info("objective %s; checkpoint.monitor %s, %s%s", cfg.objective, cfg.checkpoint.monitor,
              "minimized" if mode == "min" else "maximized", "" if cfg.checkpoint.mode else " (derived from its name)")
     params, compared = resume.record(flatten(cfg))
-    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})
+    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default"), "precision": precision.name})
     tracker.set_tags({**compared, "checkpoint.mode": mode})
     hydra_dir = job.output_dir / ".hydra"
     if segment and hydra_dir.is_dir():

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -44,3 +48,51 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     if torch.are_deterministic_algorithms_enabled() != deterministic:
         torch.use_deterministic_algorithms(deterministic)  # slow the first time: only on change
     torch.backends.cudnn.benchmark = not deterministic
+
+
+# CPU flags of native bf16 matrix units (Intel AMX, AVX-512 BF16): where autocast pays
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@cache
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (Linux's /proc/cpuinfo flags)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype of a run's forward passes (None: float32 throughout), and why."""
+    dtype: Optional[torch.dtype]
+    reason: str
+
+    @property
+    def name(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "float32")
+
+
+def pick_precision(amp: str, device: torch.device, deterministic: bool = False) -> Precision:
+    """trainer.amp: `auto` autocasts where the hardware has the units for it (CUDA: bf16, or
+    fp16 with a scaler where bf16 is missing; a CPU with native bf16) and not under
+    trainer.deterministic; `true` forces it and is refused where it cannot pay; `false` keeps
+    float32."""
+    setting = str(amp).lower()
+    if setting == "false":
+        return Precision(None, "trainer.amp=false")
+    if setting == "auto" and deterministic:
+        return Precision(None, "trainer.deterministic keeps float32")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        return Precision(torch.bfloat16 if bf16 else torch.float16, f"CUDA{'' if bf16 else ' without bf16'}")
+    if device.type == "cpu" and cpu_has_bf16():
+        return Precision(torch.bfloat16, "a CPU with native bf16 (" + ", ".join(BF16_CPU_FLAGS) + ")")
+    if setting == "true":
+        where = "this CPU has no native bf16 units (no amx_bf16 or avx512_bf16 flag)" if device.type == "cpu" \
+            else f"{device.type} has no autocast here"
+        raise UserError(f"trainer.amp=true is invalid on {device}: {where}; use trainer.amp=auto or false")
+    return Precision(None, f"{device.type} without native bf16")

@@ -20,7 +20,16 @@ def from_stored(stored: Any, origin: str) -> DictConfig:
     if not isinstance(stored, dict):
         raise UserError(f"{origin}: the stored config is not a mapping")
     _refuse_code(stored, origin, "")
-    return on_schemas(stored, origin)
+    return on_schemas(_migrated(stored), origin)
+
+
+def _migrated(stored: dict) -> dict:
+    """Older stored configs in today's keys. trainer.amp was a bool whose true meant
+    "autocast where the device has it" (then CUDA only): that is `auto`, and false `false`."""
+    trainer = stored.get("trainer")
+    if isinstance(trainer, dict) and isinstance(trainer.get("amp"), bool):
+        stored = {**stored, "trainer": {**trainer, "amp": "auto" if trainer["amp"] else "false"}}
+    return stored
 
 
 def _refuse_code(tree: Any, origin: str, path: str) -> None:

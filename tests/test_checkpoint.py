@@ -563,3 +563,18 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
     for key in COMPARED:
         assert resumed[key] == ref[key], key
     assert [s for s, _ in ref["test/acc"]] == [7, 14, 20]  # two full epochs of 7 batches, then 6
+
+
+@pytest.mark.parametrize("stored, now", [(True, "auto"), (False, "false")])
+def test_a_stored_bool_amp_reads_as_what_it_meant(stored, now):
+    """trainer.amp was a bool: true meant autocast where the device has it (then CUDA
+    only), which is today's auto; a checkpoint of then must resume as it ran."""
+    from omegaconf import OmegaConf
+
+    from cifar_exp.stored import from_stored
+
+    from helpers import compose_cfg
+
+    config = OmegaConf.to_container(compose_cfg("dataset=synthetic"), resolve=True)
+    config["trainer"]["amp"] = stored
+    assert from_stored(config, "test").trainer.amp == now

@@ -114,3 +114,66 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_and_round_trips():
     copy_ = Lookahead(model, every=2, decay=0.5, total_steps=4)
     copy_.load_state_dict(look.state_dict())
     assert copy_.count == 2 and torch.equal(copy_.slow["weight"], look.slow["weight"])
+
+
+# --- precision: bf16 autocast where the hardware has the units -------------------------------
+def _synthetic_loader():
+    from omegaconf import OmegaConf
+
+    from cifar_exp.config import SyntheticConfig
+    from cifar_exp.data import load_dataset
+
+    data = load_dataset(OmegaConf.structured(SyntheticConfig(train_size=512, test_size=64)), CPU)
+    return data.loader("train", 64, shuffle=True, seed=0)
+
+
+def test_a_bf16_run_reaches_the_float32_runs_loss():
+    """The same 3 epochs of learnable images: bf16 autocast keeps float32 weights and loses
+    no accuracy that matters (on a CPU without bf16 units it is emulated: slow, still right)."""
+    loader, losses = _synthetic_loader(), {}
+    for dtype in (None, torch.bfloat16):
+        torch.manual_seed(0)
+        trainer = _trainer(SimpleCNN(), autocast_dtype=dtype)
+        for epoch in range(3):
+            trainer.begin_epoch(epoch, 0)
+            for x, y in loader.epoch(epoch):
+                trainer.step(x, y)
+            trainer.end_epoch()
+        losses[dtype] = trainer.meter.summary()["loss"]
+        assert all(p.dtype == torch.float32 for p in trainer.module.parameters())
+    assert losses[None] < 1.0  # it learned
+    assert losses[torch.bfloat16] == pytest.approx(losses[None], rel=0.1, abs=0.05)
+
+
+PRECISIONS = [
+    # amp, cpu has bf16, deterministic -> precision or the refusal
+    ("auto", False, False, "float32"), ("auto", True, False, "bf16"), ("auto", True, True, "float32"),
+    ("true", True, False, "bf16"), ("True", True, True, "bf16"), ("false", True, False, "float32"),
+    ("False", False, False, "float32"),
+    ("true", False, False, "trainer.amp=true is invalid on cpu: this CPU has no native bf16 units"),
+]
+
+
+@pytest.mark.parametrize("amp,native,deterministic,expected", PRECISIONS)
+def test_amp_auto_true_false_on_the_cpu(amp, native, deterministic, expected, monkeypatch):
+    from cifar_exp import runtime
+    from cifar_exp.errors import UserError
+
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: native)
+    if expected.startswith("trainer.amp"):
+        with pytest.raises(UserError, match=expected):
+            runtime.pick_precision(amp, CPU, deterministic)
+    else:
+        assert runtime.pick_precision(amp, CPU, deterministic).name == expected
+
+
+def test_this_machines_cpu_flags_decide_auto():
+    from pathlib import Path
+
+    from cifar_exp import runtime
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    native = "amx_bf16" in flags or "avx512_bf16" in flags
+    assert runtime.cpu_has_bf16() == native
+    assert runtime.pick_precision("auto", CPU).name == ("bf16" if native else "float32")
+    assert runtime.pick_precision("auto", torch.device("mps")).name == "float32"

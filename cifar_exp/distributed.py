@@ -79,7 +79,3 @@ def from_main(value: Any) -> Any:
     dist.broadcast_object_list(box, src=0)
     return box[0]
 
-
-def barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()

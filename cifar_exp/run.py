@@ -37,6 +37,7 @@ from cifar_exp.validation import check_loaded, monitor_mode, validate
 
 # how many training images a model that sets its first layer from the data sees (airbench's 5,000)
 INIT_IMAGES = 5000
+STOP_POLL_STEPS = 25  # how often, in optimizer steps, DDP ranks agree on a stop within an epoch
 log = logging.getLogger("cifar_exp")
 
 
@@ -119,7 +120,12 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                 diverged(float(trainer.meter.loss_sum))
             ckpt.save(state, trainer, epoch_end=epoch_end, is_best=is_best, score=score)
 
-        def stop_requested() -> bool:
+        def stop_requested(at_step: bool = False) -> bool:
+            # Under DDP every rank must agree, which is a collective (an all-reduce read back):
+            # within an epoch only every STOP_POLL_STEPS optimizer steps, so a step never
+            # waits for it. One process reads its own flag at every step, for free.
+            if world.active and at_step and (state.global_step // t.accumulate_grad_batches) % STOP_POLL_STEPS:
+                return False
             return distributed.any_rank(stop.signum is not None, device)
 
         def checkpoint_and_stop(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> NoReturn:
@@ -150,7 +156,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                             diverged(loss)
                     bar.update(loss)
                     # checkpoints fall between optimizer steps, never inside an accumulation
-                    if trainer.at_boundary and stop_requested():
+                    if trainer.at_boundary and stop_requested(at_step=True):
                         checkpoint_and_stop(epoch_end=False, is_best=False)
                     if (every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train)
                             and trainer.at_boundary):

@@ -56,6 +56,21 @@ def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 3
 
 
+def test_ddp_agrees_on_a_stop_without_a_collective_per_step(workdir):
+    """Twice the steps per epoch, the same number of all-reduces: the ones a run does are
+    per epoch (evaluation, the epoch-end stop and pruning votes), none per step."""
+    counts = []
+    for train_size in (1024, 2048):  # each under STOP_POLL_STEPS optimizer steps, one twice the other
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "testing_cli", "trainer.strategy=ddp", *FAST, f"dataset.train_size={train_size}", "epochs=1",
+               "mlflow.enabled=false", "checkpoint.enabled=false"]
+        done = subprocess.run(cmd, cwd=workdir, env=cli_env(OMP_NUM_THREADS="1", CIFAR_EXP_TEST_COUNT_COLLECTIVES="1"),
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        counts.append(sorted(map(int, re.findall(r"all_reduce calls: (\d+)", done.stdout))))
+    assert len(counts[0]) == 2 and counts[0] == counts[1], counts
+
+
 def test_ddp_without_torchrun_is_a_user_error(cli):
     result = cli(*FAST, "trainer.strategy=ddp", "mlflow.enabled=false")
     assert result.returncode == 2 and "needs torchrun" in result.stderr

@@ -5,5 +5,27 @@ from cifar_exp.__main__ import main
 
 import helpers  # noqa: F401  (registers model=exploding_cnn and model=slow_cnn)
 
+
+def _count_all_reduces() -> None:
+    """CIFAR_EXP_TEST_COUNT_COLLECTIVES=1: say at exit how many all-reduces this process ran."""
+    import atexit
+
+    import torch.distributed as dist
+
+    calls = [0]
+    real = dist.all_reduce
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    dist.all_reduce = counted
+    atexit.register(lambda: print(f"all_reduce calls: {calls[0]}", flush=True))
+
+
 if __name__ == "__main__":
+    import os
+
+    if os.environ.get("CIFAR_EXP_TEST_COUNT_COLLECTIVES"):
+        _count_all_reduces()
     main()

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
 from cifar_exp.config import image_size
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 from cifar_exp.stored import from_stored
 from cifar_exp.validation import monitor_mode, validate
 
@@ -208,9 +208,9 @@ def _read(path: Path) -> dict:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or pickled files
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        why = reason(e, 160)
         raise UserError(f"checkpoint {path} is unreadable (truncated, corrupt, or not a tensor "
-                        f"file): {reason.rstrip('. ')}") from None
+                        f"file): {why.rstrip('. ')}") from None
     if not isinstance(raw, dict) or "format_version" not in raw:
         raise UserError(f"{path} is not a cifar_exp checkpoint")
     # files written before checksums have none: torch's own checks are all they get
@@ -257,7 +257,7 @@ def _check_rng(rng: Any, origin: str) -> None:
             raise TypeError("cuda states are not tensors")
     except Exception as e:  # a wrong type, size or value from any of the four
         raise UserError(f"{origin}: its RNG state is malformed ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+                        f"{reason(e)})") from None
 
 
 def _check_trainer(trainer: Any, origin: str) -> None:
@@ -347,7 +347,7 @@ def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
         raise UserError(f"checkpoint {ck.path}: its weights do not fit model={ck.config.model.name} "
-                        f"({str(e).strip().splitlines()[0][:200]})") from None
+                        f"({reason(e)})") from None
     return model.to(device).eval()
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp.config import IMAGE_SUFFIXES
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import builder
 
 log = logging.getLogger("cifar_exp")
@@ -107,9 +107,9 @@ def _torchvision_split(cfg: DictConfig, train: bool):
         return cls(root=cfg.root, train=train, download=cfg.download)
     except (OSError, RuntimeError) as e:
         archive = Path(cfg.root) / CIFAR_ARCHIVES[cfg.name]
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        why = reason(e)
         raise UserError(
-            f"cannot load {cfg.name} from {cfg.root}/ ({reason}). Offline? Put "
+            f"cannot load {cfg.name} from {cfg.root}/ ({why}). Offline? Put "
             f"{CIFAR_ARCHIVES[cfg.name]} at {archive}, or use dataset=image_folder "
             f"dataset.root=<dir with train/ and test/>, or dataset=synthetic"
         ) from None
@@ -194,8 +194,8 @@ def _read_cache(path: Path, built_from: dict) -> Optional[tuple[Split, Split, li
             raise ValueError("other class names")
         return train, test, classes
     except Exception as e:  # truncated, garbage, foreign or stale: rebuilt below
-        reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
-        log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path, reason)
+        log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path,
+                    reason(e, 160))
         return None
 
 

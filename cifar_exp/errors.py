@@ -32,6 +32,12 @@ def exit_with(message: str, prog: str = "cifar-exp") -> NoReturn:
     raise SystemExit(EXIT_USAGE)
 
 
+def reason(e: BaseException, limit: int = 200) -> str:
+    """An exception's first line, cut to `limit` characters; its type's name when it has none."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
+
+
 _NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
 
 

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp import config as c
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 
 
 @dataclass(frozen=True)
@@ -141,4 +141,4 @@ def on_schemas(plain: dict, origin: str = "") -> DictConfig:
         return OmegaConf.merge(base, plain)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise UserError(f"{prefix}config key {key} is invalid ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{prefix}config key {key} is invalid ({reason(e)})") from None

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import checkpoint
 from cifar_exp.checkpoint import Checkpoint
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
 from cifar_exp.registry import flatten
 from cifar_exp.validation import validate
@@ -127,5 +127,4 @@ def restore(trainer, ck: Checkpoint) -> None:
     except UserError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {ck.path}: its trainer state does not fit this run ({reason})") from None
+        raise UserError(f"checkpoint {ck.path}: its trainer state does not fit this run ({reason(e)})") from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cifar_exp import metrics
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, is_sweep, parse_override
 from cifar_exp.tracking import PRUNED_TAG
 
@@ -71,7 +71,7 @@ def check_storage(url: str) -> None:
         parsed.get_dialect()
     except Exception as e:  # ArgumentError for garbage, NoSuchModuleError for an unknown dialect
         raise UserError(f"hydra.sweeper.storage={url!r} is invalid: must be an SQLAlchemy database URL "
-                        f"such as sqlite:///optuna.db ({str(e).splitlines()[0]})") from None
+                        f"such as sqlite:///optuna.db ({reason(e)})") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         folder = Path(parsed.database).parent
         if not folder.is_dir():
@@ -299,7 +299,7 @@ class TrialLink:
             return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
         except (SQLAlchemyError, StorageInternalError, UserError) as e:  # Optuna wraps a failed commit in the 2nd
             log.warning("could not report epoch %d to Optuna trial %d (%s); training goes on", epoch,
-                        self.number, str(e).splitlines()[0])
+                        self.number, reason(e))
             return False
 
     def mark_pruned(self) -> None:

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp.config import DEVICE, require
-from cifar_exp.errors import UserError, exit_with
+from cifar_exp.errors import UserError, exit_with, reason
 
 
 def check_device(device: str) -> None:
@@ -38,7 +38,7 @@ def parse_cli(argv: list[str], schema: type) -> Any:
     try:
         given = OmegaConf.from_dotlist(argv)
     except Exception as e:
-        raise UserError(f"cannot parse arguments {argv}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"cannot parse arguments {argv}: {reason(e)}") from None
     fields = list(OmegaConf.structured(schema))
     for key in given:
         if key not in fields:
@@ -48,7 +48,7 @@ def parse_cli(argv: list[str], schema: type) -> Any:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise UserError(f"{key}={OmegaConf.select(given, str(key))!r} is invalid: "
-                        f"{str(e).splitlines()[0]}") from None
+                        f"{reason(e)}") from None
     for key in fields:
         if OmegaConf.is_missing(merged, key):
             raise UserError(f"{key}=... is required")

@@ -24,7 +24,7 @@ from typing import Iterator, Optional
 
 from omegaconf import DictConfig
 
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 
 log = logging.getLogger("cifar_exp")
 
@@ -160,7 +160,7 @@ class SystemMetrics:
             self.mlflow.publish_metrics(self.mlflow.aggregate_metrics())
             self.mlflow.mlflow_logger.flush()
         except Exception as e:  # the store is away: these samples are not worth an outbox
-            log.debug("system metrics not logged: %s", _reason(e))
+            log.debug("system metrics not logged: %s", reason(e))
 
     def finish(self) -> None:
         """The last sample, taken in the sampling thread as it stops."""
@@ -178,10 +178,6 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
 
 def _probe(uri: str) -> None:
     """One short request to the tracking API itself (a server can answer /health and hang
@@ -193,8 +189,8 @@ def _probe(uri: str) -> None:
     except urllib.error.HTTPError:
         return  # it answered
     except (OSError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise UserError(f"the MLflow tracking server {uri} does not answer ({reason}); start it, point "
+        why = getattr(e, "reason", None) or e
+        raise UserError(f"the MLflow tracking server {uri} does not answer ({why}); start it, point "
                         f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running one, or set "
                         f"mlflow.enabled=false") from None
 
@@ -247,7 +243,7 @@ def connect(uri: str, experiment: Optional[str] = None):
     except UserError:
         raise
     except Exception as e:  # an unwritable path, a damaged file, a refusing server
-        raise UserError(f"cannot use the MLflow store {uri}: {_reason(e)}; fix it, point mlflow.tracking_uri "
+        raise UserError(f"cannot use the MLflow store {uri}: {reason(e)}; fix it, point mlflow.tracking_uri "
                         f"(or MLFLOW_TRACKING_URI) elsewhere, or set mlflow.enabled=false") from None
     return client, exp_id
 
@@ -348,7 +344,7 @@ class Outbox:
             box = cls(Path(path), data["uri"], data["run_id"])
             box.ops = list(data["ops"])
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise UserError(f"cannot read the MLflow outbox {path}: {_reason(e)}") from None
+            raise UserError(f"cannot read the MLflow outbox {path}: {reason(e)}") from None
         return box
 
     def save(self) -> None:
@@ -377,7 +373,7 @@ class Outbox:
                     self.ops[0:1] = parts
                     continue
                 log.warning("warning: the MLflow store refused %s (%s): dropped, the rest is delivered",
-                            _describe(self.ops[0]), _reason(e))
+                            _describe(self.ops[0]), reason(e))
             del self.ops[0]
 
 
@@ -393,7 +389,7 @@ def deliver_outbox(run_dir: Path) -> str:
         box.deliver(client)
     except Exception as e:
         box.save()
-        raise UserError(f"delivery to {box.uri} stopped ({_reason(e)}); {len(box.ops)} of {count} writes "
+        raise UserError(f"delivery to {box.uri} stopped ({reason(e)}); {len(box.ops)} of {count} writes "
                         f"remain in {path}") from None
     box.clear()
     return f"delivered {count} writes to run {box.run_id} at {box.uri}"
@@ -536,7 +532,7 @@ class MlflowTracker:
                 self._retry_at = time.monotonic() + wait
                 if self._failures == 1:
                     log.warning("warning: the MLflow store %s does not take writes (%s); training goes on and "
-                                "%d writes wait for it (next try in %d s)", self.uri, _reason(e),
+                                "%d writes wait for it (next try in %d s)", self.uri, reason(e),
                                 len(self.outbox.ops), wait)
             else:
                 if self._failures:
@@ -582,7 +578,7 @@ class MlflowTracker:
             self._queue({"op": "metrics", "items": linked})
             self.flush()
         except Exception as e:
-            log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", _reason(e))
+            log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", reason(e))
         finally:
             with contextlib.suppress(Exception):
                 mlflow.end_run(status="RUNNING")  # finish() sets the real final status

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp import metrics
 from cifar_exp.config import Config, require
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import REGISTRY, on_schemas, option
 
 
@@ -44,7 +44,7 @@ def plain(cfg: DictConfig) -> dict:
                 for k in cfg if k != "hydra"}
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise UserError(f"{key} cannot be resolved: {str(e).splitlines()[0]}") from None
+        raise UserError(f"{key} cannot be resolved: {reason(e)}") from None
 
 
 def typed(values: dict) -> Config:

@@ -26,11 +26,22 @@ def test_sweep_axes_are_categorical_for_names_and_few_whole_numbers():
     assert plots._axis_values([0.001, 0.01, 0.1]) == ([0.001, 0.01, 0.1], None)
 
 
-def test_objective_vs_params_plots_every_swept_key(tmp_path):
-    rows = [{"params": {"optimizer.lr": str(lr), "seed": str(s)}, "test/acc": 0.5 + lr}
+def test_objective_vs_params_plots_every_swept_key_with_the_best_and_pruned_jobs_marked(tmp_path, monkeypatch):
+    rows = [{"params": {"optimizer.lr": str(lr), "seed": str(s)}, "test/acc": 0.5 + lr + s / 100,
+             "pruned": lr == 0.001 and s == 1, "best": lr == 0.1 and s == 1}
             for lr in (0.001, 0.01, 0.1) for s in (0, 1)]
-    path = plots.objective_vs_params(rows, ["optimizer.lr", "seed"], "test/acc", tmp_path / "o.png")
-    assert path.stat().st_size > 1000
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig) or path)
+    plots.objective_vs_params(rows, ["optimizer.lr", "seed"], "test/acc", tmp_path / "o.png")
+    lr_axis, seed_axis = drawn["fig"].axes
+    assert (lr_axis.get_xlabel(), seed_axis.get_xlabel()) == ("optimizer.lr", "seed")
+    assert lr_axis.get_xscale() == "log" and [t.get_text() for t in seed_axis.get_xticklabels()] == ["0", "1"]
+    for ax in (lr_axis, seed_axis):
+        points = {c.get_label(): c.get_offsets().tolist() for c in ax.collections}
+        assert {k: len(v) for k, v in points.items()} == {"best": 1, "finished": 4, "pruned": 1}
+        assert points["best"][0][1] == max(r["test/acc"] for r in rows)
+    assert lr_axis.collections[0].get_offsets().tolist()[0][0] == 0.1  # the best job's lr
+    assert [t.get_text() for t in lr_axis.get_legend().get_texts()] == ["best", "finished", "pruned"]
 
 
 def test_predictions_titles_come_from_the_classes():

@@ -4,6 +4,7 @@ hydra/launcher=slurm, and a preempted job checkpoints, is requeued and resumes."
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -99,11 +100,52 @@ def slurm(tmp_path_factory):
             time.sleep(0.5)
         yield env
     finally:
-        for pid_file in reversed(started):
-            try:
-                os.kill(int(pid_file.read_text()), signal.SIGTERM)
-            except (OSError, ValueError):
-                pass
+        if started:
+            _drain(daemon_env)
+        _stop(started)
+        left = _slurm_processes()
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        assert not left, f"SLURM processes outlived the cluster: {left}"
+
+
+def _drain(env: dict) -> None:
+    """Cancel every job, each step's processes included, and wait until none is left: a
+    job step's slurmstepd outlives the daemons otherwise, holding its job script and srun."""
+    subprocess.run(["scancel", "--full", "--partition=cpu"], env=env, capture_output=True)
+    deadline = time.monotonic() + 60
+    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    while _slurm_processes(("slurmstepd",)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+
+
+def _stop(pid_files: list) -> None:
+    """SIGTERM each daemon, newest first, and wait for it to exit."""
+    for pid_file in reversed(pid_files):
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGTERM)
+        except (OSError, ValueError):
+            continue
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+
+
+def _slurm_processes(names=("slurmstepd", "slurmctld", "slurmd", "munged")) -> list[int]:
+    """Pids of this machine's SLURM processes, and of srun."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                comm = (proc / "comm").read_text().strip()
+                if comm in names or comm == "srun" and "slurmstepd" in names:
+                    found.append(int(proc.name))
+    return found
 
 
 def children_of_one_parent(workdir: Path) -> tuple:

@@ -87,6 +87,7 @@ def test_the_whitening_init_matches_airbench():
     assert 0.7 < moments.diag().min() and moments.diag().max() < 1.0
 
 
+@pytest.mark.slow
 def test_the_preset_trains_as_airbench_train94_does_step_for_step(tmp_path, monkeypatch):
     """airbench's own `train94` and the preset's composed config through `build_trainer`,
     from the same weights on the same batches, in float64, on a narrow net (as

@@ -390,6 +390,7 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     assert bad.returncode == 2 and "/nope.pt does not exist" in bad.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["v1 model target", "nested target", "pickled object"])
 def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli, workdir, kind):
     """Each tool reads the poisoned file, refuses it in one line, exits non-zero, and

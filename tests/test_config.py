@@ -79,6 +79,7 @@ def test_every_other_option_composes_as_itself_and_passes_the_checks(group, tmp_
             assert (run.model.name, run.scheduler.name) != ("simple_cnn", "none")
 
 
+@pytest.mark.slow
 def test_every_registered_option_builds_with_its_own_function():
     from cifar_exp.registry import builder
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cifar_exp import plots
@@ -48,6 +49,7 @@ def test_loaders_read_the_dataset_tensors_themselves():
         assert loader.split is getattr(data, split) and loader.normalize is data.normalize
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, workdir):
     import math
 
@@ -71,6 +73,7 @@ def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, wo
     assert not math.isfinite(c.get_metric_history(run.info.run_id, "train/loss")[-1].value)
 
 
+@pytest.mark.slow
 def test_divergence_found_at_the_epoch_end_writes_no_checkpoint(cli, workdir):
     from conftest import FAST
 
@@ -86,6 +89,7 @@ def _client(workdir):
     return MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
 
 
+@pytest.mark.slow
 def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
     from conftest import FAST
 
@@ -100,6 +104,7 @@ def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
     assert "no improvement of test/acc for 2 evaluated epochs" in run.data.tags["cifar_exp.early_stopped"]
 
 
+@pytest.mark.slow
 def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_the_same(cli, workdir):
     from conftest import FAST
 
@@ -119,6 +124,7 @@ def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_
     assert all(torch.equal(every_epoch[k], v) for k, v in end["trainer"]["model"].items())
 
 
+@pytest.mark.slow
 def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
     from conftest import FAST
 
@@ -133,6 +139,7 @@ def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
     assert len(c.get_metric_history(run.info.run_id, "test/acc")) == 3
 
 
+@pytest.mark.slow
 def test_debug_presets_run_end_to_end(cli, workdir):
     import re
 
@@ -149,6 +156,7 @@ def test_debug_presets_run_end_to_end(cli, workdir):
     assert {a.path for a in c.list_artifacts(run.info.run_id, "profile")} == {"profile/ops.txt", "profile/trace.json"}
 
 
+@pytest.mark.slow
 def test_every_new_training_key_together_in_one_short_run(cli, workdir):
     from conftest import FAST
 
@@ -182,8 +190,6 @@ def test_a_model_initialized_from_data_sees_every_class_of_a_class_sorted_folder
 
 def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_path, monkeypatch, caplog):
     import logging
-
-    import pytest
 
     from cifar_exp import runtime
     from cifar_exp.errors import UserError

@@ -353,6 +353,7 @@ def test_sound_sweeps_pass_the_same_checks(overrides):
     check_sweep_of(SYN, *overrides)
 
 
+@pytest.mark.slow
 def test_a_refused_sweep_is_one_line_and_starts_no_job(cli, workdir):
     for args in (["optimizer.lr=0.01,-1"], ["hydra/sweeper=optuna", "hydra.sweeper.storage=garbage://x"]):
         result = cli("--multirun", SYN, "mlflow.enabled=false", *args)

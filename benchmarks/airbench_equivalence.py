@@ -70,8 +70,7 @@ def subsets(data: Path, n_train: int, n_test: int) -> tuple[Split, Split, list[s
     g = torch.Generator().manual_seed(0)
     pick_train = torch.randperm(len(train), generator=g)[:n_train]
     pick_test = torch.randperm(len(test), generator=g)[:n_test]
-    return (Split(train.x[pick_train], train.y[pick_train]), Split(test.x[pick_test], test.y[pick_test]),
-            classes)
+    return (Split(train.x[pick_train], train.y[pick_train]), Split(test.x[pick_test], test.y[pick_test]), classes)
 
 
 class Float64Normalize(Normalize):
@@ -138,15 +137,25 @@ class Schedules:
 
 def recording(model: torch.nn.Module, into: list) -> torch.nn.Module:
     """Records the weights each training forward pass sees: the state after each step."""
+
     def record(module, inputs):
         if module.training:
             into.append([v.detach().clone() for v in module.state_dict().values() if v.is_floating_point()])
+
     model.register_forward_pre_hook(record)
     return model
 
 
-def airbench_side(train: Split, test: Split, normalize: Normalize, work: Path, epochs: int, seed: int,
-                  widths: tuple[int, int, int] = WIDTHS, batch: int = BATCH):
+def airbench_side(
+    train: Split,
+    test: Split,
+    normalize: Normalize,
+    work: Path,
+    epochs: int,
+    seed: int,
+    widths: tuple[int, int, int] = WIDTHS,
+    batch: int = BATCH,
+):
     """airbench's `train94` on `train` in order, no augmentation: its initial weights, the
     weights each step saw, its TTA logits on `test`, its final weights and its schedules."""
     from airbench import lib_airbench94 as ab
@@ -172,8 +181,9 @@ def airbench_side(train: Split, test: Split, normalize: Normalize, work: Path, e
         return loader
 
     schedules = Schedules()
-    update = mock.patch.object(utils.LookaheadState, "update",
-                               lambda state, net, decay: schedules.lookahead_update_float64(state, net, decay))
+    update = mock.patch.object(
+        utils.LookaheadState, "update", lambda state, net, decay: schedules.lookahead_update_float64(state, net, decay)
+    )
     with cpu_shims(utils) as loader_class, update:
         loader = same_inputs(loader_class("cifar10", train=True, batch_size=batch, aug={}, shuffle=False), train)
         hook = register_optimizer_step_pre_hook(schedules.record_lrs)
@@ -192,11 +202,18 @@ def preset_config(epochs: int, steps_per_epoch: int, widths: tuple[int, int, int
     batch size than the recipe's takes the preset's learning rate scaled with it."""
     register_configs()
     with initialize_config_module("cifar_exp.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=airbench94", "trainer.compile=false",
-                                           "trainer.channels_last=false", f"epochs={epochs}",
-                                           f"trainer.max_steps={epochs * steps_per_epoch}",
-                                           f"model.widths=[{','.join(map(str, widths))}]",
-                                           f"dataset.batch_size={batch}"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "experiment=airbench94",
+                "trainer.compile=false",
+                "trainer.channels_last=false",
+                f"epochs={epochs}",
+                f"trainer.max_steps={epochs * steps_per_epoch}",
+                f"model.widths=[{','.join(map(str, widths))}]",
+                f"dataset.batch_size={batch}",
+            ],
+        )
     cfg.optimizer.lr *= batch / BATCH
     return cfg
 
@@ -230,10 +247,12 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
 
-def step_differences(ref_steps: list, reference: torch.nn.Module, steps: list,
-                     model: torch.nn.Module) -> list[tuple[float, str]]:
+def step_differences(
+    ref_steps: list, reference: torch.nn.Module, steps: list, model: torch.nn.Module
+) -> list[tuple[float, str]]:
     """After each step, the largest relative difference of any weight or BatchNorm statistic
     and the tensor that has it."""
+
     def after_each_step(recorded: list, final: torch.nn.Module) -> list:
         return [*recorded[1:], [v for v in final.state_dict().values() if v.is_floating_point()]]
 
@@ -257,23 +276,27 @@ def main() -> None:
     train, test, classes = subsets(args.data.resolve(), args.train_images, args.test_images)
     cfg = preset_config(args.epochs, len(train) // BATCH)
     from airbench import utils
+
     d = cfg.dataset
-    assert torch.equal(torch.tensor(list(d.mean)), utils.CIFAR_MEAN) and \
-        torch.equal(torch.tensor(list(d.std)), utils.CIFAR_STD), \
-        "the preset's normalization constants are not airbench's"
+    assert torch.equal(torch.tensor(list(d.mean)), utils.CIFAR_MEAN) and torch.equal(
+        torch.tensor(list(d.std)), utils.CIFAR_STD
+    ), "the preset's normalization constants are not airbench's"
     normalize = Float64Normalize(d.mean, d.std, torch.device("cpu"))
-    init, ref_steps, ref_logits, reference, schedules = airbench_side(train, test, normalize, args.work,
-                                                                       args.epochs, args.seed)
+    init, ref_steps, ref_logits, reference, schedules = airbench_side(
+        train, test, normalize, args.work, args.epochs, args.seed
+    )
     with schedules.replayed(loss_scale=BATCH):
         steps, logits, model = framework_side(cfg, train, test, classes, normalize, init)
     own_steps, own_logits, own_model = framework_side(cfg, train, test, classes, normalize, init)
 
-    print(f"{len(steps)} optimizer steps ({args.epochs} epochs of {len(train) // BATCH} batches of {BATCH}), "
-          f"{len(test)} test images, float64; the framework's learning rates and lookahead decays agree with "
-          f"airbench's float32 ones to {schedules.gap:.1e} of their peak at every step. Largest relative difference of "
-          f"any weight or BatchNorm statistic from airbench's: the framework with airbench's float32 values "
-          f"(what is left is the recipe and float64 rounding), and with its own float64 ones (rounding in the "
-          f"8th digit, grown)")
+    print(
+        f"{len(steps)} optimizer steps ({args.epochs} epochs of {len(train) // BATCH} batches of {BATCH}), "
+        f"{len(test)} test images, float64; the framework's learning rates and lookahead decays agree with "
+        f"airbench's float32 ones to {schedules.gap:.1e} of their peak at every step. Largest relative difference of "
+        f"any weight or BatchNorm statistic from airbench's: the framework with airbench's float32 values "
+        f"(what is left is the recipe and float64 rounding), and with its own float64 ones (rounding in the "
+        f"8th digit, grown)"
+    )
     replayed = step_differences(ref_steps, reference, steps, model)
     own = step_differences(ref_steps, reference, own_steps, own_model)
     for step, ((diff, name), (own_diff, _)) in enumerate(zip(replayed, own), start=1):
@@ -285,10 +308,14 @@ def main() -> None:
 
     ref_predictions = ref_logits.argmax(1)
     for label, lg in (("airbench's float32 schedules", logits), ("own float64 schedules", own_logits)):
-        print(f"test logits (TTA), {label}: {relative(lg, ref_logits):.1e} apart, predictions agree on "
-              f"{agreement(lg, ref_predictions):.2f}%, TTA acc {agreement(lg, test.y):.2f}%")
-    print(f"result: largest difference {worst:.1e} with airbench's schedules; "
-          f"TTA acc airbench {agreement(ref_logits, test.y):.2f}%")
+        print(
+            f"test logits (TTA), {label}: {relative(lg, ref_logits):.1e} apart, predictions agree on "
+            f"{agreement(lg, ref_predictions):.2f}%, TTA acc {agreement(lg, test.y):.2f}%"
+        )
+    print(
+        f"result: largest difference {worst:.1e} with airbench's schedules; "
+        f"TTA acc airbench {agreement(ref_logits, test.y):.2f}%"
+    )
 
 
 if __name__ == "__main__":

@@ -30,8 +30,12 @@ RESULT = re.compile(r"^result: .* test_acc=([\d.]+) train_s=([\d.]+)")
 
 
 def reference(seed: int) -> tuple[float, float]:
-    out = subprocess.run([sys.executable, str(HERE / "airbench_reference.py"), "--data", str(REAL),
-                          "--seeds", str(seed)], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, str(HERE / "airbench_reference.py"), "--data", str(REAL), "--seeds", str(seed)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     acc, seconds = next(map(float, m.groups()) for m in map(RESULT.match, out.splitlines()) if m)
     print(f"  reference seed {seed}: {100 * acc:.2f}% in {seconds:.2f} s", flush=True)
     return acc, seconds
@@ -40,9 +44,19 @@ def reference(seed: int) -> tuple[float, float]:
 def ours(seed: int, overrides: list[str], cwd: Path) -> tuple[list[tuple[float, float]], float]:
     """[(cumulative training seconds, test accuracy)] per epoch, and the wall time."""
     # the decoded-image cache is the one the reference script fills
-    cmd = [sys.executable, "-m", "cifar_exp", "experiment=airbench94", "dataset=image_folder",
-           f"dataset.root={REAL}", f"dataset.cache_dir={REAL.parent / 'cache'}", f"seed={seed}",
-           "trainer.device=cuda", "trainer.progress=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifar_exp",
+        "experiment=airbench94",
+        "dataset=image_folder",
+        f"dataset.root={REAL}",
+        f"dataset.cache_dir={REAL.parent / 'cache'}",
+        f"seed={seed}",
+        "trainer.device=cuda",
+        "trainer.progress=false",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -52,8 +66,10 @@ def ours(seed: int, overrides: list[str], cwd: Path) -> tuple[list[tuple[float, 
     for m in filter(None, (EPOCH.match(line.strip()) for line in proc.stdout.splitlines())):
         total += float(m.group(4))
         epochs.append((total, float(m.group(3)) / 100))
-    print(f"  airbench94 seed {seed}: {100 * epochs[-1][1]:.2f}% after {total:.2f} s of training "
-          f"({wall:.0f} s wall)", flush=True)
+    print(
+        f"  airbench94 seed {seed}: {100 * epochs[-1][1]:.2f}% after {total:.2f} s of training ({wall:.0f} s wall)",
+        flush=True,
+    )
     return epochs, wall
 
 
@@ -79,12 +95,18 @@ def main() -> None:
     print("| | mean test acc | time to the reference's mean | runs |")
     print("| --- | --- | --- | --- |")
     print(f"| airbench94 reference | {100 * target:.2f}% | {ref_time:.2f} s | {len(refs)} |")
-    print(f"| experiment=airbench94, first run (compile warm-up) | "
-          f"{100 * statistics.mean(e[-1][1] for e, _ in runs):.2f}% | {cold:.2f} s | 1 |")
-    print(f"| experiment=airbench94, later runs | | {warm_mean:.2f} s ({', '.join(f'{w:.2f}' for w in warm)}) "
-          f"| {len(warm)} |")
-    print(f"summary: target {100 * target:.2f}%; reference {ref_time:.2f} s; ours {warm_mean:.2f} s warm, "
-          f"{cold:.2f} s cold; ratio ours/reference {warm_mean / ref_time:.2f} warm, {cold / ref_time:.2f} cold")
+    print(
+        f"| experiment=airbench94, first run (compile warm-up) | "
+        f"{100 * statistics.mean(e[-1][1] for e, _ in runs):.2f}% | {cold:.2f} s | 1 |"
+    )
+    print(
+        f"| experiment=airbench94, later runs | | {warm_mean:.2f} s ({', '.join(f'{w:.2f}' for w in warm)}) "
+        f"| {len(warm)} |"
+    )
+    print(
+        f"summary: target {100 * target:.2f}%; reference {ref_time:.2f} s; ours {warm_mean:.2f} s warm, "
+        f"{cold:.2f} s cold; ratio ours/reference {warm_mean / ref_time:.2f} warm, {cold / ref_time:.2f} cold"
+    )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,10 @@ def save_airbench_layout(work: Path, train, test, classes: list[str]) -> None:
     """`<work>/cifar10/{train,test}.pt` as airbench's CifarLoader reads them: NHWC uint8 images."""
     (work / "cifar10").mkdir(parents=True, exist_ok=True)
     for name, split in (("train", train), ("test", test)):
-        torch.save({"images": split.x.permute(0, 2, 3, 1).contiguous(), "labels": split.y, "classes": classes},
-                   work / "cifar10" / f"{name}.pt")
+        torch.save(
+            {"images": split.x.permute(0, 2, 3, 1).contiguous(), "labels": split.y, "classes": classes},
+            work / "cifar10" / f"{name}.pt",
+        )
 
 
 def write_airbench_layout(data: Path, work: Path) -> None:
@@ -80,10 +82,13 @@ def cpu_shims(utils):
     def identity(module, *args, **kwargs):
         return module
 
-    with mock.patch.object(utils, "CifarLoader", CpuCifarLoader), \
-            mock.patch.object(torch.cuda, "Event", WallClockEvent), \
-            mock.patch.object(torch.cuda, "synchronize", lambda *a: None), \
-            mock.patch.object(nn.Module, "half", identity), mock.patch.object(nn.Module, "cuda", identity):
+    with (
+        mock.patch.object(utils, "CifarLoader", CpuCifarLoader),
+        mock.patch.object(torch.cuda, "Event", WallClockEvent),
+        mock.patch.object(torch.cuda, "synchronize", lambda *a: None),
+        mock.patch.object(nn.Module, "half", identity),
+        mock.patch.object(nn.Module, "cuda", identity),
+    ):
         yield CpuCifarLoader
 
 
@@ -103,8 +108,9 @@ def run_seed(seed: int, epochs: float, warm_up: bool = False) -> tuple[float, fl
     torch.manual_seed(seed)
     shims = contextlib.nullcontext(utils.CifarLoader) if torch.cuda.is_available() else cpu_shims(utils)
     with shims as loader_class, mock.patch.object(utils, "print_training_details", recording_report):
-        train_loader = loader_class("cifar10", train=True, batch_size=ab.hyp["opt"]["batch_size"],
-                                    aug=ab.hyp["aug"], altflip=True)
+        train_loader = loader_class(
+            "cifar10", train=True, batch_size=ab.hyp["opt"]["batch_size"], aug=ab.hyp["aug"], altflip=True
+        )
         ab.train94(train_loader, epochs=epochs, make_net=ab.make_net94, run=-1 if warm_up else seed)
     return final.get("acc", 0.0), final.get("seconds", 0.0)
 
@@ -123,8 +129,11 @@ def main() -> None:
         run_seed(0, args.epochs, warm_up=True)
     for seed in args.seeds:
         acc, seconds = run_seed(seed, args.epochs)
-        print(f"result: airbench94 reference seed={seed} epochs={args.epochs} test_acc={acc:.4f} "
-              f"train_s={seconds:.1f} device={device}", flush=True)
+        print(
+            f"result: airbench94 reference seed={seed} epochs={args.epochs} test_acc={acc:.4f} "
+            f"train_s={seconds:.1f} device={device}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ STEPS_PER_EPOCH = 391  # 50,000 images, batch 128
 def trained_state(make_model) -> tuple[Trainer, float]:
     """A trainer in a realistic state (momentum buffers filled) and the measured time of one step."""
     model = make_model()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9), None,
-                      torch.nn.CrossEntropyLoss(), torch.device("cpu"))
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9),
+        None,
+        torch.nn.CrossEntropyLoss(),
+        torch.device("cpu"),
+    )
     x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
     trainer.step(x, y)
     step = min(timed(lambda: trainer.step(x, y)) for _ in range(3))
@@ -47,17 +52,20 @@ def main() -> None:
     shares = {}
     for name, make in (("simple_cnn", SimpleCNN), ("resnet18", resnet18)):
         trainer, epoch_s = trained_state(make)
-        saves = [timed(lambda t=trainer: writer.save(state, t, epoch_end=True, is_best=True))
-                 for _ in range(args.reps)]
+        saves = [timed(lambda t=trainer: writer.save(state, t, epoch_end=True, is_best=True)) for _ in range(args.reps)]
         size = (d / "checkpoints/last.pt").stat().st_size
         load = timed(lambda: checkpoint._read(d / "checkpoints/last.pt"))
         s = stats(saves)
         shares[name] = 100 * s["median"] / epoch_s
-        print(f"| {name} | {size / 2**20:.2f} MiB | {fmt(s)} (load {load:.3f} s) | {epoch_s:.1f} s | "
-              f"{shares[name]:.3f}% |")
+        print(
+            f"| {name} | {size / 2**20:.2f} MiB | {fmt(s)} (load {load:.3f} s) | {epoch_s:.1f} s | "
+            f"{shares[name]:.3f}% |"
+        )
     ok = "met" if max(shares.values()) < 1 else "MISSED"
-    print(f"summary: every-epoch checkpoint costs {shares['simple_cnn']:.3f}% (simple_cnn), "
-          f"{shares['resnet18']:.3f}% (resnet18) of an epoch (target < 1%: {ok})")
+    print(
+        f"summary: every-epoch checkpoint costs {shares['simple_cnn']:.3f}% (simple_cnn), "
+        f"{shares['resnet18']:.3f}% (resnet18) of an epoch (target < 1%: {ok})"
+    )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ def cifar10(cache_dir: str = "data/cache") -> tuple[Dataset, str]:
         with tarfile.open(SHARED_ARCHIVE) as tar:
             tar.extractall(REAL.parent, filter="data")
     if REAL.is_dir():
-        cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                              {"name": "image_folder", "root": str(REAL), "cache_dir": cache_dir})
+        cfg = OmegaConf.merge(
+            OmegaConf.structured(ImageFolderConfig), {"name": "image_folder", "root": str(REAL), "cache_dir": cache_dir}
+        )
         return load_dataset(cfg, torch.device("cpu")), f"CIFAR-10 JPEG copy at {REAL}"
     cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), {"train_size": 50000, "test_size": 10000})
     return load_dataset(cfg, torch.device("cpu")), "synthetic data of CIFAR-10's size (no real copy found)"
@@ -51,5 +52,7 @@ def fmt(s: dict, unit: str = "s") -> str:
 
 def header(title: str, data_note: str) -> None:
     print(f"# {title}")
-    print(f"# machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}; data: {data_note}")
+    print(
+        f"# machine: {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, cuda={torch.cuda.is_available()}; data: {data_note}"
+    )

@@ -73,10 +73,14 @@ def main() -> None:
     warmup = first - cm
     print(f"eager    step {em:.3f} s (min {min(e):.3f}, max {max(e):.3f})")
     print(f"compiled step {cm:.3f} s (min {min(c):.3f}, max {max(c):.3f}); first step {first:.1f} s")
-    print(f"summary: compiled/eager steady-state step (and epoch) time {cm / em:.3f}; warm-up {warmup:.1f} s "
-          f"= {warmup / (em * STEPS_PER_EPOCH):.2f} eager epochs; pays off after "
-          f"{warmup / max(em - cm, 1e-9):.0f} steps" if cm < em else
-          f"summary: compiled/eager steady-state step (and epoch) time {cm / em:.3f} (no gain); warm-up {warmup:.1f} s")
+    print(
+        f"summary: compiled/eager steady-state step (and epoch) time {cm / em:.3f}; warm-up {warmup:.1f} s "
+        f"= {warmup / (em * STEPS_PER_EPOCH):.2f} eager epochs; pays off after "
+        f"{warmup / max(em - cm, 1e-9):.0f} steps"
+        if cm < em
+        else f"summary: compiled/eager steady-state step (and epoch) time {cm / em:.3f} (no gain); "
+        f"warm-up {warmup:.1f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ def main() -> None:
     args = parser.parse_args()
     data, note = cifar10()
     header("the notes' DataLoader pipeline vs the framework, simple_cnn, one full epoch", note)
-    loader = torch.utils.data.DataLoader(notes_dataset(data.train.x, data.train.y), batch_size=128,
-                                         shuffle=True, num_workers=2)
+    loader = torch.utils.data.DataLoader(
+        notes_dataset(data.train.x, data.train.y), batch_size=128, shuffle=True, num_workers=2
+    )
     perm = torch.randperm(len(data.train))
     x, y = (data.train.x[perm].float() / 255 - 0.5) / 0.5, data.train.y[perm]
     notes, fw, floor = [], [], []

@@ -31,8 +31,9 @@ def wall(cmd: list[str], cwd: Path) -> float:
 def to_first_step(args: list[str], cwd: Path) -> float:
     run_dir = cwd / f"first-step-{time.monotonic_ns()}"
     t0 = time.perf_counter()
-    proc = subprocess.Popen([*CLI, *args, f"hydra.run.dir={run_dir}"], cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*CLI, *args, f"hydra.run.dir={run_dir}"], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     while not (run_dir / "checkpoints/last.pt").exists():
         if proc.poll() is not None:
             raise RuntimeError("the run ended before its first step checkpoint")
@@ -51,8 +52,11 @@ def main() -> None:
     header("start-up times vs bare `import torch`", note)
     cwd = Path(tempfile.mkdtemp())
     os.symlink(Path.cwd() / "data", cwd / "data")
-    dataset = (["dataset=image_folder", f"dataset.root={REAL}"] if REAL.is_dir()
-               else ["dataset=synthetic", "dataset.train_size=50000", "dataset.test_size=10000"])
+    dataset = (
+        ["dataset=image_folder", f"dataset.root={REAL}"]
+        if REAL.is_dir()
+        else ["dataset=synthetic", "dataset.train_size=50000", "dataset.test_size=10000"]
+    )
     step_args = [*dataset, "checkpoint.every_n_steps=1", "trainer.progress=false"]
     cases = {
         "python -c 'import torch'": lambda: wall([sys.executable, "-c", "import torch"], cwd),
@@ -75,9 +79,11 @@ def main() -> None:
         st = stats(s)
         print(f"| {name} | {fmt(st)} | {st['median'] / torch_s:.2f} |")
     ratio = {n: stats(s)["median"] / torch_s for n, s in samples.items()}
-    print(f"summary: --help {ratio['cifar_exp --help']:.2f}x, config error "
-          f"{ratio['cifar_exp epochs=abc (config error)']:.2f}x, first step "
-          f"{ratio['launch -> first step, mlflow on']:.2f}x the time of `import torch`")
+    print(
+        f"summary: --help {ratio['cifar_exp --help']:.2f}x, config error "
+        f"{ratio['cifar_exp epochs=abc (config error)']:.2f}x, first step "
+        f"{ratio['launch -> first step, mlflow on']:.2f}x the time of `import torch`"
+    )
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ def bare_epoch(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> None:
     model.train()
     for i in range(0, len(y), batch):
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x[i:i + batch]), y[i:i + batch]).backward()
+        loss_fn(model(x[i : i + batch]), y[i : i + batch]).backward()
         opt.step()
 
 
@@ -49,6 +49,7 @@ def compare(name: str, make_model, split: Split, batch: int, reps: int) -> float
     perm = torch.randperm(len(split))
     x = (split.x[perm].float() / 255 - 0.5) / 0.5
     y = split.y[perm]
+
     def framework() -> float:
         torch.manual_seed(0)
         return timed(lambda: framework_epoch(make_model(), split, batch))

@@ -21,9 +21,18 @@ EPOCH = re.compile(r"^epoch (\d+)/(\d+): .*\| test loss [\d.]+ acc ([\d.]+)%.* \
 
 def run_preset(preset: str, overrides: list[str], cwd: Path) -> tuple[list[tuple[int, float, float]], float]:
     """[(epoch, cumulative training seconds, test accuracy)], and the whole wall time."""
-    cmd = [sys.executable, "-m", "cifar_exp", f"experiment={preset}", "dataset=image_folder",
-           f"dataset.root={REAL}", f"dataset.cache_dir={Path.cwd() / 'data/cache'}",
-           "trainer.progress=false", "mlflow.log_model=false", *overrides]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cifar_exp",
+        f"experiment={preset}",
+        "dataset=image_folder",
+        f"dataset.root={REAL}",
+        f"dataset.cache_dir={Path.cwd() / 'data/cache'}",
+        "trainer.progress=false",
+        "mlflow.log_model=false",
+        *overrides,
+    ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     epochs, total = [], 0.0
@@ -32,8 +41,11 @@ def run_preset(preset: str, overrides: list[str], cwd: Path) -> tuple[list[tuple
         if m:
             total += float(m.group(4))
             epochs.append((int(m.group(1)), total, float(m.group(3)) / 100))
-            print(f"  {preset}: epoch {m.group(1)}/{m.group(2)} test acc {m.group(3)}% at {total:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {preset}: epoch {m.group(1)}/{m.group(2)} test acc {m.group(3)}% at {total:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     if proc.wait() != 0:
         raise SystemExit(f"{preset} failed (exit {proc.returncode})")
     return epochs, time.perf_counter() - t0
@@ -50,16 +62,17 @@ def main() -> None:
         raise SystemExit("time to accuracy needs real CIFAR-10 images (set CIFAR10_JPG)")
     cwd = Path(tempfile.mkdtemp())
     print(f"# time to accuracy; data: {note}; overrides: {' '.join(args.overrides) or '(none)'}")
-    print("| preset | epochs | final test acc | training time | wall time | time to "
-          f"{100 * args.target:.0f}% |")
+    print(f"| preset | epochs | final test acc | training time | wall time | time to {100 * args.target:.0f}% |")
     print("| --- | --- | --- | --- | --- | --- |")
     summary = []
     for preset in args.presets.split(","):
         epochs, wall = run_preset(preset, args.overrides, cwd)
         hit = next(((e, t) for e, t, a in epochs if a >= args.target), None)
         reached = f"{hit[1]:.0f} s (epoch {hit[0]})" if hit else "not reached"
-        print(f"| {preset} | {len(epochs)} | {100 * epochs[-1][2]:.2f}% | {epochs[-1][1]:.0f} s | "
-              f"{wall:.0f} s | {reached} |")
+        print(
+            f"| {preset} | {len(epochs)} | {100 * epochs[-1][2]:.2f}% | {epochs[-1][1]:.0f} s | "
+            f"{wall:.0f} s | {reached} |"
+        )
         summary.append(f"{preset} {100 * epochs[-1][2]:.2f}% in {epochs[-1][1]:.0f} s")
     print("summary: " + "; ".join(summary))
 

@@ -25,8 +25,7 @@ from cifar_exp.tracking import MlflowTracker, NullTracker
 def epoch(split, tracker) -> None:
     cpu = torch.device("cpu")
     model = SimpleCNN()
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.001), None,
-                      torch.nn.CrossEntropyLoss(), cpu)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.001), None, torch.nn.CrossEntropyLoss(), cpu)
     trainer.begin_epoch(0, 0)
     loader = TensorLoader(split, 128, Normalize([0.5] * 3, [0.5] * 3, cpu), shuffle=True)
     for step, (x, y) in enumerate(loader.epoch(0), start=1):

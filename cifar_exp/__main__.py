@@ -81,8 +81,10 @@ def main() -> None:
     except KeyboardInterrupt as e:  # a second stop signal: out at once, from the last checkpoint
         stopping.append(e)
         ignore_stop_signals()
-        print("cifar-exp: stopped at once by a second stop signal; resume from the last checkpoint "
-              "with resume=<run dir>", file=sys.stderr)
+        print(
+            "cifar-exp: stopped at once by a second stop signal; resume from the last checkpoint with resume=<run dir>",
+            file=sys.stderr,
+        )
         sys.exit(128 + signal.SIGINT)
     except OSError as e:  # Hydra making a run dir or log file in a place it cannot write
         exit_with(f"cannot write {e.filename or 'the output dir'}: {e.strerror or e}")

@@ -60,8 +60,11 @@ class SweepTracking(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if config.objective.startswith("test/"):
-            print(f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
-                  f"select on held-out data instead: dataset.val_fraction=0.1 objective=val/acc", file=sys.stderr)
+            print(
+                f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
+                f"select on held-out data instead: dataset.val_fraction=0.1 objective=val/acc",
+                file=sys.stderr,
+            )
         overrides = list(config.hydra.overrides.task)
         command = " ".join(["python -m cifar_exp --multirun", *map(shlex.quote, overrides)])
         optuna = None
@@ -81,24 +84,41 @@ class SweepTracking(Callback):
         # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
         # numeric optimizer.lr column then holds numbers only
         params = {(f"sweep.{k}" if k in swept else k): v for k, v in map(parse_override, overrides)}
-        tags = {"cifar_exp.sweep": "true", "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
-                "hydra.overrides": " ".join(overrides), "hydra.sweeper": config.hydra.sweeper._target_,
-                "mlflow.note.content": sweep_description(command, Path(sweep_dir).resolve()), **source_tags()}
+        tags = {
+            "cifar_exp.sweep": "true",
+            "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
+            "hydra.overrides": " ".join(overrides),
+            "hydra.sweeper": config.hydra.sweeper._target_,
+            "mlflow.note.content": sweep_description(command, Path(sweep_dir).resolve()),
+            **source_tags(),
+        }
         reuse = None
         if optuna is not None:  # a resumed study keeps its one parent run
             tags.update(study.parent_tags(*optuna))
             reuse = study.STUDY_KEY_TAG
         try:
-            exp_id, parent_id = tracking.start_parent(uri, config.mlflow.experiment_name, sweep_name(overrides, swept),
-                                                      params=params,
-                                                      tags=tags, reuse_tag=reuse)
+            exp_id, parent_id = tracking.start_parent(
+                uri,
+                config.mlflow.experiment_name,
+                sweep_name(overrides, swept),
+                params=params,
+                tags=tags,
+                reuse_tag=reuse,
+            )
         except UserError as e:  # Hydra would turn it into a warning and start every job anyway
             exit_with(str(e))
         os.environ[tracking.PARENT_RUN_ENV] = parent_id
         os.environ[tracking.EXPERIMENT_ENV] = exp_id
         os.environ[SWEPT_ENV] = ",".join(swept)
-        self.parent = {"uri": uri, "experiment_id": exp_id, "run_id": parent_id, "swept": swept,
-                       "objective": config.objective, "sweep_dir": Path(sweep_dir), "command": command}
+        self.parent = {
+            "uri": uri,
+            "experiment_id": exp_id,
+            "run_id": parent_id,
+            "swept": swept,
+            "objective": config.objective,
+            "sweep_dir": Path(sweep_dir),
+            "command": command,
+        }
         atexit.register(self._finish)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -118,10 +138,18 @@ class SweepTracking(Callback):
 
         job = Job.current()
         error = getattr(job_return, "_return_value", None)  # the job's exception
-        tracking.record_failed_job(tracking.tracking_uri(config.mlflow.tracking_uri),
-                                   os.environ[tracking.EXPERIMENT_ENV], parent, job.run_name(config),
-                                   {"hydra.job.num": str(job.num), "hydra.overrides": " ".join(job.overrides or []),
-                                    "hydra.output_dir": str(job.output_dir.resolve())}, error)
+        tracking.record_failed_job(
+            tracking.tracking_uri(config.mlflow.tracking_uri),
+            os.environ[tracking.EXPERIMENT_ENV],
+            parent,
+            job.run_name(config),
+            {
+                "hydra.job.num": str(job.num),
+                "hydra.overrides": " ".join(job.overrides or []),
+                "hydra.output_dir": str(job.output_dir.resolve()),
+            },
+            error,
+        )
 
     def _finish(self, completed: bool = False) -> None:
         if self.parent is None:
@@ -139,35 +167,57 @@ class SweepTracking(Callback):
         if p["swept"] and summary["rows"]:
             from cifar_exp.plots import objective_vs_params
 
-            files.append(objective_vs_params(summary["rows"], p["swept"], p["objective"],
-                                             out / "objective_vs_params.png"))
+            files.append(
+                objective_vs_params(summary["rows"], p["swept"], p["objective"], out / "objective_vs_params.png")
+            )
         best = summary["best"]
         tracking.mark_best(p["uri"], children, best and best["run_id"])
-        tags = {**summary["tags"], "mlflow.note.content": sweep_description(
-            p["command"], p["sweep_dir"].resolve(), summary, p["objective"], p["swept"])}
+        tags = {
+            **summary["tags"],
+            "mlflow.note.content": sweep_description(
+                p["command"], p["sweep_dir"].resolve(), summary, p["objective"], p["swept"]
+            ),
+        }
         tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"], tags, files)
 
 
-def sweep_description(command: str, sweep_dir: Path, summary: Optional[dict] = None, objective: str = "",
-                      swept: Optional[list[str]] = None) -> str:
+def sweep_description(
+    command: str,
+    sweep_dir: Path,
+    summary: Optional[dict] = None,
+    objective: str = "",
+    swept: Optional[list[str]] = None,
+) -> str:
     """The sweep parent's description in the MLflow UI (markdown): how it was launched and,
     once it ends, its best job and the job counts."""
-    lines = [f"`{command}`", "", f"- sweep dir: `{sweep_dir}`",
-             "- the same command again resumes an Optuna study, or reruns a grid"]
+    lines = [
+        f"`{command}`",
+        "",
+        f"- sweep dir: `{sweep_dir}`",
+        "- the same command again resumes an Optuna study, or reruns a grid",
+    ]
     if summary is None:
         return "\n".join(lines)
     m, best = summary["metrics"], summary["best"]
-    lines.append(f"- jobs: {m['jobs']}, finished {m['jobs_finished']}, pruned {m['jobs_pruned']}, "
-                 f"failed {m['jobs_failed']}")
+    lines.append(
+        f"- jobs: {m['jobs']}, finished {m['jobs_finished']}, pruned {m['jobs_pruned']}, failed {m['jobs_failed']}"
+    )
     if best is not None:
         values = ", ".join(f"`{k}={best['params'].get(k, '')}`" for k in swept or [])
-        lines += ["", f"**Best**: job {best['job']}, {objective} {best[objective]:.4g}: {values} "
-                      f"(run `{best['run_id']}`)"]
+        lines += [
+            "",
+            f"**Best**: job {best['job']}, {objective} {best[objective]:.4g}: {values} (run `{best['run_id']}`)",
+        ]
     return "\n".join(lines)
 
 
-def sweep_summary(children: list[dict], objective: str, swept: list[str], completed: bool = False,
-                  stopped_by: Sequence[BaseException] = ()) -> dict:
+def sweep_summary(
+    children: list[dict],
+    objective: str,
+    swept: list[str],
+    completed: bool = False,
+    stopped_by: Sequence[BaseException] = (),
+) -> dict:
     """Rows per job, the best job, seed statistics and the parent's status: FINISHED for a
     sweep that ran to its end (an Optuna study goes on past failed trials). One that did
     not is KILLED when a stop signal ended it, else FAILED, and says why in its
@@ -177,27 +227,43 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     # children of a killed sweep whose trials ran again are history, not results
     current = [c for c in children if tracking.SUPERSEDED_TAG not in c["tags"]]
     for c in sorted(current, key=lambda c: int(c["tags"].get("hydra.job.num", 0))):
-        rows.append({
-            "job": c["tags"].get("hydra.job.num", ""), "run_id": c["run_id"], "status": c["status"],
-            "overrides": c["tags"].get("hydra.overrides", ""), objective: c["metrics"].get(objective),
-            # selected on val, reported on test: both side by side
-            "val/acc": c["metrics"].get("val/acc"), "val/loss": c["metrics"].get("val/loss"),
-            "test/acc": c["metrics"].get("test/acc"), "test/loss": c["metrics"].get("test/loss"),
-            "output_dir": c["tags"].get("hydra.output_dir", ""),
-            "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == study.PRUNED, "best": False,
-            "params": _job_params(c["tags"].get("hydra.overrides", "")),
-        })
+        rows.append(
+            {
+                "job": c["tags"].get("hydra.job.num", ""),
+                "run_id": c["run_id"],
+                "status": c["status"],
+                "overrides": c["tags"].get("hydra.overrides", ""),
+                objective: c["metrics"].get(objective),
+                # selected on val, reported on test: both side by side
+                "val/acc": c["metrics"].get("val/acc"),
+                "val/loss": c["metrics"].get("val/loss"),
+                "test/acc": c["metrics"].get("test/acc"),
+                "test/loss": c["metrics"].get("test/loss"),
+                "output_dir": c["tags"].get("hydra.output_dir", ""),
+                "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == study.PRUNED,
+                "best": False,
+                "params": _job_params(c["tags"].get("hydra.overrides", "")),
+            }
+        )
     # a pruned trial's objective is from a shortened run: it cannot be the best
     done = [r for r in rows if r["status"] == "FINISHED" and r[objective] is not None and not r["pruned"]]
-    metrics: dict[str, float] = {"jobs": len(rows), "jobs_finished": len(done),
-                                 "jobs_pruned": sum(r["pruned"] for r in rows)}
+    metrics: dict[str, float] = {
+        "jobs": len(rows),
+        "jobs_finished": len(done),
+        "jobs_pruned": sum(r["pruned"] for r in rows),
+    }
     tags: dict[str, str] = {}
     best = (max if maximize else min)(done, key=lambda r: r[objective]) if done else None
     if best is not None:
         metrics[f"best/{objective}"] = best[objective]
-        tags.update({"best_run_id": best["run_id"], "best_overrides": best["overrides"],
-                     "best_output_dir": best["output_dir"],
-                     **{f"best.{k}": best["params"][k] for k in swept if k in best["params"]}})
+        tags.update(
+            {
+                "best_run_id": best["run_id"],
+                "best_overrides": best["overrides"],
+                "best_output_dir": best["output_dir"],
+                **{f"best.{k}": best["params"][k] for k in swept if k in best["params"]},
+            }
+        )
         best["best"] = True
     seed_groups = _seed_groups(done, objective)
     if len(seed_groups) == 1:
@@ -207,13 +273,16 @@ def sweep_summary(children: list[dict], objective: str, swept: list[str], comple
     status = "FINISHED"
     if not completed:
         signalled = any(isinstance(e, (Interrupted, KeyboardInterrupt)) for e in stopped_by)
-        status = "KILLED" if signalled or not metrics["jobs_failed"] and any(
-            r["status"] == "KILLED" for r in rows) else "FAILED"
+        status = (
+            "KILLED"
+            if signalled or not metrics["jobs_failed"] and any(r["status"] == "KILLED" for r in rows)
+            else "FAILED"
+        )
         why = f": {one_line(stopped_by[0])}" if stopped_by else ""
-        tags["cifar_exp.sweep_end"] = (f"the sweep stopped before its end{why}; {len(rows)} jobs ran, "
-                                       f"{len(done)} finished")
-    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status,
-            "best": best}
+        tags["cifar_exp.sweep_end"] = (
+            f"the sweep stopped before its end{why}; {len(rows)} jobs ran, {len(done)} finished"
+        )
+    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status, "best": best}
 
 
 def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
@@ -223,9 +292,16 @@ def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
         rest = " ".join(o for o in r["overrides"].split() if parse_override(o)[0] != "seed")
         if "seed" in r["params"]:
             groups.setdefault(rest, []).append(r[objective])
-    return [{"overrides": k, "seeds": len(v), "mean": statistics.fmean(v),
-             "std": statistics.stdev(v) if len(v) > 1 else math.nan}
-            for k, v in groups.items() if len(v) > 1]
+    return [
+        {
+            "overrides": k,
+            "seeds": len(v),
+            "mean": statistics.fmean(v),
+            "std": statistics.stdev(v) if len(v) > 1 else math.nan,
+        }
+        for k, v in groups.items()
+        if len(v) > 1
+    ]
 
 
 def write_csv(rows: list[dict], path: Path, swept: Optional[list[str]] = None) -> Path:

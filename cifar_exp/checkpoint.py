@@ -44,15 +44,16 @@ def run_dir_of(path: Path) -> Optional[Path]:
 @dataclass
 class RunState:
     """Where a run stands: everything besides weights and RNG that a resume continues from."""
+
     classes: list[str]
-    epoch: int = 0          # epochs completed
-    step: int = 0           # steps completed in the current epoch
-    global_step: int = 0    # optimizer steps since the run began
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed in the current epoch
+    global_step: int = 0  # optimizer steps since the run began
     best: Optional[float] = None
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
     run_id: Optional[str] = None
-    segment: int = 0        # how many times the run was resumed
-    bad_epochs: int = 0     # evaluated epochs since the monitored metric last improved (early stopping)
+    segment: int = 0  # how many times the run was resumed
+    bad_epochs: int = 0  # evaluated epochs since the monitored metric last improved (early stopping)
     top: list = field(default_factory=list)  # [value, epoch] of the kept top-k checkpoints
 
     def advance(self) -> None:
@@ -180,8 +181,12 @@ def _to_tuple(x):
 # Format 1 (cifar_exp 0.1.0) named models and optimizers by import path; these are the only
 # paths it ever wrote, each mapped to its registered option.
 V1_TARGETS = {
-    "model": {"cifar_exp.models.SimpleCNN": "simple_cnn", "cifar_exp.models.TutorialNet": "tutorial_net",
-              "cifar_exp.models.resnet18": "resnet18", "cifar_exp.models.SpeedNet": "speed_net"},
+    "model": {
+        "cifar_exp.models.SimpleCNN": "simple_cnn",
+        "cifar_exp.models.TutorialNet": "tutorial_net",
+        "cifar_exp.models.resnet18": "resnet18",
+        "cifar_exp.models.SpeedNet": "speed_net",
+    },
     "optimizer": {"torch.optim.SGD": "sgd", "torch.optim.Adam": "adam", "torch.optim.AdamW": "adamw"},
 }
 
@@ -192,14 +197,15 @@ def _migrate_v1(raw: dict, path: Path) -> dict:
         node = dict(config[group])
         target = node.pop("_target_", None)
         if target not in names:
-            raise UserError(f"checkpoint {path}: refusing {group}._target_={target!r}: not an option "
-                            f"this version knows ({', '.join(names)})")
+            raise UserError(
+                f"checkpoint {path}: refusing {group}._target_={target!r}: not an option "
+                f"this version knows ({', '.join(names)})"
+            )
         config[group] = {"name": names[target], **node}
     trainer = dict(raw["trainer"])
     state = {k: raw[k] for k in ("epoch", "step", "best", "history", "run_id", "classes")}
     state["global_step"] = trainer.pop("global_step")
-    return {"format_version": FORMAT_VERSION, "run": state, "trainer": trainer, "rng": raw["rng"],
-            "config": config}
+    return {"format_version": FORMAT_VERSION, "run": state, "trainer": trainer, "rng": raw["rng"], "config": config}
 
 
 def _read(path: Path) -> dict:
@@ -209,8 +215,9 @@ def _read(path: Path) -> dict:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or pickled files
         why = reason(e, 160)
-        raise UserError(f"checkpoint {path} is unreadable (truncated, corrupt, or not a tensor "
-                        f"file): {why.rstrip('. ')}") from None
+        raise UserError(
+            f"checkpoint {path} is unreadable (truncated, corrupt, or not a tensor file): {why.rstrip('. ')}"
+        ) from None
     if not isinstance(raw, dict) or "format_version" not in raw:
         raise UserError(f"{path} is not a cifar_exp checkpoint")
     # files written before checksums have none: torch's own checks are all they get
@@ -224,6 +231,7 @@ COUNTS = ("epoch", "step", "global_step", "segment", "bad_epochs")
 
 def _check_state(run: dict, origin: str) -> None:
     """The stored run state's types and ranges, as RunState declares them."""
+
     def bad(key: str, allowed: str) -> UserError:
         return UserError(f"{origin}: run.{key}={run.get(key)!r} is invalid: must be {allowed}")
 
@@ -256,14 +264,16 @@ def _check_rng(rng: Any, origin: str) -> None:
         if not isinstance(rng["cuda"], list) or not all(isinstance(t, torch.Tensor) for t in rng["cuda"]):
             raise TypeError("cuda states are not tensors")
     except Exception as e:  # a wrong type, size or value from any of the four
-        raise UserError(f"{origin}: its RNG state is malformed ({type(e).__name__}: "
-                        f"{reason(e)})") from None
+        raise UserError(f"{origin}: its RNG state is malformed ({type(e).__name__}: {reason(e)})") from None
 
 
 def _check_trainer(trainer: Any, origin: str) -> None:
     weights = trainer.get("model") if isinstance(trainer, dict) else None
-    if not isinstance(weights, dict) or not weights or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+    if (
+        not isinstance(weights, dict)
+        or not weights
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items())
+    ):
         raise UserError(f"{origin}: its trainer state has no model weights (trainer.model)")
 
 
@@ -276,8 +286,10 @@ def load(path: Path) -> Checkpoint:
     raw = _read(path)
     version = raw["format_version"]
     if version not in (1, FORMAT_VERSION):
-        raise UserError(f"{origin} has format version {version!r}; "
-                        f"this cifar_exp {__version__} reads versions 1 and {FORMAT_VERSION}")
+        raise UserError(
+            f"{origin} has format version {version!r}; "
+            f"this cifar_exp {__version__} reads versions 1 and {FORMAT_VERSION}"
+        )
     try:
         if version == 1:
             raw = _migrate_v1(raw, path)
@@ -342,12 +354,15 @@ def restore_model(ck: Checkpoint, device: torch.device) -> torch.nn.Module:
     model = build_model(ck.config.model, len(ck.state.classes), image_size(ck.config.dataset))
     ema = ck.trainer.get("ema")
     # a run that keeps an EMA of its weights is evaluated and used with it
-    weights = {k[len("module."):]: v for k, v in ema.items() if k.startswith("module.")} if ema else ck.trainer["model"]
+    weights = (
+        {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")} if ema else ck.trainer["model"]
+    )
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"checkpoint {ck.path}: its weights do not fit model={ck.config.model.name} "
-                        f"({reason(e)})") from None
+        raise UserError(
+            f"checkpoint {ck.path}: its weights do not fit model={ck.config.model.name} ({reason(e)})"
+        ) from None
     return model.to(device).eval()
 
 
@@ -356,8 +371,9 @@ class Checkpointer:
     point: `before_write` (the tracker's flush) runs first, so the metrics a checkpoint
     covers are in the store before the file exists."""
 
-    def __init__(self, run_dir: Path, cfg: DictConfig, *, enabled: bool,
-                 before_write: Callable[[], None] = lambda: None):
+    def __init__(
+        self, run_dir: Path, cfg: DictConfig, *, enabled: bool, before_write: Callable[[], None] = lambda: None
+    ):
         # disabled: writes nothing (tracking off for checkpoints, or ranks > 0 of DDP)
         self.enabled, self.before_write = enabled, before_write
         self.dir = checkpoint_dir(run_dir)
@@ -381,8 +397,9 @@ class Checkpointer:
             atomic_write_text("", self.dir / ".write_test")
             (self.dir / ".write_test").unlink()
         except OSError as e:
-            raise UserError(f"cannot write checkpoints in {self.dir}: {e.strerror or e} "
-                            f"(set hydra.run.dir to a writable place)") from None
+            raise UserError(
+                f"cannot write checkpoints in {self.dir}: {e.strerror or e} (set hydra.run.dir to a writable place)"
+            ) from None
 
     def _rank(self, state: RunState, score: Optional[float]) -> list:
         """The top-k list with this epoch's score in it, if it makes the cut."""
@@ -391,8 +408,9 @@ class Checkpointer:
         ranked = sorted([*state.top, [score, state.epoch]], key=lambda t: t[0], reverse=self.mode == "max")
         return ranked[: self.top_k]
 
-    def save(self, state: RunState, trainer, *, epoch_end: bool, is_best: bool,
-             score: Optional[float] = None) -> Optional[Path]:
+    def save(
+        self, state: RunState, trainer, *, epoch_end: bool, is_best: bool, score: Optional[float] = None
+    ) -> Optional[Path]:
         """Write last.pt (and epoch_N.pt, best.pt, top_epoch_N.pt as configured); `score`
         is the epoch's monitored value, which ranks it for the top k."""
         if not self.enabled:
@@ -403,8 +421,14 @@ class Checkpointer:
         if epoch_end:
             top = self._rank(state, score)
             dropped, state.top = [t for t in state.top if t not in top], top
-        payload = {"format_version": FORMAT_VERSION, "framework_version": __version__, "run": asdict(state),
-                   "trainer": trainer.state_dict(), "rng": rng_state(), "config": self.config}
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "framework_version": __version__,
+            "run": asdict(state),
+            "trainer": trainer.state_dict(),
+            "rng": rng_state(),
+            "config": self.config,
+        }
         payload["sha256"] = digest(payload)
         try:
             data = atomic_save(payload, last)
@@ -421,6 +445,7 @@ class Checkpointer:
             for _, epoch in dropped:
                 (self.dir / f"top_epoch_{epoch:04d}.pt").unlink(missing_ok=True)
         except OSError as e:
-            raise UserError(f"cannot write checkpoint {last}: {e.strerror or e}; nothing was replaced "
-                            f"({self.describe_last_good()})") from None
+            raise UserError(
+                f"cannot write checkpoint {last}: {e.strerror or e}; nothing was replaced ({self.describe_last_good()})"
+            ) from None
         return last

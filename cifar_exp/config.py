@@ -106,8 +106,12 @@ class DatasetConfig:
         at_least(self, at, 1, "batch_size", "eval_batch_size")
         at_least(self, at, 0, "val_size", "cutout")
         require(0 <= self.val_fraction < 1, f"{at}.val_fraction", "a float in [0, 1) (0: off)", self.val_fraction)
-        require(not (self.val_size and self.val_fraction), f"{at}.val_fraction",
-                f"0 when {at}.val_size is set (one or the other)", self.val_fraction)
+        require(
+            not (self.val_size and self.val_fraction),
+            f"{at}.val_fraction",
+            f"0 when {at}.val_size is set (one or the other)",
+            self.val_fraction,
+        )
         require(len(self.mean) == 3, f"{at}.mean", "a list of 3 floats", self.mean)
         require(len(self.std) == 3 and all(s > 0 for s in self.std), f"{at}.std", "3 floats > 0", self.std)
         for key in ("mixup_alpha", "cutmix_alpha"):
@@ -116,15 +120,24 @@ class DatasetConfig:
         require(self.pad_mode in PAD_MODES, f"{at}.pad_mode", " or ".join(PAD_MODES), self.pad_mode)
         # a shift or square larger than half the image leaves mostly border or nothing
         half = self.pixels // 2
-        require(0 <= self.crop_padding <= half, f"{at}.crop_padding",
-                f"an integer in [0, {half}] (half the {self.pixels} px image side)", self.crop_padding)
-        require(self.cutout <= half, f"{at}.cutout",
-                f"an integer in [0, {half}] (half the {self.pixels} px image side; 0: off)", self.cutout)
+        require(
+            0 <= self.crop_padding <= half,
+            f"{at}.crop_padding",
+            f"an integer in [0, {half}] (half the {self.pixels} px image side)",
+            self.crop_padding,
+        )
+        require(
+            self.cutout <= half,
+            f"{at}.cutout",
+            f"an integer in [0, {half}] (half the {self.pixels} px image side; 0: off)",
+            self.cutout,
+        )
 
 
 @dataclass
 class Cifar10Config(DatasetConfig):
     """torchvision's CIFAR-10, downloaded into root when missing and download=true."""
+
     name: str = "cifar10"
     download: bool = True
 
@@ -135,6 +148,7 @@ class Cifar10Config(DatasetConfig):
 @dataclass
 class Cifar100Config(Cifar10Config):
     """torchvision's CIFAR-100 (fine labels)."""
+
     name: str = "cifar100"
     mean: List[float] = field(default_factory=lambda: [0.5071, 0.4865, 0.4409])
     std: List[float] = field(default_factory=lambda: [0.2673, 0.2564, 0.2762])
@@ -144,13 +158,19 @@ class Cifar100Config(Cifar10Config):
 
 
 def _image_count(root: Path) -> int:
-    return sum(1 for d in root.iterdir() if d.is_dir() for f in os.scandir(d)
-               if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES)
+    return sum(
+        1
+        for d in root.iterdir()
+        if d.is_dir()
+        for f in os.scandir(d)
+        if os.path.splitext(f.name)[1].lower() in IMAGE_SUFFIXES
+    )
 
 
 @dataclass
 class ImageFolderConfig(DatasetConfig):
     """Any root/train/<class>/* + root/test/<class>/* tree of images."""
+
     name: str = "image_folder"
     root: str = MISSING
     # images of another size are resized to this square size
@@ -180,13 +200,18 @@ class ImageFolderConfig(DatasetConfig):
         root = Path(self.root).expanduser()
         require(root.is_dir(), f"{at}.root", "an existing directory with train/ and test/", self.root)
         for split in ("train", "test"):
-            require(self._split(split).is_dir(), f"{at}.root",
-                    f"a directory holding {split}/<class>/<images> (no {self._split(split)})", self.root)
+            require(
+                self._split(split).is_dir(),
+                f"{at}.root",
+                f"a directory holding {split}/<class>/<images> (no {self._split(split)})",
+                self.root,
+            )
 
 
 @dataclass
 class SyntheticConfig(DatasetConfig):
     """Learnable class-dependent images generated in memory from a seed."""
+
     name: str = "synthetic"
     train_size: int = 2000
     test_size: int = 500
@@ -236,6 +261,7 @@ class ModelConfig:
 @dataclass
 class SimpleCNNConfig(ModelConfig):
     """The notes' Classifier: conv 3->16 k5, ReLU, max-pool 2, fc 3136->128, ReLU, fc."""
+
     name: str = "simple_cnn"
     min_image_size: ClassVar[int] = 6
 
@@ -243,6 +269,7 @@ class SimpleCNNConfig(ModelConfig):
 @dataclass
 class TutorialNetConfig(ModelConfig):
     """The PyTorch CIFAR-10 tutorial's LeNet."""
+
     name: str = "tutorial_net"
     min_image_size: ClassVar[int] = 16
 
@@ -250,17 +277,23 @@ class TutorialNetConfig(ModelConfig):
 @dataclass
 class ResNet18Config(ModelConfig):
     """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv, no max-pool)."""
+
     name: str = "resnet18"
 
 
 def _check_widths(widths: List[int], at: str) -> None:
-    require(len(widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in widths), f"{at}.widths",
-            "a non-empty list of even integers >= 2", widths)
+    require(
+        len(widths) >= 1 and all(w >= 2 and w % 2 == 0 for w in widths),
+        f"{at}.widths",
+        "a non-empty list of even integers >= 2",
+        widths,
+    )
 
 
 @dataclass
 class SpeedNetConfig(ModelConfig):
     """A small fast-converging conv net (airbench-style)."""
+
     name: str = "speed_net"
     widths: List[int] = field(default_factory=lambda: [64, 128, 256])
     act: str = "gelu"
@@ -277,6 +310,7 @@ class SpeedNetConfig(ModelConfig):
 @dataclass
 class Airbench94Config(ModelConfig):
     """airbench94's net: whitened 2x2 first conv, three conv-pool-BN-GELU groups, scaled output."""
+
     name: str = "airbench94"
     min_image_size: ClassVar[int] = 16
     widths: List[int] = field(default_factory=lambda: [64, 256, 256])
@@ -325,8 +359,9 @@ class SGDConfig(OptimizerConfig):
     def check(self, at: str, run: Config) -> None:
         super().check(at, run)
         in_unit(self, at, "momentum")
-        require(not self.nesterov or self.momentum > 0, f"{at}.nesterov", f"false unless {at}.momentum > 0",
-                self.nesterov)
+        require(
+            not self.nesterov or self.momentum > 0, f"{at}.nesterov", f"false unless {at}.momentum > 0", self.nesterov
+        )
 
 
 @dataclass
@@ -337,8 +372,12 @@ class AdamConfig(OptimizerConfig):
 
     def check(self, at: str, run: Config) -> None:
         super().check(at, run)
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"{at}.betas",
-                "two floats in [0, 1)", self.betas)
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"{at}.betas",
+            "two floats in [0, 1)",
+            self.betas,
+        )
         require(self.eps > 0, f"{at}.eps", "a float > 0", self.eps)
 
 
@@ -383,8 +422,9 @@ class OneCycleConfig(SchedulerConfig):
 
     def check(self, at: str, run: Config) -> None:
         super().check(at, run)
-        require(self.max_lr is None or self.max_lr > 0, f"{at}.max_lr", "a float > 0 (or null: optimizer.lr)",
-                self.max_lr)
+        require(
+            self.max_lr is None or self.max_lr > 0, f"{at}.max_lr", "a float > 0 (or null: optimizer.lr)", self.max_lr
+        )
         require(0 < self.pct_start < 1, f"{at}.pct_start", "a float in (0, 1)", self.pct_start)
 
 
@@ -392,6 +432,7 @@ class OneCycleConfig(SchedulerConfig):
 class TriangleConfig(SchedulerConfig):
     """Piecewise linear per step: start_factor x lr, up to lr at peak_at of the run, down to
     end_factor x lr at its end (airbench's schedule)."""
+
     name: str = "triangle"
     start_factor: float = 0.2
     peak_at: float = 0.23
@@ -472,24 +513,49 @@ class TrainerConfig:
     profile_steps: int = 0
 
     def check(self, at: str, run: Config) -> None:
-        require(DEVICE.fullmatch(self.device) is not None, f"{at}.device", "auto, cpu, mps, cuda or cuda:<index>",
-                self.device)
+        require(
+            DEVICE.fullmatch(self.device) is not None,
+            f"{at}.device",
+            "auto, cpu, mps, cuda or cuda:<index>",
+            self.device,
+        )
         at_least(self, at, 1, "log_every_n_steps", "eval_every_n_epochs", "accumulate_grad_batches")
-        at_least(self, at, 0, "eval_translate", "lookahead_every", "max_steps", "early_stopping_patience",
-                 "limit_train_batches", "limit_eval_batches", "overfit_batches", "profile_steps")
+        at_least(
+            self,
+            at,
+            0,
+            "eval_translate",
+            "lookahead_every",
+            "max_steps",
+            "early_stopping_patience",
+            "limit_train_batches",
+            "limit_eval_batches",
+            "overfit_batches",
+            "profile_steps",
+        )
         in_unit(self, at, "label_smoothing", "ema_decay", "lookahead_decay")
         require(str(self.amp).lower() in ("auto", "true", "false"), f"{at}.amp", "auto, true or false", self.amp)
         require(self.strategy in STRATEGIES, f"{at}.strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
-        require(not self.sync_batchnorm or self.strategy == "ddp", f"{at}.sync_batchnorm",
-                f"false unless {at}.strategy=ddp (it syncs statistics across processes)", self.sync_batchnorm)
-        require(self.gradient_clip_val >= 0, f"{at}.gradient_clip_val", "a float >= 0 (0: off)",
-                self.gradient_clip_val)
-        require(not (self.overfit_batches and self.limit_train_batches), f"{at}.overfit_batches",
-                f"0 when {at}.limit_train_batches is set (one or the other)", self.overfit_batches)
+        require(
+            not self.sync_batchnorm or self.strategy == "ddp",
+            f"{at}.sync_batchnorm",
+            f"false unless {at}.strategy=ddp (it syncs statistics across processes)",
+            self.sync_batchnorm,
+        )
+        require(self.gradient_clip_val >= 0, f"{at}.gradient_clip_val", "a float >= 0 (0: off)", self.gradient_clip_val)
+        require(
+            not (self.overfit_batches and self.limit_train_batches),
+            f"{at}.overfit_batches",
+            f"0 when {at}.limit_train_batches is set (one or the other)",
+            self.overfit_batches,
+        )
         half = run.dataset.pixels // 2
-        require(self.eval_translate <= half, f"{at}.eval_translate",
-                f"an integer in [0, {half}] (half the {run.dataset.pixels} px image side; 0: off)",
-                self.eval_translate)
+        require(
+            self.eval_translate <= half,
+            f"{at}.eval_translate",
+            f"an integer in [0, {half}] (half the {run.dataset.pixels} px image side; 0: off)",
+            self.eval_translate,
+        )
 
 
 # MLflow's registered-model names: no '/' or ':', and a name that stays itself as a path
@@ -516,16 +582,27 @@ class MlflowConfig:
     def check(self, at: str, run: Config) -> None:
         require(bool(self.experiment_name.strip()), f"{at}.experiment_name", "a non-empty name", self.experiment_name)
         require(self.flush_every_s > 0, f"{at}.flush_every_s", "a float > 0", self.flush_every_s)
-        require(self.system_metrics_every_s >= 0, f"{at}.system_metrics_every_s", "a float >= 0 (0: off)",
-                self.system_metrics_every_s)
+        require(
+            self.system_metrics_every_s >= 0,
+            f"{at}.system_metrics_every_s",
+            "a float >= 0 (0: off)",
+            self.system_metrics_every_s,
+        )
         name = self.registered_model_name
         if name is not None:
             plain = name.strip() and not any(c in name for c in MODEL_NAME_FORBIDDEN)
-            require(bool(plain) and os.path.normpath(name) == name and not name.startswith("."),
-                    f"{at}.registered_model_name", "a non-empty name without '/', ':' or a leading '.' (or null)",
-                    name)
-            require(self.log_model, f"{at}.registered_model_name",
-                    f"null when {at}.log_model=false (only a logged model can be registered)", name)
+            require(
+                bool(plain) and os.path.normpath(name) == name and not name.startswith("."),
+                f"{at}.registered_model_name",
+                "a non-empty name without '/', ':' or a leading '.' (or null)",
+                name,
+            )
+            require(
+                self.log_model,
+                f"{at}.registered_model_name",
+                f"null when {at}.log_model=false (only a logged model can be registered)",
+                name,
+            )
 
 
 @dataclass
@@ -548,11 +625,12 @@ class CheckpointConfig:
     def check(self, at: str, run: Config) -> None:
         at_least(self, at, 1, "every_n_epochs")
         at_least(self, at, 0, "every_n_steps", "keep_last", "save_top_k")
-        require(self.mode in (None, "min", "max"), f"{at}.mode", "min, max or null (derived from the metric)",
-                self.mode)
+        require(
+            self.mode in (None, "min", "max"), f"{at}.mode", "min, max or null (derived from the metric)", self.mode
+        )
 
 
-SEED_LIMIT = 2 ** 32  # NumPy's seeds are 32-bit
+SEED_LIMIT = 2**32  # NumPy's seeds are 32-bit
 
 
 @dataclass
@@ -571,8 +649,15 @@ class Config:
     # the metric @hydra.main returns to a sweeper
     objective: str = "test/acc"
 
-    GROUPS: ClassVar[tuple[str, ...]] = ("dataset", "model", "optimizer", "scheduler", "trainer", "mlflow",
-                                         "checkpoint")
+    GROUPS: ClassVar[tuple[str, ...]] = (
+        "dataset",
+        "model",
+        "optimizer",
+        "scheduler",
+        "trainer",
+        "mlflow",
+        "checkpoint",
+    )
 
     def check(self) -> None:
         """Every group's own rules, in the order a reader meets them, then the run's keys."""

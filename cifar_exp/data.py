@@ -60,6 +60,7 @@ class Normalize:
 class Dataset:
     """All splits of a run on one device, with the one normalization of its images.
     Training, evaluation and plots all read these tensors; nothing keeps a second copy."""
+
     train: Split
     test: Split
     val: Optional[Split]
@@ -91,10 +92,20 @@ class Dataset:
             digest = hashlib.blake2b(digest_size=8)
             for t in (split.x, split.y):
                 digest.update(t.cpu().contiguous().numpy())
-            out.append({"context": context, "name": f"{cfg.name}/{context}", "digest": digest.hexdigest(),
-                        "source": source, "source_type": kind,
-                        "profile": {"num_images": len(split), "num_classes": self.num_classes,
-                                    "image_shape": list(split.x.shape[1:])}})
+            out.append(
+                {
+                    "context": context,
+                    "name": f"{cfg.name}/{context}",
+                    "digest": digest.hexdigest(),
+                    "source": source,
+                    "source_type": kind,
+                    "profile": {
+                        "num_images": len(split),
+                        "num_classes": self.num_classes,
+                        "image_shape": list(split.x.shape[1:]),
+                    },
+                }
+            )
         return out
 
 
@@ -128,8 +139,7 @@ def _image_files(root: Path) -> dict[str, list[Path]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     if not classes:
         raise UserError(f"dataset.root: {root} has no class folders (expected {root}/<class>/<images>)")
-    return {c: sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            for c in classes}
+    return {c: sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for c in classes}
 
 
 def decode_image(path: Path, size: int):
@@ -185,17 +195,22 @@ def _read_cache(path: Path, built_from: dict) -> Optional[tuple[Split, Split, li
             raise ValueError(f"it was built from {blob.get('built_from')}, not {built_from}")
         size = built_from["image_size"]
         for split in (train, test):
-            ok = (split.x.dtype == torch.uint8 and split.x.dim() == 4 and split.x.shape[1:] == (3, size, size)
-                  and split.y.dtype == torch.int64 and len(split.x) == len(split.y)
-                  and 0 <= int(split.y.min()) and int(split.y.max()) < len(classes))
+            ok = (
+                split.x.dtype == torch.uint8
+                and split.x.dim() == 4
+                and split.x.shape[1:] == (3, size, size)
+                and split.y.dtype == torch.int64
+                and len(split.x) == len(split.y)
+                and 0 <= int(split.y.min())
+                and int(split.y.max()) < len(classes)
+            )
             if not ok:
                 raise ValueError("unexpected tensors")
         if classes != built_from["classes"]:
             raise ValueError("other class names")
         return train, test, classes
     except Exception as e:  # truncated, garbage, foreign or stale: rebuilt below
-        log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path,
-                    reason(e, 160))
+        log.warning("warning: decoded-image cache %s is unusable (%s); decoding the images again", path, reason(e, 160))
         return None
 
 
@@ -205,18 +220,27 @@ def _write_cache(splits: tuple[Split, Split, list[str]], built_from: dict, path:
 
     train, test, classes = splits
     try:
-        atomic_save({"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes,
-                     "built_from": built_from}, path)
+        atomic_save(
+            {"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes, "built_from": built_from}, path
+        )
     except OSError as e:
-        log.warning("warning: cannot write the decoded-image cache %s (%s); the run goes on without it (set "
-                    "dataset.cache_dir elsewhere, or null)", path, e.strerror or e)
+        log.warning(
+            "warning: cannot write the decoded-image cache %s (%s); the run goes on without it (set "
+            "dataset.cache_dir elsewhere, or null)",
+            path,
+            e.strerror or e,
+        )
 
 
 def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.root).expanduser()
     classes = list(_image_files(root / "train"))
-    built_from = {"source": str(root.resolve()), "image_size": cfg.image_size, "classes": classes,
-                  "version": CACHE_VERSION}
+    built_from = {
+        "source": str(root.resolve()),
+        "image_size": cfg.image_size,
+        "classes": classes,
+        "version": CACHE_VERSION,
+    }
     cache = None
     if cfg.cache_dir:
         key = f"image_folder-{_folder_signature(root)}-{cfg.image_size}px.pt"
@@ -224,8 +248,11 @@ def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
         cached = _read_cache(cache, built_from) if cache.exists() else None
         if cached is not None:
             return cached
-    splits = (_decode_folder(root / "train", classes, cfg.image_size),
-              _decode_folder(root / "test", classes, cfg.image_size), classes)
+    splits = (
+        _decode_folder(root / "train", classes, cfg.image_size),
+        _decode_folder(root / "test", classes, cfg.image_size),
+        classes,
+    )
     if cache is not None:
         _write_cache(splits, built_from, cache)
     return splits
@@ -240,8 +267,12 @@ def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: to
     x = prototypes[y]
     rows = (torch.arange(size)[None, :] + shifts[:, :1]) % size
     cols = (torch.arange(size)[None, :] + shifts[:, 1:]) % size
-    x = x[torch.arange(n)[:, None, None, None], torch.arange(3)[None, :, None, None],
-          rows[:, None, :, None], cols[:, None, None, :]]
+    x = x[
+        torch.arange(n)[:, None, None, None],
+        torch.arange(3)[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
     x = x * brightness + cfg.noise * torch.randn(x.shape, generator=g)
     return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
 
@@ -272,8 +303,13 @@ def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = Fa
     once: the CPU copy is not kept."""
     train, test, classes = builder("dataset", cfg)(cfg)
     train, val = _hold_out(train, OmegaConf.to_object(cfg).val_count(len(train)))
-    return Dataset(train.to(device), test.to(device), val.to(device) if val is not None else None,
-                   classes, Normalize(cfg.mean, cfg.std, device, channels_last))
+    return Dataset(
+        train.to(device),
+        test.to(device),
+        val.to(device) if val is not None else None,
+        classes,
+        Normalize(cfg.mean, cfg.std, device, channels_last),
+    )
 
 
 # --- batching -----------------------------------------------------------------------------
@@ -298,11 +334,28 @@ class TensorLoader:
     cutout, and MixUp/CutMix with soft targets. Every random draw of an epoch is made up
     front from (seed, epoch), so any step of any epoch replays exactly."""
 
-    def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, shuffle: bool,
-                 augment: bool = False, padding: int = 4, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 cutout: int = 0, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, num_classes: int = 0,
-                 limit: int = 0, same_batches: bool = False, drop_last: bool = False, flip: str = "random",
-                 pad_mode: str = "zeros"):
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        normalize: Normalize,
+        *,
+        shuffle: bool,
+        augment: bool = False,
+        padding: int = 4,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        cutout: int = 0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        num_classes: int = 0,
+        limit: int = 0,
+        same_batches: bool = False,
+        drop_last: bool = False,
+        flip: str = "random",
+        pad_mode: str = "zeros",
+    ):
         self.split, self.batch_size, self.normalize = split, batch_size, normalize
         # with several processes each takes every world_size-th image of each (global) batch
         self.rank, self.world_size = rank, world_size
@@ -316,8 +369,7 @@ class TensorLoader:
         self.padded = pad_images(split.x, p, pad_mode) if p else split.x
 
     def __len__(self) -> int:
-        full = (len(self.split) // self.batch_size if self.drop_last
-                else math.ceil(len(self.split) / self.batch_size))
+        full = len(self.split) // self.batch_size if self.drop_last else math.ceil(len(self.split) / self.batch_size)
         return min(full, self.limit) if self.limit else full
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
@@ -325,8 +377,12 @@ class TensorLoader:
         dev = idx.device
         rows = offsets[:, :1] + torch.arange(h, device=dev)
         cols = offsets[:, 1:] + torch.arange(w, device=dev)
-        x = self.padded[idx[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                        rows[:, None, :, None], cols[:, None, None, :]]
+        x = self.padded[
+            idx[:, None, None, None],
+            torch.arange(3, device=dev)[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
         return torch.where(flips[:, None, None, None], x.flip(3), x)
 
     def _cutout(self, x: torch.Tensor, corners: torch.Tensor) -> torch.Tensor:
@@ -344,12 +400,15 @@ class TensorLoader:
         per image a key that picks its partner within the batch."""
         import numpy as np
 
-        rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
+        rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
         steps = math.ceil(n / self.batch_size)
         share = 0.5 if self.mixup_alpha and self.cutmix_alpha else (1.0 if self.cutmix_alpha else 0.0)
         cutmix = rng.random(steps) < share
-        lam = np.where(cutmix, rng.beta(max(self.cutmix_alpha, 1e-9), max(self.cutmix_alpha, 1e-9), steps),
-                       rng.beta(max(self.mixup_alpha, 1e-9), max(self.mixup_alpha, 1e-9), steps))
+        lam = np.where(
+            cutmix,
+            rng.beta(max(self.cutmix_alpha, 1e-9), max(self.cutmix_alpha, 1e-9), steps),
+            rng.beta(max(self.mixup_alpha, 1e-9), max(self.mixup_alpha, 1e-9), steps),
+        )
         return {"cutmix": cutmix, "lam": lam, "centre": rng.random((steps, 2)), "keys": torch.rand(n, generator=g)}
 
     def _mix(self, x: torch.Tensor, y: torch.Tensor, plan: dict, step: int, sl: slice):
@@ -392,7 +451,7 @@ class TensorLoader:
         plan = self._mix_plan(g, n) if mixing else None
         for step in range(start_step, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            idx = order[sl][self.rank::self.world_size]
+            idx = order[sl][self.rank :: self.world_size]
             sl = slice(sl.start + self.rank, sl.stop, self.world_size)
             # index_select, not x[idx]: several times faster on CPU for a batch of rows
             x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x.index_select(0, idx)

@@ -39,12 +39,14 @@ def setup(strategy: str) -> World:
     launched = torchrun_world_size()
     if strategy != "ddp":
         if launched > 1:
-            raise UserError(f"torchrun started {launched} processes but trainer.strategy={strategy}; "
-                            "add trainer.strategy=ddp")
+            raise UserError(
+                f"torchrun started {launched} processes but trainer.strategy={strategy}; add trainer.strategy=ddp"
+            )
         return World()
     if "LOCAL_RANK" not in os.environ:
-        raise UserError("trainer.strategy=ddp needs torchrun: "
-                        "torchrun --nproc_per_node=N -m cifar_exp trainer.strategy=ddp ...")
+        raise UserError(
+            "trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N -m cifar_exp trainer.strategy=ddp ..."
+        )
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
@@ -78,4 +80,3 @@ def from_main(value: Any) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-

@@ -27,11 +27,18 @@ class EvaluateArgs:
 
     def check(self) -> None:
         check_device(self.device)
-        require(not self.plot or Path(self.plot).suffix.lower() in PLOT_SUFFIXES, "plot",
-                f"a file name ending in {', '.join(PLOT_SUFFIXES)}", self.plot)
+        require(
+            not self.plot or Path(self.plot).suffix.lower() in PLOT_SUFFIXES,
+            "plot",
+            f"a file name ending in {', '.join(PLOT_SUFFIXES)}",
+            self.plot,
+        )
 
-USAGE = ("usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
-         "[dataset_root=<dir>] [plot=<confusion.png>]")
+
+USAGE = (
+    "usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
+    "[dataset_root=<dir>] [plot=<confusion.png>]"
+)
 
 
 def confusion_table(confusion, classes: list[str]) -> str:
@@ -60,9 +67,15 @@ def evaluate(args) -> dict:
     if data.classes != ck.state.classes:
         raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
     model = checkpoint.restore_model(ck, device)
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0), None,
-                      torch.nn.CrossEntropyLoss(), device, eval_flip=cfg.trainer.eval_flip,
-                      eval_translate=cfg.trainer.eval_translate)
+    trainer = Trainer(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0),
+        None,
+        torch.nn.CrossEntropyLoss(),
+        device,
+        eval_flip=cfg.trainer.eval_flip,
+        eval_translate=cfg.trainer.eval_translate,
+    )
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size, shuffle=False), data.num_classes)
     print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
     print(result.report(data.classes))

@@ -62,9 +62,14 @@ class Job:
         hc = HydraConfig.get()
         out = Path(hc.runtime.output_dir)
         sweep = hc.mode == RunMode.MULTIRUN
-        return cls(output_dir=out, overrides=list(hc.overrides.task), choices=dict(hc.runtime.choices),
-                   log_file=out / f"{hc.job.name}.log", num=hc.job.num if sweep else None,
-                   sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if sweep else None)
+        return cls(
+            output_dir=out,
+            overrides=list(hc.overrides.task),
+            choices=dict(hc.runtime.choices),
+            log_file=out / f"{hc.job.name}.log",
+            num=hc.job.num if sweep else None,
+            sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if sweep else None,
+        )
 
     def run_name(self, cfg: DictConfig, overrides: Optional[list[str]] = None) -> str:
         """What tells the run apart, first, in at most NAME_MAX characters (the full command
@@ -76,13 +81,17 @@ class Job:
             return cfg.mlflow.run_name
         overrides = self.overrides or [] if overrides is None else overrides
         swept = set(filter(None, os.environ.get(SWEPT_ENV, "").split(","))) if self.num is not None else set()
-        shown = [(key, self._part(key, value)) for key, value in map(parse_override, overrides)
-                 if key in swept or key not in RUN_NAME_SKIP and not key.startswith(RUN_NAME_SKIP_GROUPS)]
+        shown = [
+            (key, self._part(key, value))
+            for key, value in map(parse_override, overrides)
+            if key in swept or key not in RUN_NAME_SKIP and not key.startswith(RUN_NAME_SKIP_GROUPS)
+        ]
         if swept & {key for key, _ in shown}:
             return _capped(" ".join(part for key, part in shown if key in swept))
         settings = " ".join(part for key, part in shown if key not in self.choices)
-        options = " ".join([*(part for key, part in shown if key in self.choices),
-                            self.choices.get("model") or cfg.model.name])
+        options = " ".join(
+            [*(part for key, part in shown if key in self.choices), self.choices.get("model") or cfg.model.name]
+        )
         # what was chosen stays whole; the settings before it give way
         return _capped(f"{_capped(settings, NAME_MAX - len(options) - 1)} {options}".strip())
 
@@ -98,8 +107,14 @@ class Job:
         tags, so a resume adds to the record and never replaces what the run began with."""
         import torch
 
-        facts = {"command": self.command(), "output_dir": str(self.output_dir.resolve()), "device": str(device),
-                 "world_size": world_size, "version.cifar_exp": __version__, "version.torch": torch.__version__}
+        facts = {
+            "command": self.command(),
+            "output_dir": str(self.output_dir.resolve()),
+            "device": str(device),
+            "world_size": world_size,
+            "version.cifar_exp": __version__,
+            "version.torch": torch.__version__,
+        }
         if segment:
             return {"resume.count": segment, **{f"resume.{segment}.{k}": v for k, v in facts.items()}}
         tags = {
@@ -120,13 +135,16 @@ class Job:
     def description(self, run_dir: Path) -> str:
         """The run's description in the MLflow UI (markdown)."""
         run_dir = Path(run_dir).resolve()
-        return "\n".join([
-            f"`{self.command()}` (cifar_exp {__version__})", "",
-            f"- output dir: `{self.output_dir.resolve()}`",
-            f"- checkpoints: `{run_dir / 'checkpoints'}`",
-            f"- resume or extend: `{resume_command(run_dir)} [epochs=N]`",
-            f"- evaluate: `python -m cifar_exp.evaluate checkpoint={run_dir}`",
-        ])
+        return "\n".join(
+            [
+                f"`{self.command()}` (cifar_exp {__version__})",
+                "",
+                f"- output dir: `{self.output_dir.resolve()}`",
+                f"- checkpoints: `{run_dir / 'checkpoints'}`",
+                f"- resume or extend: `{resume_command(run_dir)} [epochs=N]`",
+                f"- evaluate: `python -m cifar_exp.evaluate checkpoint={run_dir}`",
+            ]
+        )
 
 
 def sweep_name(overrides: list[str], swept: list[str]) -> str:
@@ -147,7 +165,7 @@ def source_tags() -> dict[str, str]:
 
 
 def _capped(name: str, limit: int = NAME_MAX) -> str:
-    return name if len(name) <= limit else name[:max(limit - 1, 0)] + "…"
+    return name if len(name) <= limit else name[: max(limit - 1, 0)] + "…"
 
 
 def _short(value: str) -> str:

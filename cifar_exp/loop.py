@@ -55,14 +55,26 @@ class EpochMeter:
 
     def summary(self) -> dict[str, float]:
         """The epoch's mean loss and accuracy, over every process's images."""
-        sums = all_reduce_sum(torch.stack([self.loss_sum, self.correct.double(),
-                                           torch.tensor(float(self.seen), dtype=torch.float64, device=self.device)]))
+        sums = all_reduce_sum(
+            torch.stack(
+                [
+                    self.loss_sum,
+                    self.correct.double(),
+                    torch.tensor(float(self.seen), dtype=torch.float64, device=self.device),
+                ]
+            )
+        )
         loss_sum, correct, seen = sums.tolist()
         return {"loss": loss_sum / max(seen, 1), "acc": round(correct) / max(round(seen), 1)}
 
     def state_dict(self) -> dict:
-        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(), "seen": self.seen,
-                "window_loss": self.window_loss.cpu(), "window_steps": self.window_steps}
+        return {
+            "loss_sum": self.loss_sum.cpu(),
+            "correct": self.correct.cpu(),
+            "seen": self.seen,
+            "window_loss": self.window_loss.cpu(),
+            "window_steps": self.window_steps,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.loss_sum = state["loss_sum"].to(self.device)
@@ -137,16 +149,23 @@ class Trainer:
         self.ddp = module if isinstance(module, nn.parallel.DistributedDataParallel) else None
         self.module = module.module if self.ddp is not None else module
         # EMA: torch's AveragedModel, averaging BatchNorm's running statistics too
-        self.ema = (torch.optim.swa_utils.AveragedModel(
-            self.module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay), use_buffers=True)
-            if self.ema_decay > 0 else None)
+        self.ema = (
+            torch.optim.swa_utils.AveragedModel(
+                self.module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay), use_buffers=True
+            )
+            if self.ema_decay > 0
+            else None
+        )
         # evaluation runs the same forward on every rank: DDP's wrapper adds nothing there
         if self.ema is not None:
             self.eval_model = self.ema.module
         else:
             self.eval_model = self.module if self.ddp is not None else self.model
-        self.lookahead = (Lookahead(self.module, self.lookahead_every, self.lookahead_decay, self.total_steps)
-                          if self.lookahead_every else None)
+        self.lookahead = (
+            Lookahead(self.module, self.lookahead_every, self.lookahead_decay, self.total_steps)
+            if self.lookahead_every
+            else None
+        )
         self.micro = 0  # batches accumulated since the last optimizer step
         self.grad_norm: Optional[torch.Tensor] = None  # before clipping, at the last optimizer step
 
@@ -230,7 +249,7 @@ class Trainer:
             with self.autocast():
                 logits = self.tta_logits(model, x)
                 loss_sum += self.loss_fn(logits, y).double() * len(y)
-            confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
+            confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
         all_reduce_sum(confusion)
         all_reduce_sum(loss_sum)
         confusion = confusion.view(num_classes, num_classes).cpu()
@@ -240,6 +259,7 @@ class Trainer:
         """Logits averaged over the test-time views: the image and its mirror (eval_flip);
         with eval_translate = t, half weight on those and half on the same views of the image
         shifted t pixels up-left and down-right (reflected edges), as airbench does."""
+
         def views(images: torch.Tensor) -> torch.Tensor:
             logits = model(images).float()
             return (logits + model(images.flip(3)).float()) / 2 if self.eval_flip else logits
@@ -249,7 +269,7 @@ class Trainer:
         if t:
             h, w = x.shape[2:]
             padded = pad_images(x, t, "reflect")
-            shifted = (views(padded[:, :, :h, :w]) + views(padded[:, :, 2 * t:, 2 * t:])) / 2
+            shifted = (views(padded[:, :, :h, :w]) + views(padded[:, :, 2 * t :, 2 * t :])) / 2
             logits = (logits + shifted) / 2
         return logits
 
@@ -317,8 +337,9 @@ class Evaluation:
         return out
 
     def report(self, classes: list[str]) -> str:
-        lines = [f"Accuracy of the network on the {int(self.confusion.sum())} test images: "
-                 f"{100 * self.acc:.2f} % (test loss {self.loss:.4f})"]
-        lines += [f"Accuracy for class: {c:10s} is {100 * a:.1f} %"
-                  for c, a in zip(classes, self.per_class_acc)]
+        lines = [
+            f"Accuracy of the network on the {int(self.confusion.sum())} test images: "
+            f"{100 * self.acc:.2f} % (test loss {self.loss:.4f})"
+        ]
+        lines += [f"Accuracy for class: {c:10s} is {100 * a:.1f} %" for c, a in zip(classes, self.per_class_acc)]
         return "\n".join(lines)

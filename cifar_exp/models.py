@@ -85,8 +85,9 @@ class SpeedNet(nn.Module):
     two conv-BN-activation layers with a max-pool each, then global max-pool and a linear
     head. ReLU is cheaper than GELU on CPU (GELU and its gradient take ~16% of a step)."""
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), act: str = "gelu",
-                 image_size: int = 32):  # any size >= 8: it ends in global max pooling
+    def __init__(
+        self, num_classes: int = 10, widths: Sequence[int] = (64, 128, 256), act: str = "gelu", image_size: int = 32
+    ):  # any size >= 8: it ends in global max pooling
         super().__init__()
         layers: list[nn.Module] = [_conv_bn(3, widths[0] // 2, act)]
         c_in = widths[0] // 2
@@ -121,8 +122,15 @@ def _dirac_conv(c_in: int, c_out: int) -> nn.Conv2d:
 
 class _ConvGroup(nn.Sequential):
     def __init__(self, c_in: int, c_out: int, bn_momentum: float):
-        super().__init__(_dirac_conv(c_in, c_out), nn.MaxPool2d(2), _FrozenScaleBatchNorm(c_out, bn_momentum),
-                         nn.GELU(), _dirac_conv(c_out, c_out), _FrozenScaleBatchNorm(c_out, bn_momentum), nn.GELU())
+        super().__init__(
+            _dirac_conv(c_in, c_out),
+            nn.MaxPool2d(2),
+            _FrozenScaleBatchNorm(c_out, bn_momentum),
+            nn.GELU(),
+            _dirac_conv(c_out, c_out),
+            _FrozenScaleBatchNorm(c_out, bn_momentum),
+            nn.GELU(),
+        )
 
 
 class Airbench94Net(nn.Module):
@@ -137,8 +145,15 @@ class Airbench94Net(nn.Module):
 
     WHITEN_KERNEL = 2
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (64, 256, 256), bn_momentum: float = 0.6,
-                 output_scale: float = 1 / 9, whiten_bias_epochs: int = 3, image_size: int = 32):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: Sequence[int] = (64, 256, 256),
+        bn_momentum: float = 0.6,
+        output_scale: float = 1 / 9,
+        whiten_bias_epochs: int = 3,
+        image_size: int = 32,
+    ):
         super().__init__()
         k = self.WHITEN_KERNEL
         self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)

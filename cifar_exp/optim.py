@@ -29,8 +29,9 @@ def cosine(optimizer, total_steps: int, steps_per_epoch: int, eta_min: float) ->
     return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
 
 
-def onecycle(optimizer, total_steps: int, steps_per_epoch: int, max_lr: Optional[float],
-             pct_start: float) -> sched.LRScheduler:
+def onecycle(
+    optimizer, total_steps: int, steps_per_epoch: int, max_lr: Optional[float], pct_start: float
+) -> sched.LRScheduler:
     peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]
     return sched.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=pct_start)
 
@@ -39,8 +40,9 @@ def step(optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int, ga
     return sched.StepLR(optimizer, step_size=step_epochs * steps_per_epoch, gamma=gamma)
 
 
-def triangle(optimizer, total_steps: int, steps_per_epoch: int, start_factor: float, peak_at: float,
-             end_factor: float) -> sched.LRScheduler:
+def triangle(
+    optimizer, total_steps: int, steps_per_epoch: int, start_factor: float, peak_at: float, end_factor: float
+) -> sched.LRScheduler:
     peak = int(peak_at * total_steps)
 
     def factor(i: int) -> float:
@@ -57,8 +59,9 @@ WARMUP_START = 0.01  # warmup begins at 1% of each group's learning rate
 NORMS = (torch.nn.modules.batchnorm._NormBase, torch.nn.GroupNorm, torch.nn.LayerNorm)
 
 
-def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, decay_norm_and_bias: bool,
-                 norm_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(
+    model: torch.nn.Module, lr: float, weight_decay: float, decay_norm_and_bias: bool, norm_lr_scale: float = 1.0
+) -> list[dict]:
     """Weight decay on every parameter, or (decay_norm_and_bias=false) only on the weights of
     convolutions and linear layers (tensors of 2 or more dimensions). Normalization layers'
     parameters train at norm_lr_scale x lr with their weight decay divided by it, so that
@@ -69,15 +72,21 @@ def param_groups(model: torch.nn.Module, lr: float, weight_decay: float, decay_n
     for p in model.parameters():
         is_norm = norm_lr_scale != 1.0 and id(p) in norm_params
         groups.setdefault((is_norm, decay_norm_and_bias or p.ndim >= 2), []).append(p)
-    return [{"params": params, "lr": lr * norm_lr_scale if is_norm else lr,
-             "weight_decay": (weight_decay / norm_lr_scale if is_norm else weight_decay) if decays else 0.0}
-            for (is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))]
+    return [
+        {
+            "params": params,
+            "lr": lr * norm_lr_scale if is_norm else lr,
+            "weight_decay": (weight_decay / norm_lr_scale if is_norm else weight_decay) if decays else 0.0,
+        }
+        for (is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     options = kwargs(cfg)
-    groups = param_groups(model, options["lr"], options["weight_decay"], options.pop("decay_norm_and_bias"),
-                          options.pop("norm_lr_scale"))
+    groups = param_groups(
+        model, options["lr"], options["weight_decay"], options.pop("decay_norm_and_bias"), options.pop("norm_lr_scale")
+    )
     return builder("optimizer", cfg)(groups, **options)
 
 
@@ -106,8 +115,11 @@ class Warmup:
         self._apply()
 
     def state_dict(self) -> dict:
-        return {"count": self.count, "scheduled": self.scheduled,
-                "schedule": self.schedule.state_dict() if self.schedule is not None else None}
+        return {
+            "count": self.count,
+            "scheduled": self.scheduled,
+            "schedule": self.schedule.state_dict() if self.schedule is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.count, self.scheduled = state["count"], list(state["scheduled"])
@@ -116,8 +128,7 @@ class Warmup:
         self._apply()
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer,
-                    total_steps: int, steps_per_epoch: int):
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
     """The schedule over `total_steps` optimizer steps, with a linear warmup on top when
     scheduler.warmup_epochs > 0."""
     options = kwargs(cfg)

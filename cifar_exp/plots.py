@@ -18,8 +18,9 @@ def _pyplot():
     return plt
 
 
-def image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncols: int = 8,
-               colors: Sequence[str] | None = None) -> Path:
+def image_grid(
+    images: torch.Tensor, titles: Sequence[str], path: Path, ncols: int = 8, colors: Sequence[str] | None = None
+) -> Path:
     """uint8 [N,3,H,W] images in a grid, each titled (the notes' visualize()). The grid is
     one picture with text on top: one matplotlib axes instead of N keeps this fast."""
     plt = _pyplot()
@@ -30,7 +31,7 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncols: i
     for i, img in enumerate(images.cpu()):
         r, c = divmod(i, ncols)
         top, left = r * (h + gap_y) + gap_y, c * (w + gap_x) + gap_x // 2
-        canvas[:, top:top + h, left:left + w] = img
+        canvas[:, top : top + h, left : left + w] = img
     scale = 1 / 36  # inches per canvas pixel: 2.8x zoom at 100 dpi
     fig = plt.figure(figsize=(canvas.shape[2] * scale, canvas.shape[1] * scale))
     ax = fig.add_axes((0, 0, 1, 1))
@@ -38,8 +39,15 @@ def image_grid(images: torch.Tensor, titles: Sequence[str], path: Path, ncols: i
     ax.axis("off")
     for i, title in enumerate(titles):
         r, c = divmod(i, ncols)
-        ax.text(c * (w + gap_x) + gap_x // 2 + w / 2, r * (h + gap_y) + gap_y - 2, title,
-                ha="center", va="bottom", fontsize=7, color=colors[i] if colors else "black")
+        ax.text(
+            c * (w + gap_x) + gap_x // 2 + w / 2,
+            r * (h + gap_y) + gap_y - 2,
+            title,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            color=colors[i] if colors else "black",
+        )
     return _save(fig, path)
 
 
@@ -50,8 +58,9 @@ def showcase(n: int, device, k: int = 32) -> torch.Tensor:
     return idx.to(device)
 
 
-def predictions(images: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor,
-                classes: Sequence[str], path: Path) -> Path:
+def predictions(
+    images: torch.Tensor, predicted: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], path: Path
+) -> Path:
     """Each image titled with its predicted class (true class below), green when right."""
     pred, true = predicted.cpu().tolist(), labels.cpu().tolist()
     titles = [f"{classes[p]}\n({classes[t]})" for p, t in zip(pred, true)]
@@ -110,8 +119,15 @@ def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path
     if k <= 20:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if share[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(counts[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if share[i, j] > 0.5 else "black",
+                )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return _save(fig, path)
@@ -142,9 +158,11 @@ def _axis_values(values: list) -> tuple[list, list[str] | None]:
 
 
 # how a job is drawn in the sweep plot, by what became of it
-MARKS = {"best": dict(marker="*", s=220, color="tab:red", zorder=3),
-         "finished": dict(marker="o", s=36, color="tab:blue"),
-         "pruned": dict(marker="x", s=40, color="0.5")}
+MARKS = {
+    "best": dict(marker="*", s=220, color="tab:red", zorder=3),
+    "finished": dict(marker="o", s=36, color="tab:blue"),
+    "pruned": dict(marker="x", s=40, color="0.5"),
+}
 
 
 def _mark(row: dict) -> str:
@@ -162,8 +180,12 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
     for ax, key in zip(axes[0], keys):
         xs, categories = _axis_values([r["params"].get(key) for r in drawn])
         if categories is not None:
-            ax.set_xticks(range(len(categories)), categories, rotation=30 if len(categories) > 4 else 0,
-                          ha="right" if len(categories) > 4 else "center")
+            ax.set_xticks(
+                range(len(categories)),
+                categories,
+                rotation=30 if len(categories) > 4 else 0,
+                ha="right" if len(categories) > 4 else "center",
+            )
             ax.set_xlim(-0.5, len(categories) - 0.5)
         elif xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             # plain numbers at 1, 2 and 5 of each decade (only 1 past three decades): 0.001 0.002 0.005 0.01 ...
@@ -188,8 +210,12 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
     return _save(fig, path)
 
 
-STUDY_PLOTS = {"optimization_history": "plot_optimization_history", "param_importances": "plot_param_importances",
-               "parallel_coordinate": "plot_parallel_coordinate", "intermediate_values": "plot_intermediate_values"}
+STUDY_PLOTS = {
+    "optimization_history": "plot_optimization_history",
+    "param_importances": "plot_param_importances",
+    "parallel_coordinate": "plot_parallel_coordinate",
+    "intermediate_values": "plot_intermediate_values",
+}
 
 
 def study_plots(study, out: Path) -> list[Path]:

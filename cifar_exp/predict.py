@@ -27,14 +27,19 @@ class PredictArgs:
         check_device(self.device)
         require(self.top >= 1, "top", "an integer >= 1", self.top)
         paths = [self.images] if isinstance(self.images, str) else self.images
-        require(isinstance(paths, list) and all(isinstance(p, str) for p in paths), "images",
-                "an image path or a list of them: images=[a.png,b.jpg]", self.images)
+        require(
+            isinstance(paths, list) and all(isinstance(p, str) for p in paths),
+            "images",
+            "an image path or a list of them: images=[a.png,b.jpg]",
+            self.images,
+        )
         if not paths:
             raise UserError("images=[] names no image; give images=[a.png,b.jpg]")
         for image in paths:
             if not Path(image).is_file():
                 raise UserError(f"image {image} does not exist")
         self.images = paths
+
 
 USAGE = "usage: python -m cifar_exp.predict checkpoint=<file or run dir> images=[a.png,b.jpg] [top=3]"
 

@@ -19,8 +19,10 @@ class StepProfiler:
             if torch.cuda.is_available():
                 activities.append(torch.profiler.ProfilerActivity.CUDA)
             self.profiler = torch.profiler.profile(
-                activities=activities, schedule=torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1),
-                on_trace_ready=self._write)
+                activities=activities,
+                schedule=torch.profiler.schedule(wait=0, warmup=1, active=steps, repeat=1),
+                on_trace_ready=self._write,
+            )
 
     def _write(self, prof) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,8 +25,15 @@ class EpochProgress:
         if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=start, desc=self.label, unit="step", leave=False,
-                            dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                desc=self.label,
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         self.t0, self.start = time.perf_counter(), start
         self.next_report = self._next_quarter(start)
 
@@ -48,8 +55,15 @@ class EpochProgress:
             # only a loss logged since the last line: a stale one would read as a plateau
             loss_txt = f" loss {self.loss:.4f}" if self.loss is not None else ""
             self.loss = None
-            log.info("%s: %d%% (%d/%d steps)%s | %.0f img/s", self.label, 100 * self.done // self.total,
-                     self.done, self.total, loss_txt, rate)
+            log.info(
+                "%s: %d%% (%d/%d steps)%s | %.0f img/s",
+                self.label,
+                100 * self.done // self.total,
+                self.done,
+                self.total,
+                loss_txt,
+                rate,
+            )
 
     def __enter__(self) -> EpochProgress:
         return self

@@ -60,8 +60,12 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(c.TriangleConfig, "cifar_exp.optim:triangle"),
     ),
 }
-BASES = {"dataset": c.DatasetConfig, "model": c.ModelConfig, "optimizer": c.OptimizerConfig,
-         "scheduler": c.SchedulerConfig}
+BASES = {
+    "dataset": c.DatasetConfig,
+    "model": c.ModelConfig,
+    "optimizer": c.OptimizerConfig,
+    "scheduler": c.SchedulerConfig,
+}
 # the trainer group's options are one schema with other defaults (nothing to build)
 TRAINERS = {"default": c.TrainerConfig(), "deterministic": c.TrainerConfig(deterministic=True, amp="false")}
 
@@ -88,8 +92,9 @@ def option(group: str, name: Any) -> Option:
     try:
         return REGISTRY[group][name]
     except (KeyError, TypeError):
-        raise UserError(f"{group}.name={name!r} is not a registered option; expected one of "
-                        f"{', '.join(REGISTRY[group])}") from None
+        raise UserError(
+            f"{group}.name={name!r} is not a registered option; expected one of {', '.join(REGISTRY[group])}"
+        ) from None
 
 
 def schema(group: str, name: Any) -> type:

@@ -22,10 +22,23 @@ log = logging.getLogger("cifar_exp")
 
 # Keys that may differ from the checkpoint's config when resuming: they change how the run
 # is observed or how long it lasts, not what it computes.
-RESUME_SAFE = ("epochs", "resume", "objective", "trainer.device", "trainer.progress",
-               "trainer.early_stopping_patience", "trainer.profile_steps",
-               "trainer.log_every_n_steps", "trainer.compile", "checkpoint", "mlflow",
-               "dataset.root", "dataset.download", "dataset.cache_dir", "dataset.eval_batch_size")
+RESUME_SAFE = (
+    "epochs",
+    "resume",
+    "objective",
+    "trainer.device",
+    "trainer.progress",
+    "trainer.early_stopping_patience",
+    "trainer.profile_steps",
+    "trainer.log_every_n_steps",
+    "trainer.compile",
+    "checkpoint",
+    "mlflow",
+    "dataset.root",
+    "dataset.download",
+    "dataset.cache_dir",
+    "dataset.eval_batch_size",
+)
 # The safe keys that runs are compared by. MLflow params are write-once, so these are logged
 # as tags, which each resume updates; the other safe keys are in the logged config only.
 COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoint.monitor", "checkpoint.mode")
@@ -35,6 +48,7 @@ COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoin
 class Start:
     """How a run starts: its config, the dir its checkpoints go to, and the checkpoint it
     continues (None for a fresh run)."""
+
     cfg: DictConfig
     run_dir: Path
     checkpoint: Optional[Checkpoint] = None
@@ -110,12 +124,15 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
             raise UserError(
                 f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
                 f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
-                f"mlflow.* and dataset paths may change. Start a new run instead")
+                f"mlflow.* and dataset paths may change. Start a new run instead"
+            )
     # where the run is tracked is this job's choice (its command and environment), never the file's
     merged.mlflow.tracking_uri = cfg.mlflow.tracking_uri
     if merged.epochs != saved.epochs and merged.scheduler.name != "none":
-        raise UserError(f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
-                        f"its schedule spans the original {saved.epochs} epochs")
+        raise UserError(
+            f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
+            f"its schedule spans the original {saved.epochs} epochs"
+        )
     return merged
 
 

@@ -70,8 +70,16 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
     every_log, every_ckpt = cfg.trainer.log_every_n_steps, cfg.checkpoint.every_n_steps
     profiler = StepProfiler(cfg.trainer.profile_steps if world.is_main else 0, run_dir / "profile")
     # the store is checked before the data is loaded, and whatever fails after is recorded
-    with StopSignals() as stop, tracked(open_run(cfg, job, state, device, world, run_dir, stop), job.log_file,
-                                        state.segment, resume_command(run_dir)) as tracker, profiler:
+    with (
+        StopSignals() as stop,
+        tracked(
+            open_run(cfg, job, state, device, world, run_dir, stop),
+            job.log_file,
+            state.segment,
+            resume_command(run_dir),
+        ) as tracker,
+        profiler,
+    ):
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
         # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
@@ -86,13 +94,29 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         state.classes = data.classes
         d, t = cfg.dataset, cfg.trainer
         shard = {"rank": world.rank, "world_size": world.world_size}
-        train = data.loader("train", d.batch_size, shuffle=True, augment=d.augment, padding=d.crop_padding,
-                            seed=cfg.seed, cutout=d.cutout, mixup_alpha=d.mixup_alpha, cutmix_alpha=d.cutmix_alpha,
-                            num_classes=data.num_classes, limit=t.limit_train_batches or t.overfit_batches,
-                            same_batches=t.overfit_batches > 0, drop_last=d.drop_last, flip=d.flip,
-                            pad_mode=d.pad_mode, **shard)
-        evals = {s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
-                 for s in ("val", "test") if getattr(data, s) is not None}
+        train = data.loader(
+            "train",
+            d.batch_size,
+            shuffle=True,
+            augment=d.augment,
+            padding=d.crop_padding,
+            seed=cfg.seed,
+            cutout=d.cutout,
+            mixup_alpha=d.mixup_alpha,
+            cutmix_alpha=d.cutmix_alpha,
+            num_classes=data.num_classes,
+            limit=t.limit_train_batches or t.overfit_batches,
+            same_batches=t.overfit_batches > 0,
+            drop_last=d.drop_last,
+            flip=d.flip,
+            pad_mode=d.pad_mode,
+            **shard,
+        )
+        evals = {
+            s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
+            for s in ("val", "test")
+            if getattr(data, s) is not None
+        }
         trainer = build_trainer(cfg, data, len(train), device, world, precision)
         if start.checkpoint is not None:
             resume.restore(trainer, start.checkpoint)
@@ -104,16 +128,22 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         max_batches = t.max_steps * t.accumulate_grad_batches  # 0: no limit
         done = stopped_early or bool(max_batches) and state.global_step >= max_batches
         if state.epoch >= cfg.epochs or done:
-            log.info("nothing to train: the checkpoint already completed %d epochs (epochs=%d%s)", state.epoch,
-                     cfg.epochs, ", stopped early" if stopped_early else "")
+            log.info(
+                "nothing to train: the checkpoint already completed %d epochs (epochs=%d%s)",
+                state.epoch,
+                cfg.epochs,
+                ", stopped early" if stopped_early else "",
+            )
 
         if start.checkpoint is not None:
             ckpt.last_good = (start.checkpoint.path, state.global_step)
 
         def diverged(value: float) -> NoReturn:
-            raise UserError(f"training diverged: the loss is {value} at step {state.global_step} (epoch "
-                            f"{state.epoch + 1}, lr {trainer.lr():.4g}); nothing was saved after it; "
-                            f"{ckpt.describe_last_good()}")
+            raise UserError(
+                f"training diverged: the loss is {value} at step {state.global_step} (epoch "
+                f"{state.epoch + 1}, lr {trainer.lr():.4g}); nothing was saved after it; "
+                f"{ckpt.describe_last_good()}"
+            )
 
         def save(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> None:
             if not trainer.finite():  # a non-finite model never becomes a checkpoint
@@ -158,8 +188,12 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
                     # checkpoints fall between optimizer steps, never inside an accumulation
                     if trainer.at_boundary and stop_requested(at_step=True):
                         checkpoint_and_stop(epoch_end=False, is_best=False)
-                    if (every_ckpt and state.global_step % every_ckpt == 0 and state.step < len(train)
-                            and trainer.at_boundary):
+                    if (
+                        every_ckpt
+                        and state.global_step % every_ckpt == 0
+                        and state.step < len(train)
+                        and trainer.at_boundary
+                    ):
                         save(epoch_end=False, is_best=False)
                     if state.global_step == max_batches:  # trainer.max_steps: this epoch ends here
                         break
@@ -186,12 +220,22 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             pruned = distributed.any_rank(prune, device) and not last
             if stop_requested() and not last:
                 checkpoint_and_stop(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
-            if (state.epoch % cfg.checkpoint.every_n_epochs == 0 or last or early or pruned
-                    or (is_best and cfg.checkpoint.save_best) or cfg.checkpoint.save_top_k):
+            if (
+                state.epoch % cfg.checkpoint.every_n_epochs == 0
+                or last
+                or early
+                or pruned
+                or (is_best and cfg.checkpoint.save_best)
+                or cfg.checkpoint.save_top_k
+            ):
                 save(epoch_end=True, is_best=is_best, score=metrics.get(monitor))
             if pruned:
-                log.info("stopping after epoch %d: the Optuna study prunes this trial (%s %.4g)", state.epoch,
-                         cfg.objective, metrics[cfg.objective])
+                log.info(
+                    "stopping after epoch %d: the Optuna study prunes this trial (%s %.4g)",
+                    state.epoch,
+                    cfg.objective,
+                    metrics[cfg.objective],
+                )
                 # KILLED: the run did not get to its planned end; the name says why
                 tracker.cut_short(f"pruned e{state.epoch}", {study.TRIAL_STATE_TAG: study.PRUNED})
                 if trial is not None:
@@ -223,8 +267,14 @@ def init_images(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images.index_select(0, pick.to(images.device))
 
 
-def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: torch.device,
-                  world: distributed.World, precision: Optional[Precision] = None) -> Trainer:
+def build_trainer(
+    cfg: DictConfig,
+    data: Dataset,
+    steps_per_epoch: int,
+    device: torch.device,
+    world: distributed.World,
+    precision: Optional[Precision] = None,
+) -> Trainer:
     t = cfg.trainer
     precision = precision or pick_precision(t.amp, device, t.deterministic)
     model = build_model(cfg.model, data.num_classes, image_size(cfg.dataset)).to(device)
@@ -240,22 +290,44 @@ def build_trainer(cfg: DictConfig, data: Dataset, steps_per_epoch: int, device: 
     if world.active:
         if t.sync_batchnorm:
             if device.type != "cuda":
-                raise UserError("trainer.sync_batchnorm=true needs CUDA devices: PyTorch's SyncBatchNorm runs on "
-                                "GPUs only (drop it on CPU)")
+                raise UserError(
+                    "trainer.sync_batchnorm=true needs CUDA devices: PyTorch's SyncBatchNorm runs on "
+                    "GPUs only (drop it on CPU)"
+                )
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     if t.compile:
         model = torch.compile(model)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    return Trainer(model, optimizer, scheduler, loss_fn, device, autocast_dtype=precision.dtype, eval_flip=t.eval_flip,
-                   eval_translate=t.eval_translate, accumulate=t.accumulate_grad_batches,
-                   clip_norm=t.gradient_clip_val, ema_decay=t.ema_decay, lookahead_every=t.lookahead_every,
-                   lookahead_decay=t.lookahead_decay, total_steps=total_steps)
+    return Trainer(
+        model,
+        optimizer,
+        scheduler,
+        loss_fn,
+        device,
+        autocast_dtype=precision.dtype,
+        eval_flip=t.eval_flip,
+        eval_translate=t.eval_translate,
+        accumulate=t.accumulate_grad_batches,
+        clip_norm=t.gradient_clip_val,
+        ema_decay=t.ema_decay,
+        lookahead_every=t.lookahead_every,
+        lookahead_decay=t.lookahead_decay,
+        total_steps=total_steps,
+    )
 
 
-def open_run(cfg: DictConfig, job: Job, state: RunState, device: torch.device, world: distributed.World,
-             run_dir: Path, stop: StopSignals):
+def open_run(
+    cfg: DictConfig,
+    job: Job,
+    state: RunState,
+    device: torch.device,
+    world: distributed.World,
+    run_dir: Path,
+    stop: StopSignals,
+):
     """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only. A stop
     request while the store is being reached ends the run at once: nothing is saved yet."""
     if not world.is_main:
@@ -309,23 +381,43 @@ def evaluate_splits(trainer: Trainer, data: Dataset, evals: dict, metrics: dict)
 def log_epoch(m: dict, epochs: int) -> None:
     test = f" | test loss {m['test/loss']:.4f} acc {100 * m['test/acc']:.2f}%" if "test/acc" in m else ""
     val = f" | val acc {100 * m['val/acc']:.2f}%" if "val/acc" in m else ""
-    log.info("epoch %d/%d: train loss %.4f acc %.2f%%%s%s | %.1fs", m["epoch"], epochs, m["train/loss_epoch"],
-             100 * m["train/acc"], test, val, m["time/epoch_s"])
+    log.info(
+        "epoch %d/%d: train loss %.4f acc %.2f%%%s%s | %.1fs",
+        m["epoch"],
+        epochs,
+        m["train/loss_epoch"],
+        100 * m["train/acc"],
+        test,
+        val,
+        m["time/epoch_s"],
+    )
 
 
 # --- the run's start and end ----------------------------------------------------------------------
-def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int,
-              precision: Precision) -> None:
+def log_start(
+    cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int, precision: Precision
+) -> None:
     """The run's params (what it computes with, and its precision), the tags a resume may
     update, its data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
     as hydra/resume_<n>/, so the record only grows."""
-    log.info("run dir %s | device %s | %d train / %d test images, %d classes%s",
-             run_dir, device, len(data.train), len(data.test), data.num_classes,
-             f" | mlflow run {tracker.run_id}" if tracker.run_id else "")
+    log.info(
+        "run dir %s | device %s | %d train / %d test images, %d classes%s",
+        run_dir,
+        device,
+        len(data.train),
+        len(data.test),
+        data.num_classes,
+        f" | mlflow run {tracker.run_id}" if tracker.run_id else "",
+    )
     log.info("precision %s (%s)", precision.name, precision.reason)
     mode = monitor_mode(cfg)
-    log.info("objective %s; checkpoint.monitor %s, %s%s", cfg.objective, cfg.checkpoint.monitor,
-             "minimized" if mode == "min" else "maximized", "" if cfg.checkpoint.mode else " (derived from its name)")
+    log.info(
+        "objective %s; checkpoint.monitor %s, %s%s",
+        cfg.objective,
+        cfg.checkpoint.monitor,
+        "minimized" if mode == "min" else "maximized",
+        "" if cfg.checkpoint.mode else " (derived from its name)",
+    )
     params, compared = resume.record(flatten(cfg))
     tracker.log_params({**params, "trainer": job.choices.get("trainer", "default"), "precision": precision.name})
     tracker.set_tags({**compared, "checkpoint.mode": mode})
@@ -339,13 +431,22 @@ def log_start(cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, 
         tracker.log_inputs(data.lineage(cfg.dataset))
     if not segment:
         idx = plots.showcase(len(data.train), data.device)
-        grid = plots.image_grid(data.train.x[idx], [data.classes[i] for i in data.train.y[idx].tolist()],
-                                run_dir / "plots" / "samples.png")
+        grid = plots.image_grid(
+            data.train.x[idx], [data.classes[i] for i in data.train.y[idx].tolist()], run_dir / "plots" / "samples.png"
+        )
         tracker.log_artifact(grid, "plots")
 
 
-def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: RunState, run_dir: Path,
-           test: Evaluation, stopping: Callable[[], bool] = lambda: False) -> None:
+def report(
+    cfg: DictConfig,
+    trainer: Trainer,
+    data: Dataset,
+    tracker,
+    state: RunState,
+    run_dir: Path,
+    test: Evaluation,
+    stopping: Callable[[], bool] = lambda: False,
+) -> None:
     """The test report, the run-end plots and the logged model. Every image shown comes from
     the one on-device dataset; only the few drawn move to the CPU, inside plots. Once
     `stopping()` says a stop was asked for, the slow rest (predictions, the model) is left."""
@@ -358,8 +459,9 @@ def report(cfg: DictConfig, trainer: Trainer, data: Dataset, tracker, state: Run
     idx = plots.showcase(len(data.test), data.device)
     images, labels = data.test.x[idx], data.test.y[idx]
     predicted = trainer.predict(data.normalize(images))
-    tracker.log_artifact(plots.predictions(images, predicted, labels, data.classes,
-                                           run_dir / "plots" / "predictions.png"), "plots")
+    tracker.log_artifact(
+        plots.predictions(images, predicted, labels, data.classes, run_dir / "plots" / "predictions.png"), "plots"
+    )
     if cfg.mlflow.enabled and cfg.mlflow.log_model and not stopping():
         example = data.normalize(images[:2]).cpu()
         # one model per segment, each its own name
@@ -374,8 +476,9 @@ def record_results(tracker, data: Dataset, state: RunState, run_dir: Path, test:
     if state.history:
         tracker.log_artifact(plots.learning_curves(state.history, plot_dir / "learning_curves.png"), "plots")
     if test is not None:
-        tracker.log_artifact(plots.confusion_matrix(test.confusion, data.classes, plot_dir / "confusion_matrix.png"),
-                             "plots")
+        tracker.log_artifact(
+            plots.confusion_matrix(test.confusion, data.classes, plot_dir / "confusion_matrix.png"), "plots"
+        )
         tracker.log_artifact(per_class_table(test, data.classes, run_dir / "per_class_accuracy.csv"))
 
 
@@ -387,6 +490,13 @@ def per_class_table(test: Evaluation, classes: list[str], path: Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(["class", "images", "correct", "accuracy", "precision"])
         for i, name in enumerate(classes):
-            writer.writerow([name, int(images[i]), int(correct[i]), f"{float(correct[i] / max(int(images[i]), 1)):.4f}",
-                             f"{float(correct[i] / predicted[i]):.4f}" if predicted[i] else ""])
+            writer.writerow(
+                [
+                    name,
+                    int(images[i]),
+                    int(correct[i]),
+                    f"{float(correct[i] / max(int(images[i]), 1)):.4f}",
+                    f"{float(correct[i] / predicted[i]):.4f}" if predicted[i] else "",
+                ]
+            )
     return path

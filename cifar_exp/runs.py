@@ -55,15 +55,18 @@ def table(runs: list[dict], metrics: list[str]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="cifar_exp", help="experiment name (default: cifar_exp)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
     parser.add_argument("--sort", default="test/acc", help="metric to sort by (default: test/acc)")
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
-    parser.add_argument("--metrics", type=metric_names, default="test/acc,test/loss",
-                        help="comma-separated metric columns")
+    parser.add_argument(
+        "--metrics", type=metric_names, default="test/acc,test/loss", help="comma-separated metric columns"
+    )
     parser.add_argument("--limit", type=positive_int, default=50, help="at most this many runs (default: 50)")
-    parser.add_argument("--deliver", metavar="RUN_DIR",
-                        help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away")
+    parser.add_argument(
+        "--deliver",
+        metavar="RUN_DIR",
+        help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away",
+    )
     args = parser.parse_args(argv)
 
     from cifar_exp.errors import UserError, exit_with

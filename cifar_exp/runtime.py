@@ -68,6 +68,7 @@ def cpu_has_bf16() -> bool:
 @dataclass(frozen=True)
 class Precision:
     """The autocast dtype of a run's forward passes (None: float32 throughout), and why."""
+
     dtype: Optional[torch.dtype]
     reason: str
 
@@ -92,7 +93,10 @@ def pick_precision(amp: str, device: torch.device, deterministic: bool = False) 
     if device.type == "cpu" and cpu_has_bf16():
         return Precision(torch.bfloat16, "a CPU with native bf16 (" + ", ".join(BF16_CPU_FLAGS) + ")")
     if setting == "true":
-        where = "this CPU has no native bf16 units (no amx_bf16 or avx512_bf16 flag)" if device.type == "cpu" \
+        where = (
+            "this CPU has no native bf16 units (no amx_bf16 or avx512_bf16 flag)"
+            if device.type == "cpu"
             else f"{device.type} has no autocast here"
+        )
         raise UserError(f"trainer.amp=true is invalid on {device}: {where}; use trainer.amp=auto or false")
     return Precision(None, f"{device.type} without native bf16")

@@ -38,8 +38,10 @@ def _refuse_code(tree: Any, origin: str, path: str) -> None:
             if not isinstance(key, str):
                 raise UserError(f"{origin}: stored config key {path}{key!r} is not a name")
             if key in CODE_KEYS:
-                raise UserError(f"{origin}: refusing {path}{key}={value!r}: a stored config may name "
-                                f"registered options only, never code")
+                raise UserError(
+                    f"{origin}: refusing {path}{key}={value!r}: a stored config may name "
+                    f"registered options only, never code"
+                )
             _refuse_code(value, origin, f"{path}{key}.")
     elif isinstance(tree, (list, tuple, set, frozenset)):
         for i, value in enumerate(tree):

@@ -23,10 +23,20 @@ log = logging.getLogger("cifar_exp")
 
 SWEEPER_TARGET = "hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
 DEFAULT_STORAGE = "optuna.db"  # a SQLite file in the launch dir, beside MLflow's mlflow.db
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "grid": "GridSampler",
-            "qmc": "QMCSampler", "nsgaii": "NSGAIISampler"}
-PRUNERS = {"none": "NopPruner", "median": "MedianPruner", "hyperband": "HyperbandPruner",
-           "successive_halving": "SuccessiveHalvingPruner"}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "grid": "GridSampler",
+    "qmc": "QMCSampler",
+    "nsgaii": "NSGAIISampler",
+}
+PRUNERS = {
+    "none": "NopPruner",
+    "median": "MedianPruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+}
 # a sweep resumed by the same command finds its MLflow parent run by this tag
 STUDY_KEY_TAG = "optuna.study_key"
 TRIAL_STATE_TAG, PRUNED = PRUNED_TAG  # a job's tag for its trial's state
@@ -41,8 +51,8 @@ def storage_url(sweeper: Any, launch_dir: Path) -> str:
     or the default SQLite file in the launch dir."""
     url = sweeper.get("storage") or f"sqlite:///{DEFAULT_STORAGE}"
     prefix = "sqlite:///"
-    if url.startswith(prefix) and not url[len(prefix):].startswith("/"):
-        url = prefix + str((launch_dir / url[len(prefix):]).resolve())
+    if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+        url = prefix + str((launch_dir / url[len(prefix) :]).resolve())
     return url
 
 
@@ -57,8 +67,10 @@ def direction(configured: Any, objective: str) -> str:
         return derived
     given = list(configured) if isinstance(configured, (list, tuple)) else [configured]
     if given != [derived]:
-        raise UserError(f"hydra.sweeper.direction={configured} is invalid: must be {derived} or null, since "
-                        f"objective={objective} is {derived}d (a run returns that one objective)")
+        raise UserError(
+            f"hydra.sweeper.direction={configured} is invalid: must be {derived} or null, since "
+            f"objective={objective} is {derived}d (a run returns that one objective)"
+        )
     return derived
 
 
@@ -70,8 +82,10 @@ def check_storage(url: str) -> None:
         parsed = make_url(url)
         parsed.get_dialect()
     except Exception as e:  # ArgumentError for garbage, NoSuchModuleError for an unknown dialect
-        raise UserError(f"hydra.sweeper.storage={url!r} is invalid: must be an SQLAlchemy database URL "
-                        f"such as sqlite:///optuna.db ({reason(e)})") from None
+        raise UserError(
+            f"hydra.sweeper.storage={url!r} is invalid: must be an SQLAlchemy database URL "
+            f"such as sqlite:///optuna.db ({reason(e)})"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         folder = Path(parsed.database).parent
         if not folder.is_dir():
@@ -91,8 +105,10 @@ def _check_sqlite(db: Path) -> None:
     except sqlite3.DatabaseError as e:
         if "locked" in str(e):
             return  # in use: the sweep waits for it
-        raise UserError(f"the Optuna storage {db} is damaged or not a database ({e}); move it away (the study "
-                        f"starts afresh) or point hydra.sweeper.storage elsewhere") from None
+        raise UserError(
+            f"the Optuna storage {db} is damaged or not a database ({e}); move it away (the study "
+            f"starts afresh) or point hydra.sweeper.storage elsewhere"
+        ) from None
 
 
 def study_name(sweeper: Any, task_overrides: list[str]) -> str:
@@ -101,8 +117,7 @@ def study_name(sweeper: Any, task_overrides: list[str]) -> str:
     if sweeper.get("study_name"):
         return sweeper["study_name"]
     searched = set(sweeper.get("params") or {})
-    fixed = sorted(o for o in task_overrides
-                   if parse_override(o)[0] not in searched and not is_sweep(o))
+    fixed = sorted(o for o in task_overrides if parse_override(o)[0] not in searched and not is_sweep(o))
     text = " ".join(fixed)
     digest = hashlib.sha1(text.encode()).hexdigest()[:8]
     return f"cifar_exp {text[:80]} {digest}" if text else f"cifar_exp {digest}"
@@ -127,7 +142,7 @@ def take_lease(storage: str, name: str, command: str) -> None:
     if key in _LEASES:
         return
     if storage.startswith("sqlite:///"):
-        _LEASES[key] = _file_lease(Path(storage[len("sqlite:///"):].split("?")[0]), key, name, command)
+        _LEASES[key] = _file_lease(Path(storage[len("sqlite:///") :].split("?")[0]), key, name, command)
     elif storage.startswith(("postgresql", "postgres")):
         _LEASES[key] = _advisory_lease(storage, key, name)
     else:
@@ -136,8 +151,10 @@ def take_lease(storage: str, name: str, command: str) -> None:
 
 
 def _running(name: str, holder: str) -> UserError:
-    return UserError(f"the Optuna study {name!r} is being run by another sweep ({holder}); one sweep per study: "
-                     f"wait for it to end, stop it, or name another study with hydra.sweeper.study_name")
+    return UserError(
+        f"the Optuna study {name!r} is being run by another sweep ({holder}); one sweep per study: "
+        f"wait for it to end, stop it, or name another study with hydra.sweeper.study_name"
+    )
 
 
 def _file_lease(db: Path, key: str, name: str, command: str):
@@ -170,13 +187,21 @@ def _advisory_lease(storage: str, key: str, name: str):
     connection = sqlalchemy.create_engine(storage, poolclass=sqlalchemy.pool.NullPool).connect()
     lock = int(key[:15], 16)  # fits PostgreSQL's bigint
     if not connection.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock}).scalar():
-        holders = connection.execute(sqlalchemy.text(
-            "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
-            "WHERE l.locktype = 'advisory' AND l.objid = (:k & 4294967295) AND l.classid = (:k >> 32)"),
-            {"k": lock}).fetchall()
+        holders = connection.execute(
+            sqlalchemy.text(
+                "SELECT a.pid, a.client_addr, a.backend_start FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                "WHERE l.locktype = 'advisory' AND l.objid = (:k & 4294967295) AND l.classid = (:k >> 32)"
+            ),
+            {"k": lock},
+        ).fetchall()
         connection.close()
-        holder = ", ".join(f"server pid {p} from {addr or 'a local socket'} since {start:%Y-%m-%d %H:%M:%S}"
-                           for p, addr, start in holders) or "a session of the database server"
+        holder = (
+            ", ".join(
+                f"server pid {p} from {addr or 'a local socket'} since {start:%Y-%m-%d %H:%M:%S}"
+                for p, addr, start in holders
+            )
+            or "a session of the database server"
+        )
         raise _running(name, holder)
     connection.commit()  # the lock is the session's: no transaction stays open
     return connection
@@ -216,11 +241,16 @@ def _waiting(call, storage: str, wait_s: float):
                 raise
             if deadline is None:
                 deadline = time.monotonic() + wait_s
-                log.warning("warning: the Optuna storage %s is locked by another process; waiting for it "
-                            "(up to %d s)", storage, wait_s)
+                log.warning(
+                    "warning: the Optuna storage %s is locked by another process; waiting for it (up to %d s)",
+                    storage,
+                    wait_s,
+                )
             if time.monotonic() >= deadline:
-                raise UserError(f"the Optuna storage {storage} stayed locked for {wait_s:.0f} s; find what holds "
-                                f"it (another sweep, a backup) and run the same command again") from None
+                raise UserError(
+                    f"the Optuna storage {storage} stayed locked for {wait_s:.0f} s; find what holds "
+                    f"it (another sweep, a backup) and run the same command again"
+                ) from None
             time.sleep(1)
 
 
@@ -233,10 +263,14 @@ def _patient_storage():
         @functools.wraps(method)
         def call(self, *args, **kwargs):
             return _waiting(lambda: method(self, *args, **kwargs), self.url, self.wait_s)
+
         return call
 
-    methods = {name: patient(getattr(RDBStorage, name)) for name in dir(BaseStorage)
-               if not name.startswith("_") and callable(getattr(RDBStorage, name))}
+    methods = {
+        name: patient(getattr(RDBStorage, name))
+        for name in dir(BaseStorage)
+        if not name.startswith("_") and callable(getattr(RDBStorage, name))
+    }
     return type("PatientRDBStorage", (RDBStorage,), {"wait_s": SWEEP_WAIT_S, **methods})
 
 
@@ -251,6 +285,7 @@ def build_sampler(cfg: dict, search_space: Optional[dict] = None):
 
     kwargs = {k: v for k, v in cfg.items() if k != "name"}
     if cfg["name"] == "grid":  # the grid is the sweep's own choice(...) and range(...) values
+
         class SweepGridSampler(optuna.samplers.GridSampler):
             """Optuna's grid ends a study from inside study.optimize() once every point has run,
             which the sweeper does not use: it stops at n_trials or the grid's size itself."""
@@ -283,8 +318,9 @@ class TrialLink:
         import optuna
 
         self._storage = connect(self.storage, JOB_WAIT_S)
-        self._study = optuna.load_study(study_name=self.study_name, storage=self._storage,
-                                        pruner=build_pruner(self.pruner_cfg))
+        self._study = optuna.load_study(
+            study_name=self.study_name, storage=self._storage, pruner=build_pruner(self.pruner_cfg)
+        )
         study_id = self._storage.get_study_id_from_name(self.study_name)
         self._trial_id = self._storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
 
@@ -298,8 +334,9 @@ class TrialLink:
             self._storage.set_trial_intermediate_value(self._trial_id, epoch, value)
             return self._study.pruner.prune(self._study, self._storage.get_trial(self._trial_id))
         except (SQLAlchemyError, StorageInternalError, UserError) as e:  # Optuna wraps a failed commit in the 2nd
-            log.warning("could not report epoch %d to Optuna trial %d (%s); training goes on", epoch,
-                        self.number, reason(e))
+            log.warning(
+                "could not report epoch %d to Optuna trial %d (%s); training goes on", epoch, self.number, reason(e)
+            )
             return False
 
     def mark_pruned(self) -> None:

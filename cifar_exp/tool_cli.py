@@ -17,8 +17,7 @@ def check_device(device: str) -> None:
     require(DEVICE.fullmatch(device) is not None, "device", "auto, cpu, mps, cuda or cuda:<index>", device)
 
 
-def run_tool(action: Callable[[Any], Any], schema: type, usage: str, prog: str,
-             argv: list[str] | None = None) -> None:
+def run_tool(action: Callable[[Any], Any], schema: type, usage: str, prog: str, argv: list[str] | None = None) -> None:
     """Entry point of a small key=value tool: --help prints `usage`, a UserError one line."""
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
@@ -47,10 +46,8 @@ def parse_cli(argv: list[str], schema: type) -> Any:
         merged = OmegaConf.merge(OmegaConf.structured(schema), given)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
-        raise UserError(f"{key}={OmegaConf.select(given, str(key))!r} is invalid: "
-                        f"{reason(e)}") from None
+        raise UserError(f"{key}={OmegaConf.select(given, str(key))!r} is invalid: {reason(e)}") from None
     for key in fields:
         if OmegaConf.is_missing(merged, key):
             raise UserError(f"{key}=... is required")
     return OmegaConf.to_object(merged)
-

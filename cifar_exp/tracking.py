@@ -37,8 +37,11 @@ OUTBOX = "mlflow_outbox.json"
 # schedule instead (RETRY_S), so one call gives up within seconds.
 # Each call is bounded (a server that hangs costs one timeout, and a stop request is heard
 # within seconds); MLflow's own retries are off, since the outbox retries.
-HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "5",
+}
 RETRY_S = (5, 10, 20, 40, 80, 120)  # waits between delivery attempts during an outage
 FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
 PROBE_TIMEOUT_S = 5
@@ -129,8 +132,7 @@ class SystemMetrics:
     def __init__(self, run_id: str, every_s: float, resumed: bool, uri: str):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        self.mlflow = SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=resumed,
-                                           tracking_uri=uri)
+        self.mlflow = SystemMetricsMonitor(run_id, sampling_interval=every_s, resume_logging=resumed, tracking_uri=uri)
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="SystemMetrics")
@@ -178,7 +180,6 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-
 def _probe(uri: str) -> None:
     """One short request to the tracking API itself (a server can answer /health and hang
     on its API): a tracking server that does not answer is a user error now, not minutes of
@@ -190,14 +191,16 @@ def _probe(uri: str) -> None:
         return  # it answered
     except (OSError, ValueError) as e:
         why = getattr(e, "reason", None) or e
-        raise UserError(f"the MLflow tracking server {uri} does not answer ({why}); start it, point "
-                        f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running one, or set "
-                        f"mlflow.enabled=false") from None
+        raise UserError(
+            f"the MLflow tracking server {uri} does not answer ({why}); start it, point "
+            f"mlflow.tracking_uri (or MLFLOW_TRACKING_URI) at a running one, or set "
+            f"mlflow.enabled=false"
+        ) from None
 
 
 def _sqlite_file(uri: str) -> Optional[Path]:
     """The database file of a sqlite:/// URI; None for any other store."""
-    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+    return Path(uri[len("sqlite:///") :].split("?")[0]) if uri.startswith("sqlite:///") else None
 
 
 @contextlib.contextmanager
@@ -243,15 +246,17 @@ def connect(uri: str, experiment: Optional[str] = None):
     except UserError:
         raise
     except Exception as e:  # an unwritable path, a damaged file, a refusing server
-        raise UserError(f"cannot use the MLflow store {uri}: {reason(e)}; fix it, point mlflow.tracking_uri "
-                        f"(or MLFLOW_TRACKING_URI) elsewhere, or set mlflow.enabled=false") from None
+        raise UserError(
+            f"cannot use the MLflow store {uri}: {reason(e)}; fix it, point mlflow.tracking_uri "
+            f"(or MLFLOW_TRACKING_URI) elsewhere, or set mlflow.enabled=false"
+        ) from None
     return client, exp_id
 
 
 def ensure_experiment(client, name: str, attempts: int = 5) -> str:
     """The experiment's id, created if missing, and marked as model training when it has no
     kind yet (a kind someone chose is left alone). Tolerates a concurrent creator."""
-    (kind, value), = EXPERIMENT_KIND.items()
+    ((kind, value),) = EXPERIMENT_KIND.items()
     for attempt in range(attempts):
         try:
             exp = client.get_experiment_by_name(name)
@@ -263,7 +268,7 @@ def ensure_experiment(client, name: str, attempts: int = 5) -> str:
         except Exception:
             if attempt == attempts - 1:
                 raise
-            time.sleep(0.5 * 2 ** attempt)
+            time.sleep(0.5 * 2**attempt)
     raise AssertionError("unreachable")
 
 
@@ -275,11 +280,11 @@ def _deliver(client, run_id: str, op: dict) -> None:
     kind = op["op"]
     if kind == "metrics":
         for i in range(0, len(op["items"]), BATCH):
-            client.log_batch(run_id, metrics=[Metric(*m) for m in op["items"][i:i + BATCH]])
+            client.log_batch(run_id, metrics=[Metric(*m) for m in op["items"][i : i + BATCH]])
     elif kind == "params":
         items = list(op["items"].items())
         for i in range(0, len(items), 100):
-            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+            client.log_batch(run_id, params=[Param(k, v) for k, v in items[i : i + 100]])
     elif kind == "tags":
         client.log_batch(run_id, tags=[RunTag(k, v) for k, v in op["items"].items()])
     elif kind == "delete_tag":
@@ -324,8 +329,13 @@ def _describe(op: dict) -> str:
 def _dataset_input(item: dict):
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    dataset = Dataset(item["name"], item["digest"], item["source_type"], json.dumps({"uri": item["source"]}),
-                      profile=json.dumps(item["profile"]))
+    dataset = Dataset(
+        item["name"],
+        item["digest"],
+        item["source_type"],
+        json.dumps({"uri": item["source"]}),
+        profile=json.dumps(item["profile"]),
+    )
     return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", item["context"])])
 
 
@@ -372,8 +382,11 @@ class Outbox:
                 if parts:
                     self.ops[0:1] = parts
                     continue
-                log.warning("warning: the MLflow store refused %s (%s): dropped, the rest is delivered",
-                            _describe(self.ops[0]), reason(e))
+                log.warning(
+                    "warning: the MLflow store refused %s (%s): dropped, the rest is delivered",
+                    _describe(self.ops[0]),
+                    reason(e),
+                )
             del self.ops[0]
 
 
@@ -389,8 +402,9 @@ def deliver_outbox(run_dir: Path) -> str:
         box.deliver(client)
     except Exception as e:
         box.save()
-        raise UserError(f"delivery to {box.uri} stopped ({reason(e)}); {len(box.ops)} of {count} writes "
-                        f"remain in {path}") from None
+        raise UserError(
+            f"delivery to {box.uri} stopped ({reason(e)}); {len(box.ops)} of {count} writes remain in {path}"
+        ) from None
     box.clear()
     return f"delivered {count} writes to run {box.run_id} at {box.uri}"
 
@@ -400,8 +414,15 @@ class MlflowTracker:
     delivers the queue. The run calls it at epoch ends, before every checkpoint and at the
     end, and it runs by itself every `flush_every_s` seconds so the UI stays live."""
 
-    def __init__(self, cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict,
-                 run_dir: Optional[Path] = None, store: Optional[tuple] = None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_id: Optional[str],
+        run_name: str,
+        tags: dict,
+        run_dir: Optional[Path] = None,
+        store: Optional[tuple] = None,
+    ):
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
         self.uri = tracking_uri(cfg.mlflow.tracking_uri)
@@ -421,8 +442,13 @@ class MlflowTracker:
             self.client.update_run(run_id, status="RUNNING")
         else:
             if run_id is not None:
-                log.warning("the checkpoint's MLflow run %s is not in %s: this segment is logged as a new "
-                            "run, tagged cifar_exp.resumed_from_run=%s", run_id, self.uri, run_id)
+                log.warning(
+                    "the checkpoint's MLflow run %s is not in %s: this segment is logged as a new "
+                    "run, tagged cifar_exp.resumed_from_run=%s",
+                    run_id,
+                    self.uri,
+                    run_id,
+                )
                 tags["cifar_exp.resumed_from_run"] = run_id
             tags = {MLFLOW_RUN_NAME: run_name, **tags}
             if os.environ.get(PARENT_RUN_ENV):
@@ -502,8 +528,11 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
-        points = [[k, rounded(k, v), ts, step] for k, v in _valid_keys(metrics, "metric").items()
-                  if step > self._logged_until.get(k, -1)]
+        points = [
+            [k, rounded(k, v), ts, step]
+            for k, v in _valid_keys(metrics, "metric").items()
+            if step > self._logged_until.get(k, -1)
+        ]
         self._buffer.extend(points)
         self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:
@@ -531,9 +560,14 @@ class MlflowTracker:
                 wait = RETRY_S[min(self._failures, len(RETRY_S)) - 1]
                 self._retry_at = time.monotonic() + wait
                 if self._failures == 1:
-                    log.warning("warning: the MLflow store %s does not take writes (%s); training goes on and "
-                                "%d writes wait for it (next try in %d s)", self.uri, reason(e),
-                                len(self.outbox.ops), wait)
+                    log.warning(
+                        "warning: the MLflow store %s does not take writes (%s); training goes on and "
+                        "%d writes wait for it (next try in %d s)",
+                        self.uri,
+                        reason(e),
+                        len(self.outbox.ops),
+                        wait,
+                    )
             else:
                 if self._failures:
                     log.info("the MLflow store %s is back: everything is delivered", self.uri)
@@ -552,8 +586,9 @@ class MlflowTracker:
         it is registered when mlflow.registered_model_name is set. Skipped with a warning
         while the store is away: the checkpoint holds the same weights."""
         if not self.flush():
-            log.warning("warning: the model is not logged to MLflow (the store is unreachable); "
-                        "the checkpoint holds it")
+            log.warning(
+                "warning: the model is not logged to MLflow (the store is unreachable); the checkpoint holds it"
+            )
             return
         import mlflow
         import mlflow.pytorch
@@ -570,8 +605,12 @@ class MlflowTracker:
         mlflow.start_run(run_id=self.run_id)
         try:
             info = mlflow.pytorch.log_model(
-                model, name=name, signature=signature, input_example=example.cpu().numpy(),
-                serialization_format="pt2", pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                model,
+                name=name,
+                signature=signature,
+                input_example=example.cpu().numpy(),
+                serialization_format="pt2",
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=self.registered_model_name,
             )
             linked = [[*self._latest[k], info.model_id] for k in metric_keys if k in self._latest]
@@ -598,18 +637,28 @@ class MlflowTracker:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
             self._retry_at = 0.0
         if self.outbox.ops:
-            log.warning("warning: the MLflow store %s is still unreachable: %d writes (the final status "
-                        "%s among them) are kept in %s; deliver them with: python -m cifar_exp.runs "
-                        "--deliver %s", self.uri, len(self.outbox.ops), status, self.outbox.path,
-                        self.outbox.path.parent if self.outbox.path else "")
+            log.warning(
+                "warning: the MLflow store %s is still unreachable: %d writes (the final status "
+                "%s among them) are kept in %s; deliver them with: python -m cifar_exp.runs "
+                "--deliver %s",
+                self.uri,
+                len(self.outbox.ops),
+                status,
+                self.outbox.path,
+                self.outbox.path.parent if self.outbox.path else "",
+            )
 
 
-def open_tracker(cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path,
-                 store: Optional[tuple] = None):
+def open_tracker(
+    cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path, store: Optional[tuple] = None
+):
     if not cfg.mlflow.enabled:
         if run_id is not None:
-            log.info("tracking is off for this segment (mlflow.enabled=false); the checkpoint keeps "
-                     "its MLflow run %s for a later resume", run_id)
+            log.info(
+                "tracking is off for this segment (mlflow.enabled=false); the checkpoint keeps "
+                "its MLflow run %s for a later resume",
+                run_id,
+            )
         return NullTracker()
     return MlflowTracker(cfg, run_id, run_name, tags, run_dir, store)
 
@@ -619,17 +668,25 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
     Reading never creates a store: a SQLite file that is not there is a UserError."""
     db = _sqlite_file(uri)
     if db is not None and not db.is_file():
-        raise UserError(f"no MLflow store at {uri} (run this where you launched the runs, or give "
-                        f"--tracking-uri)")
+        raise UserError(f"no MLflow store at {uri} (run this where you launched the runs, or give --tracking-uri)")
     client, _ = connect(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
     order = f"metrics.`{sort_by}` {'ASC' if ascending else 'DESC'}"
     runs = client.search_runs([exp.experiment_id], order_by=[order], max_results=limit)
-    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "start_time": r.info.start_time, "params": r.data.params, "metrics": r.data.metrics,
-             "tags": r.data.tags} for r in runs]
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "params": r.data.params,
+            "metrics": r.data.metrics,
+            "tags": r.data.tags,
+        }
+        for r in runs
+    ]
 
 
 # --- sweeps -------------------------------------------------------------------------------------
@@ -638,8 +695,9 @@ PRUNED_TAG = ("optuna.state", "PRUNED")
 BEST_TAG, BEST_MARK = "cifar_exp.best", "[best] "
 
 
-def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
-                 reuse_tag: Optional[str] = None) -> tuple[str, str]:
+def start_parent(
+    uri: str, experiment: str, name: str, params: dict, tags: dict, reuse_tag: Optional[str] = None
+) -> tuple[str, str]:
     """Prepare the store and experiment once, before jobs start, and open the sweep's run.
     With `reuse_tag` (a key in `tags`, its value free of quotes), a parent run carrying the same value is reopened
     instead (a resumed search): its children that a killed or stopped sweep left RUNNING
@@ -650,8 +708,12 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
     client, exp_id = connect(uri, experiment)
     tags = {k: str(v) for k, v in tags.items()}
     if reuse_tag is not None:
-        found = client.search_runs([exp_id], filter_string=f"tags.`{reuse_tag}` = '{tags[reuse_tag]}'", max_results=1,
-                                   order_by=["attributes.start_time ASC"])
+        found = client.search_runs(
+            [exp_id],
+            filter_string=f"tags.`{reuse_tag}` = '{tags[reuse_tag]}'",
+            max_results=1,
+            order_by=["attributes.start_time ASC"],
+        )
         if found:
             parent_id = found[0].info.run_id
             client.update_run(parent_id, status="RUNNING")
@@ -670,14 +732,24 @@ def start_parent(uri: str, experiment: str, name: str, params: dict, tags: dict,
 
 def child_runs(uri: str, experiment_id: str, parent_id: str) -> list[dict]:
     client = client_for(uri)
-    runs = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
-                              max_results=10000)
-    return [{"run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
-             "tags": r.data.tags, "metrics": r.data.metrics} for r in runs]
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'", max_results=10000
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "name": r.info.run_name,
+            "status": r.info.status,
+            "tags": r.data.tags,
+            "metrics": r.data.metrics,
+        }
+        for r in runs
+    ]
 
 
-def record_failed_job(uri: str, experiment_id: str, parent_id: str, name: str, tags: dict,
-                      error: Optional[BaseException]) -> None:
+def record_failed_job(
+    uri: str, experiment_id: str, parent_id: str, name: str, tags: dict, error: Optional[BaseException]
+) -> None:
     """A FAILED child for a sweep job that failed before opening its own run; nothing when
     the job's run exists (it recorded its own failure)."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -687,8 +759,11 @@ def record_failed_job(uri: str, experiment_id: str, parent_id: str, name: str, t
     if any(c["tags"].get("hydra.job.num") == num for c in child_runs(uri, experiment_id, parent_id)):
         return
     message = f"{type(error).__name__}: {error}" if error is not None else "failed before training"
-    run = client.create_run(experiment_id, run_name=name, tags={
-        MLFLOW_RUN_NAME: name, MLFLOW_PARENT_RUN_ID: parent_id, "error": message[:5000], **tags})
+    run = client.create_run(
+        experiment_id,
+        run_name=name,
+        tags={MLFLOW_RUN_NAME: name, MLFLOW_PARENT_RUN_ID: parent_id, "error": message[:5000], **tags},
+    )
     client.set_terminated(run.info.run_id, "FAILED")
 
 
@@ -711,8 +786,11 @@ def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: di
 
     client = client_for(uri)
     ts = int(time.time() * 1000)
-    client.log_batch(parent_id, metrics=[Metric(k, rounded(k, v), ts, 0) for k, v in metrics.items()],
-                     tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    client.log_batch(
+        parent_id,
+        metrics=[Metric(k, rounded(k, v), ts, 0) for k, v in metrics.items()],
+        tags=[RunTag(k, str(v)) for k, v in tags.items()],
+    )
     for f in files:
         client.log_artifact(parent_id, str(f))
     client.set_terminated(parent_id, status)

@@ -40,8 +40,11 @@ def validate(cfg: DictConfig, *, paths: bool = True, origin: str = "") -> Config
 def plain(cfg: DictConfig) -> dict:
     """The task's keys (not Hydra's), resolved, as plain values."""
     try:
-        return {k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
-                for k in cfg if k != "hydra"}
+        return {
+            k: (OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k])
+            for k in cfg
+            if k != "hydra"
+        }
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise UserError(f"{key} cannot be resolved: {reason(e)}") from None
@@ -64,8 +67,9 @@ def _walk(tree: Any, path: str) -> None:
             _walk(value, f"{path}{i}.")
     elif tree == "???":
         key = path.rstrip(".")
-        raise UserError(f"{key} is required" + (" (a directory with train/ and test/)" if key == "dataset.root"
-                                                 else ""))
+        raise UserError(
+            f"{key} is required" + (" (a directory with train/ and test/)" if key == "dataset.root" else "")
+        )
     elif isinstance(tree, float) and not math.isfinite(tree):
         require(False, path.rstrip("."), "a finite number", tree)
 
@@ -78,8 +82,10 @@ def _check_option_keys(cfg: DictConfig) -> None:
         chosen = option(group, cfg[group].get("name"))
         schema = OmegaConf.get_type(cfg[group])
         if schema not in (dict, None) and schema is not chosen.schema:
-            raise UserError(f"{group}.name={chosen.name} does not match the {group} option's keys; "
-                            f"choose the option with {group}={chosen.name}")
+            raise UserError(
+                f"{group}.name={chosen.name} does not match the {group} option's keys; "
+                f"choose the option with {group}={chosen.name}"
+            )
 
 
 # --- the rules that tie the run together ---------------------------------------------------
@@ -99,8 +105,12 @@ def check_metrics(run: Config, classes: Optional[list[str]]) -> None:
         require(problem is None, key, problem or "", name)
     monitor, mode = run.checkpoint.monitor, run.checkpoint.mode
     derived = metrics.goal(monitor)
-    require(mode in (None, derived), "checkpoint.mode",
-            f"{derived} or null: checkpoint.monitor={monitor} is {_better(derived)}", mode)
+    require(
+        mode in (None, derived),
+        "checkpoint.mode",
+        f"{derived} or null: checkpoint.monitor={monitor} is {_better(derived)}",
+        mode,
+    )
 
 
 def _better(goal: str) -> str:
@@ -128,19 +138,36 @@ def check_length(run: Config, train_images: int, test_images: int) -> None:
     held = d.val_count(train_images)
     key, value = ("dataset.val_fraction", d.val_fraction) if d.val_fraction else ("dataset.val_size", d.val_size)
     require(held < train_images, key, f"smaller than the {train_images} training images", value)
-    require(held >= 1 or not d.val_fraction, key, f"large enough to hold out one of the {train_images} "
-            f"training images", value)
+    require(
+        held >= 1 or not d.val_fraction,
+        key,
+        f"large enough to hold out one of the {train_images} training images",
+        value,
+    )
     train = train_images - held
-    require(not d.drop_last or d.batch_size <= train, "dataset.batch_size",
-            f"<= the {train} training images with dataset.drop_last=true (else no batch is left)", d.batch_size)
+    require(
+        not d.drop_last or d.batch_size <= train,
+        "dataset.batch_size",
+        f"<= the {train} training images with dataset.drop_last=true (else no batch is left)",
+        d.batch_size,
+    )
     per_epoch, total = optimizer_steps(run, train)
     length = f"the run's {total} optimizer steps ({run.epochs} epochs of {per_epoch}" + (
-        f", trainer.max_steps={t.max_steps})" if t.max_steps and t.max_steps < run.epochs * per_epoch else ")")
+        f", trainer.max_steps={t.max_steps})" if t.max_steps and t.max_steps < run.epochs * per_epoch else ")"
+    )
     warmup = round(run.scheduler.warmup_epochs * per_epoch)
-    require(warmup < total, "scheduler.warmup_epochs",
-            f"shorter than {length}: a longer warm-up never reaches optimizer.lr", run.scheduler.warmup_epochs)
-    require(t.lookahead_every <= total, "trainer.lookahead_every",
-            f"at most {length}: the final jump would return to the initial weights", t.lookahead_every)
+    require(
+        warmup < total,
+        "scheduler.warmup_epochs",
+        f"shorter than {length}: a longer warm-up never reaches optimizer.lr",
+        run.scheduler.warmup_epochs,
+    )
+    require(
+        t.lookahead_every <= total,
+        "trainer.lookahead_every",
+        f"at most {length}: the final jump would return to the initial weights",
+        t.lookahead_every,
+    )
     _check_memory(d, train_images + test_images)
 
 
@@ -152,10 +179,15 @@ def _check_memory(d, images: int) -> None:
         needed += images * 3 * (px + 2 * d.crop_padding) ** 2
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if needed > memory:
-        gib = 2 ** 30
+        gib = 2**30
         key, value = ("dataset.train_size", d.train_size) if hasattr(d, "train_size") else ("dataset.image_size", px)
-        require(False, key, f"small enough for memory: {images} images of {px} px need {needed / gib:.1f} GiB "
-                f"as uint8, more than this machine's {memory / gib:.1f} GiB", value)
+        require(
+            False,
+            key,
+            f"small enough for memory: {images} images of {px} px need {needed / gib:.1f} GiB "
+            f"as uint8, more than this machine's {memory / gib:.1f} GiB",
+            value,
+        )
 
 
 def check_loaded(cfg: DictConfig, classes: list[str]) -> None:

@@ -60,10 +60,17 @@ def cli_env(**extra: str) -> dict:
     return env
 
 
-def run_cli(*args: str, cwd: Path, module: str = "cifar_exp", python_args: tuple = (),
-            timeout: float = 300, **env) -> Result:
-    proc = subprocess.run([sys.executable, *python_args, "-m", module, *args], cwd=cwd, env=cli_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+def run_cli(
+    *args: str, cwd: Path, module: str = "cifar_exp", python_args: tuple = (), timeout: float = 300, **env
+) -> Result:
+    proc = subprocess.run(
+        [sys.executable, *python_args, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -91,12 +98,30 @@ def free_port() -> int:
 def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 180, port: int = 0):
     """A real `mlflow server` on a loopback port (a free one unless given); yields its URL."""
     port = port or free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
-                             "--port", str(port), "--backend-store-uri", backend_uri,
-                             "--artifacts-destination", str(artifacts), "--workers", "1"],
-                            cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-                            # no background job workers: nothing here uses them
-                            env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # no background job workers: nothing here uses them
+        env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout

@@ -57,6 +57,8 @@ class SlowCNNConfig(ModelConfig):
 
 
 register("model", Option(ExplodingCNNConfig, "helpers:ExplodingCNN"))
+
+
 @dataclass
 class SleepyCNNConfig(ModelConfig):
     name: str = "sleepy_cnn"
@@ -83,6 +85,7 @@ def check_sweep_of(*overrides: str) -> None:
 
     register_configs()
     with initialize_config_module("cifar_exp.conf", version_base="1.3"):
-        cfg = GlobalHydra.instance().hydra.compose_config("config", list(overrides), run_mode=RunMode.MULTIRUN,
-                                                          with_log_configuration=False)
+        cfg = GlobalHydra.instance().hydra.compose_config(
+            "config", list(overrides), run_mode=RunMode.MULTIRUN, with_log_configuration=False
+        )
         check_sweep(cfg, "config")

@@ -25,6 +25,7 @@ PRESET = OmegaConf.load(Path(__file__).parents[1] / "conf" / "experiment" / "air
 
 def reference_net() -> nn.Module:
     """airbench's make_net94 on the CPU in float32 (it calls .half().cuda())."""
+
     def identity(module, *args, **kwargs):
         return module
 
@@ -113,7 +114,8 @@ def test_the_preset_trains_as_airbench_train94_does_step_for_step(tmp_path, monk
     normalize = eq.Float64Normalize(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu"))
     monkeypatch.chdir(tmp_path)  # airbench reads its data from the working directory
     init, ref_steps, ref_logits, reference, schedules = eq.airbench_side(
-        train, test, normalize, tmp_path, epochs, seed=0, widths=widths, batch=batch)
+        train, test, normalize, tmp_path, epochs, seed=0, widths=widths, batch=batch
+    )
     with schedules.replayed(loss_scale=batch):
         steps, logits, model = eq.framework_side(cfg, train, test, [str(c) for c in range(10)], normalize, init)
 

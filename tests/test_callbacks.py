@@ -12,8 +12,14 @@ from cifar_exp.errors import Interrupted, UserError
 
 pytestmark = pytest.mark.slow
 
-SWEEP = ["--multirun", "dataset=synthetic", "dataset.train_size=600", "trainer.progress=false",
-         "mlflow.log_model=false", "optimizer.momentum=0.9"]
+SWEEP = [
+    "--multirun",
+    "dataset=synthetic",
+    "dataset.train_size=600",
+    "trainer.progress=false",
+    "mlflow.log_model=false",
+    "optimizer.momentum=0.9",
+]
 
 
 def store(workdir: Path):
@@ -48,8 +54,14 @@ def fresh_store(tmp_path, monkeypatch):
 def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     from conftest import run_cli
 
-    result = run_cli(*SWEEP, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "optimizer.lr=0.01,0.05", "seed=0,1", cwd=fresh_store)
+    result = run_cli(
+        *SWEEP,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "optimizer.lr=0.01,0.05",
+        "seed=0,1",
+        cwd=fresh_store,
+    )
     assert result.returncode == 0, result.output[-3000:]
     [warning] = [line for line in result.stderr.splitlines() if "warning" in line]
     assert "objective=test/acc, a test-set metric" in warning
@@ -74,8 +86,10 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     names = {r.info.run_id: r.info.run_name for r in children}
     lr, seed = best.data.params["optimizer.lr"], best.data.params["seed"]
     assert names.pop(best.info.run_id) == f"[best] lr={lr} seed={seed}"
-    assert sorted(names.values()) == sorted({"lr=0.01 seed=0", "lr=0.01 seed=1", "lr=0.05 seed=0", "lr=0.05 seed=1"}
-                                            - {best.info.run_name.removeprefix("[best] ")})
+    assert sorted(names.values()) == sorted(
+        {"lr=0.01 seed=0", "lr=0.01 seed=1", "lr=0.05 seed=0", "lr=0.05 seed=1"}
+        - {best.info.run_name.removeprefix("[best] ")}
+    )
     assert [r.data.tags.get("cifar_exp.best") for r in children].count("true") == 1
     assert parent.info.run_name.startswith("sweep ") and "lr=0.01,0.05 seed=0,1" in parent.info.run_name
     assert parent.data.params["sweep.optimizer.lr"] == "0.01,0.05" and parent.data.params["sweep.seed"] == "0,1"
@@ -89,8 +103,12 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     assert tags["best.optimizer.lr"] == lr and tags["best.seed"] == seed
     # the summary has a column per swept key, holding that job's value
     assert list(rows[0])[:4] == ["job", "run_id", "optimizer.lr", "seed"]
-    assert sorted((r["optimizer.lr"], r["seed"]) for r in rows) == [("0.01", "0"), ("0.01", "1"), ("0.05", "0"),
-                                                                    ("0.05", "1")]
+    assert sorted((r["optimizer.lr"], r["seed"]) for r in rows) == [
+        ("0.01", "0"),
+        ("0.01", "1"),
+        ("0.05", "0"),
+        ("0.05", "1"),
+    ]
     assert [r["best"] for r in rows].count("True") == 1
 
 
@@ -131,11 +149,14 @@ def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir
     assert len(lrs) == 3 and all(1e-4 <= float(v) <= 0.3 for v in lrs)
 
 
-@pytest.mark.parametrize("stopped_by, status", [
-    ([], "FAILED"),  # a traceback: nothing said why
-    ([UserError("the Optuna storage x stayed locked for 600 s")], "FAILED"),
-    ([Interrupted(15, "python -m cifar_exp --multirun ...")], "KILLED"),
-])
+@pytest.mark.parametrize(
+    "stopped_by, status",
+    [
+        ([], "FAILED"),  # a traceback: nothing said why
+        ([UserError("the Optuna storage x stayed locked for 600 s")], "FAILED"),
+        ([Interrupted(15, "python -m cifar_exp --multirun ...")], "KILLED"),
+    ],
+)
 def test_a_sweep_that_did_not_reach_its_end_is_not_finished(stopped_by, status):
     s = sweep_summary([], "test/acc", ["optimizer.lr"], completed=False, stopped_by=stopped_by)
     assert s["status"] == status and s["metrics"]["jobs"] == 0
@@ -146,9 +167,15 @@ def test_a_sweep_that_did_not_reach_its_end_is_not_finished(stopped_by, status):
 
 
 def test_seed_sweep_reports_mean_and_std():
-    children = [{"run_id": str(i), "status": "FINISHED", "metrics": {"test/acc": acc},
-                 "tags": {"hydra.job.num": str(i), "hydra.overrides": f"epochs=2 seed={i}"}}
-                for i, acc in enumerate([0.5, 0.7, 0.6])]
+    children = [
+        {
+            "run_id": str(i),
+            "status": "FINISHED",
+            "metrics": {"test/acc": acc},
+            "tags": {"hydra.job.num": str(i), "hydra.overrides": f"epochs=2 seed={i}"},
+        }
+        for i, acc in enumerate([0.5, 0.7, 0.6])
+    ]
     s = sweep_summary(children, "test/acc", ["seed"], completed=True)
     assert s["metrics"]["test/acc_mean"] == pytest.approx(0.6)
     assert s["metrics"]["test/acc_std"] == pytest.approx(0.1)
@@ -164,7 +191,9 @@ def test_jobs_that_fail_before_training_are_recorded(cli, workdir):
     assert len(children) == 4 and parent.info.status == "FAILED"
     failed = sorted((r for r in children if r.info.status == "FAILED"), key=lambda r: r.data.tags["hydra.job.num"])
     assert [r.data.tags["hydra.overrides"].split()[-2:] for r in failed] == [
-        ["optimizer.lr=0.01", f"resume={workdir / 'nope.pt'}"], ["optimizer.lr=0.05", f"resume={workdir / 'nope.pt'}"]]
+        ["optimizer.lr=0.01", f"resume={workdir / 'nope.pt'}"],
+        ["optimizer.lr=0.05", f"resume={workdir / 'nope.pt'}"],
+    ]
     assert all("nope.pt does not exist" in r.data.tags["error"] for r in failed)
     rows = summary_rows(c, parent)
     assert sorted(r["status"] for r in rows) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]

@@ -92,21 +92,25 @@ class _Evil:
 
 
 POISON = {
-    "v1 model target": lambda t: _v1_with(t, config__model={"_target_": "builtins.open", "file": str(t / "x"),
-                                                             "mode": "w"}),
+    "v1 model target": lambda t: _v1_with(
+        t, config__model={"_target_": "builtins.open", "file": str(t / "x"), "mode": "w"}
+    ),
     "v1 optimizer target": lambda t: _v1_with(t, config__optimizer={"_target_": "os.system", "command": "id"}),
-    "nested target": lambda t: _v2_with(t, "model", {"name": "tutorial_net",
-                                                     "extra": {"_target_": "builtins.open", "file": str(t / "x")}}),
+    "nested target": lambda t: _v2_with(
+        t, "model", {"name": "tutorial_net", "extra": {"_target_": "builtins.open", "file": str(t / "x")}}
+    ),
     "target beside a name": lambda t: _v2_with(t, "optimizer", {"name": "sgd", "_target_": "builtins.open"}),
     "partial": lambda t: _v2_with(t, "scheduler", {"name": "none", "_partial_": True}),
     "unknown option": lambda t: _v2_with(t, "model", {"name": "builtins.open"}),
     "unknown key": lambda t: _v2_with(t, "model", {"name": "speed_net", "file": "x"}),
     "wrong type": lambda t: _v2_with(t, "optimizer", {"name": "sgd", "lr": "abc"}),
     "pickled object": lambda t: (torch.save({"format_version": 2, "x": _Evil()}, t / "c.pt"), t / "c.pt")[1],
-    "v1 unregistered class": lambda t: _v1_with(t, config__model={"_target_": "torch.nn.Linear", "in_features": 1,
-                                                                   "out_features": 1}),
-    "target in a list": lambda t: _v2_with(t, "dataset", {"name": "synthetic",
-                                                          "mean": [{"_target_": "builtins.open"}, 0.5, 0.5]}),
+    "v1 unregistered class": lambda t: _v1_with(
+        t, config__model={"_target_": "torch.nn.Linear", "in_features": 1, "out_features": 1}
+    ),
+    "target in a list": lambda t: _v2_with(
+        t, "dataset", {"name": "synthetic", "mean": [{"_target_": "builtins.open"}, 0.5, 0.5]}
+    ),
     "target in tags": lambda t: _v2_with(t, "mlflow", {"tags": {"_target_": "builtins.exec"}}),
     "interpolation": lambda t: _v2_with(t, "dataset", {"name": "synthetic", "root": "${oc.env:HOME}"}),
     "unknown top-level key": lambda t: _v2_with(t, "hydra", {"run": {"dir": "/tmp"}}),
@@ -123,13 +127,16 @@ def test_a_poisoned_checkpoint_is_refused_in_one_line(tmp_path, kind):
     assert not (tmp_path / "x").exists() and not Path("/tmp/should-not-exist").exists()
 
 
-@pytest.mark.parametrize("content,needle", [
-    (None, "does not exist"),
-    (b"\x00garbage", "unreadable"),
-    ("not-a-checkpoint", "not a cifar_exp checkpoint"),
-    ("future", "format version 99"),
-    ("incomplete", "incomplete"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        (None, "does not exist"),
+        (b"\x00garbage", "unreadable"),
+        ("not-a-checkpoint", "not a cifar_exp checkpoint"),
+        ("future", "format version 99"),
+        ("incomplete", "incomplete"),
+    ],
+)
 def test_bad_checkpoint_files_are_named_in_one_error(tmp_path, content, needle):
     path = tmp_path / "c.pt"
     if isinstance(content, bytes):
@@ -166,21 +173,25 @@ class _Trainer:
 def _writer_config(**checkpoint_keys):
     from omegaconf import OmegaConf
 
-    return OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max",
-                                            **checkpoint_keys}})
+    return OmegaConf.create(
+        {"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max", **checkpoint_keys}}
+    )
 
 
 def test_checkpointer_keeps_last_k_top_k_and_best_and_flushes_first(tmp_path):
     flushed = []
-    writer = checkpoint.Checkpointer(tmp_path, _writer_config(keep_last=2, save_top_k=2), enabled=True,
-                                     before_write=lambda: flushed.append(len(list(tmp_path.rglob("last.pt")))))
+    writer = checkpoint.Checkpointer(
+        tmp_path,
+        _writer_config(keep_last=2, save_top_k=2),
+        enabled=True,
+        before_write=lambda: flushed.append(len(list(tmp_path.rglob("last.pt")))),
+    )
     state = checkpoint.RunState(classes=["a", "b"])
     for acc in [0.1, 0.5, 0.3, 0.2]:
         is_best = state.end_epoch({"acc": acc}, "acc", "max")
         writer.save(state, _Trainer(), epoch_end=True, is_best=is_best, score=acc)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
-    assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt", "top_epoch_0002.pt",
-                     "top_epoch_0003.pt"]
+    assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt", "top_epoch_0002.pt", "top_epoch_0003.pt"]
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["run"]
     assert best["best"] == 0.5 and best["epoch"] == 2 and state.best == 0.5
     assert torch.load(tmp_path / "checkpoints/top_epoch_0003.pt", weights_only=True)["run"]["epoch"] == 3
@@ -202,8 +213,7 @@ def _three_epochs(tmp_path) -> Path:
     """last.pt, best.pt and epoch_0002/0003.pt of a run whose epochs 1-3 have seeds 1-3."""
     from helpers import compose_cfg
 
-    writer = checkpoint.Checkpointer(tmp_path, compose_cfg("dataset=synthetic", "checkpoint.keep_last=2"),
-                                     enabled=True)
+    writer = checkpoint.Checkpointer(tmp_path, compose_cfg("dataset=synthetic", "checkpoint.keep_last=2"), enabled=True)
     state = checkpoint.RunState(classes=[f"class{i}" for i in range(10)])
     for epoch, acc in enumerate([0.1, 0.5, 0.6], start=1):
         is_best = state.end_epoch({"test/acc": acc}, "test/acc", "max")
@@ -307,12 +317,21 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, str
     ref_dir, ref_metrics = straight
     run_dir = workdir / "killed"
     # step checkpoints only: after the resumed epoch, no epoch checkpoint resets the position
-    args = [sys.executable, "-m", "testing_cli", *EXACT, "epochs=4", "checkpoint.every_n_steps=3",
-            "checkpoint.every_n_epochs=4", "checkpoint.save_best=false",
-            "model=slow_cnn", "mlflow.experiment_name=killed",
-            f"hydra.run.dir={run_dir}", "resume=auto"]
-    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "testing_cli",
+        *EXACT,
+        "epochs=4",
+        "checkpoint.every_n_steps=3",
+        "checkpoint.every_n_epochs=4",
+        "checkpoint.save_best=false",
+        "model=slow_cnn",
+        "mlflow.experiment_name=killed",
+        f"hydra.run.dir={run_dir}",
+        "resume=auto",
+    ]
+    proc = subprocess.Popen(args, cwd=workdir, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     while not (run_dir / "checkpoints/last.pt").exists():
         assert proc.poll() is None, "finished before the first checkpoint"
         time.sleep(0.05)
@@ -332,8 +351,10 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, str
 @pytest.mark.slow
 def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, workdir):
     first = workdir / "first"
-    assert cli(*FAST, "epochs=2", "checkpoint.keep_last=2", "mlflow.enabled=false",
-               f"hydra.run.dir={first}").returncode == 0
+    assert (
+        cli(*FAST, "epochs=2", "checkpoint.keep_last=2", "mlflow.enabled=false", f"hydra.run.dir={first}").returncode
+        == 0
+    )
     last = first / "checkpoints/last.pt"
     last.write_bytes(last.read_bytes()[:1000])
     result = cli(f"resume={first}", "epochs=3", "mlflow.enabled=false")
@@ -350,8 +371,11 @@ def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, wo
 def test_resume_refuses_a_change_of_model_or_optimizer(cli, workdir):
     first = workdir / "first"
     assert cli(*FAST, "mlflow.enabled=false", f"hydra.run.dir={first}").returncode == 0
-    for override, key in (("model=tutorial_net", "model.name"), ("optimizer=adam", "optimizer.name"),
-                          ("dataset.batch_size=64", "dataset.batch_size")):
+    for override, key in (
+        ("model=tutorial_net", "model.name"),
+        ("optimizer=adam", "optimizer.name"),
+        ("dataset.batch_size=64", "dataset.batch_size"),
+    ):
         result = cli(f"resume={first}", "epochs=2", override, "mlflow.enabled=false")
         assert result.returncode == 2, result.output
         assert f"cannot change {key}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -379,8 +403,9 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     for i in range(2):
         paths.append(workdir / f"img{i}.png")
         Image.fromarray(test.x[i].permute(1, 2, 0).numpy()).save(paths[-1])
-    result = cli(f"checkpoint={run / 'checkpoints/best.pt'}", f"images=[{paths[0]},{paths[1]}]",
-                 module="cifar_exp.predict")
+    result = cli(
+        f"checkpoint={run / 'checkpoints/best.pt'}", f"images=[{paths[0]},{paths[1]}]", module="cifar_exp.predict"
+    )
     assert result.returncode == 0, result.output
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{paths[0]}: class")
@@ -403,10 +428,12 @@ def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli
 
     Image.new("RGB", (32, 32)).save(image)
     before = set(workdir.rglob("*"))
-    for args, module in (((f"resume={path}",), "cifar_exp"),
-                         ((f"resume={poisoned}",), "cifar_exp"),
-                         ((f"checkpoint={path}",), "cifar_exp.evaluate"),
-                         ((f"checkpoint={path}", f"images=[{image}]"), "cifar_exp.predict")):
+    for args, module in (
+        ((f"resume={path}",), "cifar_exp"),
+        ((f"resume={poisoned}",), "cifar_exp"),
+        ((f"checkpoint={path}",), "cifar_exp.evaluate"),
+        ((f"checkpoint={path}", f"images=[{image}]"), "cifar_exp.predict"),
+    ):
         result = cli(*args, "mlflow.enabled=false" if module == "cifar_exp" else "device=cpu", module=module)
         assert result.returncode == 2, result.output
         lines = result.stderr.strip().splitlines()
@@ -521,8 +548,16 @@ def test_resuming_a_loose_checkpoint_file_writes_beside_the_new_run(cli, workdir
 
 @pytest.mark.slow
 def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
-    features = [*EXACT, "trainer.ema_decay=0.9", "trainer.accumulate_grad_batches=3", "dataset.mixup_alpha=0.4",
-                "dataset.cutmix_alpha=1.0", "dataset.augment=true", "dataset.cutout=8", "mlflow.log_model=false"]
+    features = [
+        *EXACT,
+        "trainer.ema_decay=0.9",
+        "trainer.accumulate_grad_batches=3",
+        "dataset.mixup_alpha=0.4",
+        "dataset.cutmix_alpha=1.0",
+        "dataset.augment=true",
+        "dataset.cutout=8",
+        "mlflow.log_model=false",
+    ]
     straight, split = workdir / "straight", workdir / "split"
     assert cli(*features, "epochs=3", "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
     assert cli(*features, "epochs=1", "mlflow.experiment_name=split", f"hydra.run.dir={split}").returncode == 0
@@ -540,14 +575,27 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
     """Lookahead, the whitening layer (init from data, bias frozen after epoch 1), alternating
     flips, reflected crops, drop_last and a max_steps end inside epoch 3, with a SIGTERM
     in epoch 2 and a resume."""
-    recipe = [*EXACT, "experiment=airbench94", "model.widths=[8,16,16]", "model.whiten_bias_epochs=1",
-              "dataset.batch_size=128", "trainer.compile=false", "trainer.max_steps=20", "epochs=4",
-              "mlflow.log_model=false"]
+    recipe = [
+        *EXACT,
+        "experiment=airbench94",
+        "model.widths=[8,16,16]",
+        "model.whiten_bias_epochs=1",
+        "dataset.batch_size=128",
+        "trainer.compile=false",
+        "trainer.max_steps=20",
+        "epochs=4",
+        "mlflow.log_model=false",
+    ]
     straight, split = workdir / "straight", workdir / "split"
     assert cli(*recipe, "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *recipe, "mlflow.experiment_name=split",
-                             f"hydra.run.dir={split}"], cwd=workdir, env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *recipe, "mlflow.experiment_name=split", f"hydra.run.dir={split}"],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1/4:"):
             proc.send_signal(signal.SIGTERM)

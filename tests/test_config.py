@@ -153,8 +153,14 @@ def test_bad_input_is_refused_naming_the_key(args, needle):
 
 # one row per way a bad input is found: OmegaConf's type check, Hydra's unknown key and
 # missing option, a missing preset, the validation callback, a path on this machine
-CLI_ROWS = ["epochs=abc", "optimizr.lr=0.1", "model=nope", "debug=nope", "optimizer.lr=-1",
-            "dataset=image_folder dataset.root=/no/such/dir"]
+CLI_ROWS = [
+    "epochs=abc",
+    "optimizr.lr=0.1",
+    "model=nope",
+    "debug=nope",
+    "optimizer.lr=-1",
+    "dataset=image_folder dataset.root=/no/such/dir",
+]
 
 
 @pytest.mark.parametrize("args", CLI_ROWS)
@@ -170,8 +176,12 @@ def test_bad_input_is_one_line_and_exit_2(cli, workdir, args):
 @pytest.mark.slow
 def test_cifar10_download_failure_says_what_to_do_offline(cli, workdir):
     # No network here or in CI; a proxy that refuses makes sure of it anywhere.
-    result = cli("dataset.root=" + str(workdir / "data"), "mlflow.enabled=false",
-                 https_proxy="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9")
+    result = cli(
+        "dataset.root=" + str(workdir / "data"),
+        "mlflow.enabled=false",
+        https_proxy="http://127.0.0.1:9",
+        HTTPS_PROXY="http://127.0.0.1:9",
+    )
     assert result.returncode == 2, result.output
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith("cifar-exp: error: cannot load cifar10")

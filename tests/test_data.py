@@ -65,12 +65,18 @@ def test_loader_replays_an_epoch_from_any_step():
 
 def test_augmentation_crops_and_flips_within_the_padded_image():
     img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
-    loader = TensorLoader(Split(img.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64)), 64,
-                          Normalize([0.0] * 3, [1 / 255] * 3, CPU), shuffle=True, augment=True, padding=1)
+    loader = TensorLoader(
+        Split(img.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64)),
+        64,
+        Normalize([0.0] * 3, [1 / 255] * 3, CPU),
+        shuffle=True,
+        augment=True,
+        padding=1,
+    )
     x, _ = next(loader.epoch(0))
     padded = torch.nn.functional.pad(img[0, 0].float(), (1, 1, 1, 1))
-    windows = {tuple(padded[r:r + 4, c:c + 4].flatten().tolist()) for r in range(3) for c in range(3)}
-    windows |= {tuple(padded[r:r + 4, c:c + 4].flip(1).flatten().tolist()) for r in range(3) for c in range(3)}
+    windows = {tuple(padded[r : r + 4, c : c + 4].flatten().tolist()) for r in range(3) for c in range(3)}
+    windows |= {tuple(padded[r : r + 4, c : c + 4].flip(1).flatten().tolist()) for r in range(3) for c in range(3)}
     seen = {tuple(v.round().tolist()) for v in x[:, 0].flatten(1)}
     assert seen <= windows and len(seen) > 4
 
@@ -88,9 +94,10 @@ def _png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32):
 
 def test_image_folder_decodes_caches_and_resizes(tmp_path):
     _png_tree(tmp_path / "imgs", size=40)
-    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                          {"name": "image_folder", "root": str(tmp_path / "imgs"),
-                           "cache_dir": str(tmp_path / "cache")})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ImageFolderConfig),
+        {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")},
+    )
     d = load_dataset(cfg, CPU)
     assert d.classes == ["cat", "dog"] and d.train.x.shape == (6, 3, 32, 32)
     assert d.train.y.tolist() == [0, 0, 0, 1, 1, 1]
@@ -105,8 +112,9 @@ def test_image_folder_decodes_caches_and_resizes(tmp_path):
 @pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
     _png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
+    )
     good = load_dataset(cfg, CPU)
     [cache] = (tmp_path / "cache").glob("*.pt")
     if content == "truncated":
@@ -127,8 +135,9 @@ def test_a_cache_of_something_else_under_the_key_is_rebuilt_with_a_line(tmp_path
     """Valid tensors, but not of this folder at this size: never used, and never a
     RuntimeError after the run has started."""
     _png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
+    )
     good = load_dataset(cfg, CPU)
     [cache] = (tmp_path / "cache").glob("*.pt")
     blob = torch.load(cache, weights_only=True)
@@ -155,8 +164,9 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
 
     monkeypatch.setattr(checkpoint, "atomic_save", full)
     _png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                          {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
+    )
     with caplog.at_level("WARNING", logger="cifar_exp"):
         d = load_dataset(cfg, CPU)
     assert d.classes == ["cat", "dog"] and len(d.train) == 6
@@ -168,8 +178,10 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
 def test_image_folder_rejects_an_unreadable_image(tmp_path):
     _png_tree(tmp_path / "imgs")
     (tmp_path / "imgs/train/cat/broken.png").write_bytes(b"not an image")
-    cfg = OmegaConf.merge(OmegaConf.structured(ImageFolderConfig),
-                          {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(ImageFolderConfig),
+        {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None},
+    )
     with pytest.raises(UserError, match="broken.png"):
         load_dataset(cfg, CPU)
 
@@ -190,8 +202,10 @@ def _fake_cifar10(root: Path, per_batch=4) -> None:
         batch(f"data_batch_{i}", per_batch)
     batch("test_batch", 10)
     with open(base / "batches.meta", "wb") as f:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog",
-                                     "frog", "horse", "ship", "truck"]}, f)
+        pickle.dump(
+            {"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]},
+            f,
+        )
     with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
         tar.add(base, arcname="cifar-10-batches-py")
 
@@ -207,8 +221,9 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
     # the fake files cannot match the published checksums
     for module in (torchvision.datasets.cifar, torchvision.datasets.utils):
         monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
-    cfg = OmegaConf.merge(OmegaConf.structured(Cifar10Config),
-                          {"name": "cifar10", "root": str(tmp_path), "download": True})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Cifar10Config), {"name": "cifar10", "root": str(tmp_path), "download": True}
+    )
     d = load_dataset(cfg, CPU)
     assert d.train.x.shape == (20, 3, 32, 32) and d.test.x.shape == (10, 3, 32, 32)
     assert d.classes[0] == "airplane" and d.test.y.tolist() == list(range(10))
@@ -218,8 +233,9 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
 
 
 def test_missing_cifar_without_download_is_a_user_error(tmp_path):
-    cfg = OmegaConf.merge(OmegaConf.structured(Cifar10Config),
-                          {"name": "cifar10", "root": str(tmp_path), "download": False})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(Cifar10Config), {"name": "cifar10", "root": str(tmp_path), "download": False}
+    )
     with pytest.raises(UserError, match="dataset=synthetic"):
         load_dataset(cfg, CPU)
 
@@ -227,12 +243,20 @@ def test_missing_cifar_without_download_is_a_user_error(tmp_path):
 def _mixing(**kw) -> TensorLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
-    return TensorLoader(Split(x, torch.arange(64) % 4), 16, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True,
-                        seed=2, num_classes=4, **kw)
+    return TensorLoader(
+        Split(x, torch.arange(64) % 4),
+        16,
+        Normalize([0.5] * 3, [0.5] * 3, CPU),
+        shuffle=True,
+        seed=2,
+        num_classes=4,
+        **kw,
+    )
 
 
-@pytest.mark.parametrize("kw", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0},
-                                {"cutout": 4}])
+@pytest.mark.parametrize(
+    "kw", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, {"cutout": 4}]
+)
 def test_batch_augmentations_replay_exactly_from_any_step(kw):
     loader = _mixing(augment=True, padding=2, **kw)
     full, tail = list(loader.epoch(3)), list(loader.epoch(3, start_step=2))
@@ -262,8 +286,17 @@ def test_cutout_zeroes_one_square_per_image():
 def test_reflect_padding_alternate_flips_and_drop_last():
     x = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     split = Split(x, torch.arange(10))  # the label names the image
-    loader = TensorLoader(split, 4, Normalize([0.0] * 3, [1 / 255] * 3, CPU), shuffle=True, augment=True,
-                          padding=1, pad_mode="reflect", flip="alternate", drop_last=True)
+    loader = TensorLoader(
+        split,
+        4,
+        Normalize([0.0] * 3, [1 / 255] * 3, CPU),
+        shuffle=True,
+        augment=True,
+        padding=1,
+        pad_mode="reflect",
+        flip="alternate",
+        drop_last=True,
+    )
     assert len(loader) == 2  # 10 images in batches of 4: the partial third batch is dropped
     assert torch.equal(loader.padded, torch.nn.functional.pad(x.float(), (1, 1, 1, 1), mode="reflect").byte())
 
@@ -274,7 +307,9 @@ def test_reflect_padding_alternate_flips_and_drop_last():
         out = {}
         for img, label in zip(torch.cat([b for b, _ in batches]).round().byte(), torch.cat([y for _, y in batches])):
             padded = loader.padded[label]
-            out[int(label)] = not any(torch.equal(img, padded[:, r:r + 4, c:c + 4]) for r in range(3) for c in range(3))
+            out[int(label)] = not any(
+                torch.equal(img, padded[:, r : r + 4, c : c + 4]) for r in range(3) for c in range(3)
+            )
         return out
 
     # drawn once per image for the run, whatever order the epoch shuffles the images into:

@@ -16,10 +16,18 @@ pytestmark = pytest.mark.slow
 
 
 def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "cifar_exp", "trainer.strategy=ddp", *args]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
-                          timeout=600)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "cifar_exp",
+        "trainer.strategy=ddp",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
 
 
 def accuracy(text: str) -> str:
@@ -61,11 +69,29 @@ def test_ddp_agrees_on_a_stop_without_a_collective_per_step(workdir):
     per epoch (evaluation, the epoch-end stop and pruning votes), none per step."""
     counts = []
     for train_size in (1024, 2048):  # each under STOP_POLL_STEPS optimizer steps, one twice the other
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-               "testing_cli", "trainer.strategy=ddp", *FAST, f"dataset.train_size={train_size}", "epochs=1",
-               "mlflow.enabled=false", "checkpoint.enabled=false"]
-        done = subprocess.run(cmd, cwd=workdir, env=cli_env(OMP_NUM_THREADS="1", CIFAR_EXP_TEST_COUNT_COLLECTIVES="1"),
-                              capture_output=True, text=True, timeout=600)
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "testing_cli",
+            "trainer.strategy=ddp",
+            *FAST,
+            f"dataset.train_size={train_size}",
+            "epochs=1",
+            "mlflow.enabled=false",
+            "checkpoint.enabled=false",
+        ]
+        done = subprocess.run(
+            cmd,
+            cwd=workdir,
+            env=cli_env(OMP_NUM_THREADS="1", CIFAR_EXP_TEST_COUNT_COLLECTIVES="1"),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         counts.append(sorted(map(int, re.findall(r"all_reduce calls: (\d+)", done.stdout))))
     assert len(counts[0]) == 2 and counts[0] == counts[1], counts
@@ -77,8 +103,15 @@ def test_ddp_without_torchrun_is_a_user_error(cli):
 
 
 def test_sync_batchnorm_on_cpu_processes_is_one_line(workdir):
-    done = torchrun(2, *FAST, "model=speed_net", "model.widths=[8,16,32]", "trainer.sync_batchnorm=true",
-                    "mlflow.enabled=false", cwd=workdir)
+    done = torchrun(
+        2,
+        *FAST,
+        "model=speed_net",
+        "model.widths=[8,16,32]",
+        "trainer.sync_batchnorm=true",
+        "mlflow.enabled=false",
+        cwd=workdir,
+    )
     assert done.returncode != 0
     # each process says it in one line; what follows is torchrun's own report of failed children
     assert done.stderr.count("cifar-exp: error: trainer.sync_batchnorm=true needs CUDA devices") == 2

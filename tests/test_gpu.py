@@ -9,8 +9,7 @@ import torch
 
 from conftest import FAST
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 def test_cuda_run_with_autocast(cli, workdir):
@@ -41,8 +40,17 @@ def test_one_gpu_nccl_ddp_smoke(workdir):
 def test_one_gpu_ddp_with_sync_batchnorm_ema_and_accumulation(workdir):
     from test_distributed import torchrun
 
-    done = torchrun(1, *FAST, "trainer.device=cuda", "model=speed_net", "model.widths=[16,32,64]",
-                    "trainer.sync_batchnorm=true", "trainer.ema_decay=0.99", "trainer.accumulate_grad_batches=2",
-                    "mlflow.enabled=false", cwd=workdir)
+    done = torchrun(
+        1,
+        *FAST,
+        "trainer.device=cuda",
+        "model=speed_net",
+        "model.widths=[16,32,64]",
+        "trainer.sync_batchnorm=true",
+        "trainer.ema_decay=0.99",
+        "trainer.accumulate_grad_batches=2",
+        "mlflow.enabled=false",
+        cwd=workdir,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "Accuracy of the network" in done.stdout

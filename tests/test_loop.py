@@ -16,8 +16,9 @@ CPU = torch.device("cpu")
 
 def _data(n=512) -> Split:
     g = torch.Generator().manual_seed(0)
-    return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 10, (n,), generator=g))
+    return Split(
+        torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    )
 
 
 def _trainer(model, **kw) -> Trainer:
@@ -56,8 +57,9 @@ def test_clipping_bounds_the_step_and_keeps_the_norm_before_it():
     torch.manual_seed(0)
     model = SimpleCNN()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU,
-                      clip_norm=1e-3)
+    trainer = Trainer(
+        model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU, clip_norm=1e-3
+    )
     x, y = next(TensorLoader(_data(), 128, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=False).epoch(0))
     trainer.step(x, y)
     change = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
@@ -90,8 +92,14 @@ def test_translate_tta_averages_the_shifted_views():
     trainer = _trainer(torch.nn.Conv2d(3, 3, 1), eval_flip=True, eval_translate=1)
     logits = trainer.tta_logits(Probe(), x)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-    views = [x, x.flip(3), padded[:, :, :4, :4], padded[:, :, :4, :4].flip(3), padded[:, :, 2:, 2:],
-             padded[:, :, 2:, 2:].flip(3)]
+    views = [
+        x,
+        x.flip(3),
+        padded[:, :, :4, :4],
+        padded[:, :, :4, :4].flip(3),
+        padded[:, :, 2:, 2:],
+        padded[:, :, 2:, 2:].flip(3),
+    ]
     assert len(seen) == 6 and all(torch.equal(a, b) for a, b in zip(seen, views))
     means = [v.mean() for v in views]
     expected = ((means[0] + means[1]) / 2 + ((means[2] + means[3]) / 2 + (means[4] + means[5]) / 2) / 2) / 2
@@ -147,8 +155,12 @@ def test_a_bf16_run_reaches_the_float32_runs_loss():
 
 PRECISIONS = [
     # amp, cpu has bf16, deterministic -> precision or the refusal
-    ("auto", False, False, "float32"), ("auto", True, False, "bf16"), ("auto", True, True, "float32"),
-    ("true", True, False, "bf16"), ("True", True, True, "bf16"), ("false", True, False, "float32"),
+    ("auto", False, False, "float32"),
+    ("auto", True, False, "bf16"),
+    ("auto", True, True, "float32"),
+    ("true", True, False, "bf16"),
+    ("True", True, True, "bf16"),
+    ("false", True, False, "float32"),
     ("False", False, False, "float32"),
     ("true", False, False, "trainer.amp=true is invalid on cpu: this CPU has no native bf16 units"),
 ]

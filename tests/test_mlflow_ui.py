@@ -85,8 +85,17 @@ def test_metric_values_carry_only_the_digits_they_have(finished):
 def test_the_first_charts_are_loss_accuracy_and_lr_and_no_param_is_said_twice(finished):
     c, run = finished
     run_metrics = {k for k in run.data.metrics if not k.startswith("system/")}
-    assert run_metrics == {"train/loss", "lr", "epoch", "train/loss_epoch", "train/acc", "test/loss", "test/acc",
-                           "time/epoch_s", "time/images_per_s"}
+    assert run_metrics == {
+        "train/loss",
+        "lr",
+        "epoch",
+        "train/loss_epoch",
+        "train/acc",
+        "test/loss",
+        "test/acc",
+        "time/epoch_s",
+        "time/images_per_s",
+    }
     params = run.data.params
     for group in ("model", "optimizer", "scheduler", "dataset"):
         assert group not in params and f"{group}.name" in params

@@ -9,8 +9,12 @@ from cifar_exp.models import SimpleCNN, SpeedNet, TutorialNet, resnet18
 def test_simple_cnn_is_the_notes_classifier():
     m = SimpleCNN()
     layers = [(type(layer).__name__, tuple(getattr(layer, "weight", torch.empty(0)).shape)) for layer in m.children()]
-    assert layers == [("Conv2d", (16, 3, 5, 5)), ("MaxPool2d", (0,)), ("Linear", (128, 16 * 14 * 14)),
-                      ("Linear", (10, 128))]
+    assert layers == [
+        ("Conv2d", (16, 3, 5, 5)),
+        ("MaxPool2d", (0,)),
+        ("Linear", (128, 16 * 14 * 14)),
+        ("Linear", (10, 128)),
+    ]
     assert m(torch.zeros(4, 3, 32, 32)).shape == (4, 10)
 
 

@@ -62,8 +62,9 @@ def test_norm_layers_train_faster_with_the_same_decay_per_step():
 
 
 def test_triangle_rises_to_its_peak_and_falls_to_its_end():
-    cfg = OmegaConf.merge(OmegaConf.structured(TriangleConfig), {"start_factor": 0.2, "peak_at": 0.25,
-                                                                 "end_factor": 0.1})
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TriangleConfig), {"start_factor": 0.2, "peak_at": 0.25, "end_factor": 0.1}
+    )
     lrs = _lrs(cfg, steps=100)
     assert lrs[0] == pytest.approx(0.02) and max(lrs) == pytest.approx(0.1) and lrs.index(max(lrs)) == 25
     assert lrs[99] == pytest.approx(0.1 * (1 - 0.9 * 74 / 75))

@@ -8,8 +8,18 @@ from cifar_exp import plots
 
 
 def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path):
-    history = [{"epoch": e, "train/loss_epoch": 2.0 / e, "train/acc": 0.3 * e, "val/loss": 2.1 / e,
-                "val/acc": 0.28 * e, "test/loss": 2.2 / e, "test/acc": 0.25 * e} for e in (1, 2, 3)]
+    history = [
+        {
+            "epoch": e,
+            "train/loss_epoch": 2.0 / e,
+            "train/acc": 0.3 * e,
+            "val/loss": 2.1 / e,
+            "val/acc": 0.28 * e,
+            "test/loss": 2.2 / e,
+            "test/acc": 0.25 * e,
+        }
+        for e in (1, 2, 3)
+    ]
     series = plots.curve_series(history)
     assert sorted(series) == ["accuracy", "loss"]
     assert sorted(series["loss"]) == ["test", "train", "val"]
@@ -27,9 +37,16 @@ def test_sweep_axes_are_categorical_for_names_and_few_whole_numbers():
 
 
 def test_objective_vs_params_plots_every_swept_key_with_the_best_and_pruned_jobs_marked(tmp_path, monkeypatch):
-    rows = [{"params": {"optimizer.lr": str(lr), "seed": str(s)}, "test/acc": 0.5 + lr + s / 100,
-             "pruned": lr == 0.001 and s == 1, "best": lr == 0.1 and s == 1}
-            for lr in (0.001, 0.01, 0.1) for s in (0, 1)]
+    rows = [
+        {
+            "params": {"optimizer.lr": str(lr), "seed": str(s)},
+            "test/acc": 0.5 + lr + s / 100,
+            "pruned": lr == 0.001 and s == 1,
+            "best": lr == 0.1 and s == 1,
+        }
+        for lr in (0.001, 0.01, 0.1)
+        for s in (0, 1)
+    ]
     drawn = {}
     monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig) or path)
     plots.objective_vs_params(rows, ["optimizer.lr", "seed"], "test/acc", tmp_path / "o.png")
@@ -49,8 +66,13 @@ def test_predictions_titles_come_from_the_classes():
     original = plots.image_grid
     plots.image_grid = lambda images, titles, path, colors=None: drawn.update(titles=titles, colors=colors)
     try:
-        plots.predictions(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 0]), torch.tensor([1, 1]),
-                          ["cat", "dog"], "unused.png")
+        plots.predictions(
+            torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+            torch.tensor([1, 0]),
+            torch.tensor([1, 1]),
+            ["cat", "dog"],
+            "unused.png",
+        )
     finally:
         plots.image_grid = original
     assert drawn == {"titles": ["dog\n(dog)", "cat\n(dog)"], "colors": ["green", "red"]}

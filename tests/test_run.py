@@ -22,8 +22,7 @@ def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_de
     (the old code fed CPU images through device-resident normalization and failed on CUDA,
     after the whole run had trained) and hand the plot tensors still on that device."""
     meta = torch.device("meta")
-    cfg = compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40",
-                      "mlflow.enabled=false")
+    cfg = compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40", "mlflow.enabled=false")
     data = load_dataset(cfg.dataset, meta)
     trainer = build_trainer(cfg, data, steps_per_epoch=1, device=meta, world=World())
     drawn = {}
@@ -58,8 +57,13 @@ def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, wo
     from conftest import FAST
 
     run_dir = workdir / "run"
-    result = cli(*FAST, "optimizer.lr=1e9", "trainer.log_every_n_steps=1", "checkpoint.every_n_steps=1",
-                 f"hydra.run.dir={run_dir}")
+    result = cli(
+        *FAST,
+        "optimizer.lr=1e9",
+        "trainer.log_every_n_steps=1",
+        "checkpoint.every_n_steps=1",
+        f"hydra.run.dir={run_dir}",
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.output
     assert "training diverged: the loss is nan at step" in lines[0]
@@ -93,8 +97,7 @@ def _client(workdir):
 def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
     from conftest import FAST
 
-    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2",
-                 "mlflow.log_model=false")
+    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2", "mlflow.log_model=false")
     assert result.returncode == 0, result.output[-2000:]
     assert "stopping early after epoch" in result.stdout
     c = _client(workdir)
@@ -111,8 +114,9 @@ def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_
     ends = {}
     for n in (1, 2):
         run_dir = workdir / f"every_{n}"
-        result = cli(*FAST, "epochs=3", f"trainer.eval_every_n_epochs={n}", "mlflow.enabled=false",
-                     f"hydra.run.dir={run_dir}")
+        result = cli(
+            *FAST, "epochs=3", f"trainer.eval_every_n_epochs={n}", "mlflow.enabled=false", f"hydra.run.dir={run_dir}"
+        )
         assert result.returncode == 0, result.output[-2000:]
         ends[n] = result.stdout, torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     stdout, end = ends[2]
@@ -128,8 +132,14 @@ def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_
 def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
     from conftest import FAST
 
-    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.eval_every_n_epochs=2",
-                 "trainer.early_stopping_patience=2", "mlflow.log_model=false")
+    result = cli(
+        *FAST,
+        "optimizer.lr=1e-9",
+        "epochs=20",
+        "trainer.eval_every_n_epochs=2",
+        "trainer.early_stopping_patience=2",
+        "mlflow.log_model=false",
+    )
     assert result.returncode == 0, result.output[-2000:]
     # epoch 2 sets the best, 4 and 6 do not improve on it
     assert "stopping early after epoch 6" in result.stdout
@@ -161,12 +171,26 @@ def test_every_new_training_key_together_in_one_short_run(cli, workdir):
     from conftest import FAST
 
     run_dir = workdir / "run"
-    result = cli(*FAST, "epochs=3", "dataset.val_size=200", "objective=val/acc", "dataset.augment=true",
-                 "dataset.cutout=8", "dataset.mixup_alpha=0.2", "dataset.cutmix_alpha=1.0",
-                 "trainer.accumulate_grad_batches=2", "trainer.gradient_clip_val=1.0", "trainer.ema_decay=0.9",
-                 "trainer.early_stopping_patience=5", "scheduler=cosine",
-                 "scheduler.warmup_epochs=0.5", "optimizer.decay_norm_and_bias=false", "checkpoint.save_top_k=2",
-                 "trainer.log_every_n_steps=2", f"hydra.run.dir={run_dir}")
+    result = cli(
+        *FAST,
+        "epochs=3",
+        "dataset.val_size=200",
+        "objective=val/acc",
+        "dataset.augment=true",
+        "dataset.cutout=8",
+        "dataset.mixup_alpha=0.2",
+        "dataset.cutmix_alpha=1.0",
+        "trainer.accumulate_grad_batches=2",
+        "trainer.gradient_clip_val=1.0",
+        "trainer.ema_decay=0.9",
+        "trainer.early_stopping_patience=5",
+        "scheduler=cosine",
+        "scheduler.warmup_epochs=0.5",
+        "optimizer.decay_norm_and_bias=false",
+        "checkpoint.save_top_k=2",
+        "trainer.log_every_n_steps=2",
+        f"hydra.run.dir={run_dir}",
+    )
     assert result.returncode == 0, result.output[-3000:]
     assert len(list((run_dir / "checkpoints").glob("top_epoch_*.pt"))) == 2
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
@@ -197,8 +221,14 @@ def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
-    small = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "mlflow.enabled=false",
-             "trainer.progress=false", "trainer.device=cpu"]
+    small = [
+        "dataset=synthetic",
+        "dataset.train_size=64",
+        "dataset.test_size=32",
+        "mlflow.enabled=false",
+        "trainer.progress=false",
+        "trainer.device=cpu",
+    ]
     with pytest.raises(UserError, match="trainer.amp=true is invalid on cpu"):
         run(compose_cfg(*small, "trainer.amp=true"))
     assert not (tmp_path / "checkpoints").exists()

@@ -31,6 +31,7 @@ def test_the_previous_python_handler_gets_the_signal_on_exit():
 
 def test_an_exiting_process_ignores_further_stop_signals():
     from cifar_exp.signals import STOP_SIGNALS, ignore_stop_signals
+
     saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
     try:
         ignore_stop_signals()

@@ -24,8 +24,14 @@ pytestmark = pytest.mark.slow
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # CPU settings for the preset's GPU defaults; one CPU each, so the two jobs run side by side
-CPU_JOBS = ["hydra/launcher=slurm", "hydra.launcher.partition=cpu", "hydra.launcher.gpus_per_node=0",
-            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30"]
+CPU_JOBS = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.partition=cpu",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.timeout_min=30",
+]
 RUN = ["dataset=synthetic", "trainer.progress=false", "mlflow.log_model=false", "mlflow.system_metrics_every_s=0"]
 
 
@@ -76,25 +82,43 @@ def slurm(tmp_path_factory):
         (d / sub).mkdir()
     (d / "munge.key").write_bytes(os.urandom(1024))
     (d / "munge.key").chmod(0o600)
-    (d / "slurm.conf").write_text(SLURM_CONF.format(d=d, ctld_port=free_port(), slurmd_port=free_port(),
-                                                    host=socket.gethostname(), cpus=os.cpu_count()))
+    (d / "slurm.conf").write_text(
+        SLURM_CONF.format(
+            d=d, ctld_port=free_port(), slurmd_port=free_port(), host=socket.gethostname(), cpus=os.cpu_count()
+        )
+    )
     env = {"SLURM_CONF": str(d / "slurm.conf")}
     daemon_env = {**os.environ, **env}
     started = []
     try:
-        subprocess.run([_daemon("munged"), "--force", f"--socket={d}/munge.sock", f"--key-file={d}/munge.key",
-                        f"--log-file={d}/munged.log", f"--pid-file={d}/munged.pid", f"--seed-file={d}/munge.seed"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [
+                _daemon("munged"),
+                "--force",
+                f"--socket={d}/munge.sock",
+                f"--key-file={d}/munge.key",
+                f"--log-file={d}/munged.log",
+                f"--pid-file={d}/munged.pid",
+                f"--seed-file={d}/munge.seed",
+            ],
+            check=True,
+            capture_output=True,
+        )
         started.append(d / "munged.pid")
-        subprocess.run([_daemon("slurmctld"), "-f", env["SLURM_CONF"]], check=True, env=daemon_env,
-                       capture_output=True)
+        subprocess.run([_daemon("slurmctld"), "-f", env["SLURM_CONF"]], check=True, env=daemon_env, capture_output=True)
         started.append(d / "slurmctld.pid")
-        subprocess.run([_daemon("slurmd"), "-f", env["SLURM_CONF"], "-N", "localnode"], check=True,
-                       env=daemon_env, capture_output=True)
+        subprocess.run(
+            [_daemon("slurmd"), "-f", env["SLURM_CONF"], "-N", "localnode"],
+            check=True,
+            env=daemon_env,
+            capture_output=True,
+        )
         started.append(d / "slurmd.pid")
         deadline = time.monotonic() + 60
-        while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=daemon_env, capture_output=True,
-                                           text=True).stdout:
+        while (
+            "idle"
+            not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=daemon_env, capture_output=True, text=True).stdout
+        ):
             if time.monotonic() > deadline:
                 pytest.fail("the SLURM node never became idle:\n" + (d / "slurmctld.log").read_text()[-2000:])
             time.sleep(0.5)
@@ -158,9 +182,14 @@ def children_of_one_parent(workdir: Path) -> tuple:
 
 
 def test_a_sweep_through_the_slurm_launcher(slurm, workdir):
-    result = subprocess.run([sys.executable, "-m", "cifar_exp", "--multirun", *CPU_JOBS, *RUN, "epochs=1",
-                             "optimizer.lr=0.01,0.05"], cwd=workdir, env=cli_env(**slurm), capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_exp", "--multirun", *CPU_JOBS, *RUN, "epochs=1", "optimizer.lr=0.01,0.05"],
+        cwd=workdir,
+        env=cli_env(**slurm),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     _, parent, children = children_of_one_parent(workdir)
     assert parent.info.status == "FINISHED" and len(children) == 2
@@ -175,17 +204,34 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
     """SLURM's warning signal (the one `--signal=USR2@...` sends before a time limit) reaches
     a job mid-run: it checkpoints, submitit requeues it, and resume=auto finishes it in the
     same MLflow run, every step logged once."""
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", "--multirun", *CPU_JOBS, *RUN, "resume=auto",
-                             "dataset.train_size=3000", "epochs=6", "trainer.log_every_n_steps=1",
-                             "checkpoint.every_n_steps=5", "optimizer.lr=0.05"],
-                            cwd=workdir, env=cli_env(**slurm), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cifar_exp",
+            "--multirun",
+            *CPU_JOBS,
+            *RUN,
+            "resume=auto",
+            "dataset.train_size=3000",
+            "epochs=6",
+            "trainer.log_every_n_steps=1",
+            "checkpoint.every_n_steps=5",
+            "optimizer.lr=0.05",
+        ],
+        cwd=workdir,
+        env=cli_env(**slurm),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not list(workdir.glob("multirun/*/*/0/checkpoints/last.pt")):  # mid-run, with a checkpoint
         assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
         time.sleep(0.2)
-    [job_id] = subprocess.run(["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm}, capture_output=True,
-                              text=True, check=True).stdout.split()
+    [job_id] = subprocess.run(
+        ["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm}, capture_output=True, text=True, check=True
+    ).stdout.split()
     subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]

@@ -24,9 +24,19 @@ from conftest import cli_env
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-SEARCH = ["--multirun", "hydra/sweeper=optuna", "hydra.sweeper.direction=maximize", "dataset=synthetic",
-          "dataset.train_size=700", "dataset.val_size=200", "dataset.test_size=200", "objective=val/acc",
-          "trainer.progress=false", "mlflow.log_model=false", "mlflow.system_metrics_every_s=0"]
+SEARCH = [
+    "--multirun",
+    "hydra/sweeper=optuna",
+    "hydra.sweeper.direction=maximize",
+    "dataset=synthetic",
+    "dataset.train_size=700",
+    "dataset.val_size=200",
+    "dataset.test_size=200",
+    "objective=val/acc",
+    "trainer.progress=false",
+    "mlflow.log_model=false",
+    "mlflow.system_metrics_every_s=0",
+]
 
 
 def trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
@@ -41,16 +51,19 @@ def runs(workdir: Path) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("x=interval(0.1, 1.0)", FloatDistribution(0.1, 1.0)),
-    ("x=tag(log, interval(0.0001, 0.1))", FloatDistribution(0.0001, 0.1, log=True)),
-    ("x=int(interval(1, 8))", IntDistribution(1, 8)),
-    ("x=tag(int, log, interval(1, 64))", IntDistribution(1, 64, log=True)),
-    ("x=choice(64, 128)", CategoricalDistribution([64, 128])),
-    ("x=a,b", CategoricalDistribution(["a", "b"])),
-    ("x=range(2, 10, 2)", IntDistribution(2, 8, step=2)),
-    ("x=3", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("x=interval(0.1, 1.0)", FloatDistribution(0.1, 1.0)),
+        ("x=tag(log, interval(0.0001, 0.1))", FloatDistribution(0.0001, 0.1, log=True)),
+        ("x=int(interval(1, 8))", IntDistribution(1, 8)),
+        ("x=tag(int, log, interval(1, 64))", IntDistribution(1, 64, log=True)),
+        ("x=choice(64, 128)", CategoricalDistribution([64, 128])),
+        ("x=a,b", CategoricalDistribution(["a", "b"])),
+        ("x=range(2, 10, 2)", IntDistribution(2, 8, step=2)),
+        ("x=3", None),
+    ],
+)
 def test_sweep_syntax_becomes_optuna_distributions(text, expected):
     [override] = OverridesParser.create().parse_overrides([text])
     assert distribution(override) == expected
@@ -70,10 +83,24 @@ def test_the_same_command_names_the_same_study_and_storage(tmp_path):
 def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     """The issue's acceptance test: 6 trials with pruner=median, SIGKILL after 2 finished,
     the same command again."""
-    command = [*SEARCH, "hydra.sweeper.sampler.seed=0", "hydra/sweeper/pruner=median", "hydra.sweeper.n_trials=6",
-               "hydra.sweeper.n_jobs=1", "optimizer.lr=tag(log, interval(0.001, 0.1))", "epochs=2"]
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    command = [
+        *SEARCH,
+        "hydra.sweeper.sampler.seed=0",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=tag(log, interval(0.001, 0.1))",
+        "epochs=2",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *command],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     for line in proc.stdout:
         if line.startswith("run dir") and "/2 |" in line:  # trials 0 and 1 are told, trial 2 is training
             proc.send_signal(signal.SIGKILL)
@@ -82,8 +109,14 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     before = trials(workdir)
     assert sum(t.state.name == "COMPLETE" for t in before) == 2 and before[-1].state.name == "RUNNING"
 
-    result = subprocess.run([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "cifar_exp", *command],
+        cwd=workdir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     after = trials(workdir)
     finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
@@ -100,8 +133,9 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     superseded = [c for c in children if "cifar_exp.superseded" in c.data.tags]
     assert len(superseded) == 1 and superseded[0].info.status == "KILLED"
     assert sorted(c.data.tags["optuna.trial"] for c in children) == sorted(str(t.number) for t in after)
-    artifacts = {a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(
-        parents[0].info.run_id)}
+    artifacts = {
+        a.path for a in MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").list_artifacts(parents[0].info.run_id)
+    }
     assert {"trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
     assert parents[0].data.metrics["jobs_finished"] + parents[0].data.metrics["jobs_pruned"] == 6
 
@@ -111,9 +145,19 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     checkpoints, ends KILLED (it did not reach its planned end), its name says so and it is
     tagged PRUNED; its trial is PRUNED. The best trial's name says that it is."""
     # the grid's seed 1 runs lr=0.05 first: the first trial is never pruned (nothing to compare)
-    result = cli(*SEARCH, "hydra/sweeper/sampler=grid", "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median",
-                 "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-                 "optimizer.lr=choice(0.05, 0.00001)", "optimizer.momentum=0.9", "epochs=4", timeout=600)
+    result = cli(
+        *SEARCH,
+        "hydra/sweeper/sampler=grid",
+        "hydra.sweeper.sampler.seed=1",
+        "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=choice(0.05, 0.00001)",
+        "optimizer.momentum=0.9",
+        "epochs=4",
+        timeout=600,
+    )
     assert result.returncode == 0, result.output[-3000:]
     by_lr = {t.params["optimizer.lr"]: t for t in trials(workdir)}
     good, bad = by_lr[0.05], by_lr[0.00001]
@@ -131,9 +175,18 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
 
 def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
     # random sampler, seed 8: exploding_cnn (raises in its 5th step), then simple_cnn twice
-    result = cli(*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=8", "hydra.sweeper.n_trials=2",
-                 "hydra.sweeper.n_jobs=1", "model=choice(simple_cnn, exploding_cnn)", "epochs=1",
-                 "dataset.batch_size=64", module="testing_cli", timeout=600)
+    result = cli(
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=8",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "model=choice(simple_cnn, exploding_cnn)",
+        "epochs=1",
+        "dataset.batch_size=64",
+        module="testing_cli",
+        timeout=600,
+    )
     assert result.returncode == 0, result.output[-3000:]
     states = [(t.params["model"], t.state.name) for t in trials(workdir)]
     assert states == [("exploding_cnn", "FAIL"), ("simple_cnn", "COMPLETE"), ("simple_cnn", "COMPLETE")]
@@ -147,9 +200,17 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
 def test_trials_in_joblib_worker_processes_report_to_the_study(cli, workdir):
     """Two trials at once in joblib's worker processes: each reaches its own trial through
     the SQLite storage and reports every epoch."""
-    result = cli(*SEARCH, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra/sweeper/sampler=random",
-                 "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "optimizer.lr=interval(0.01, 0.1)",
-                 "epochs=2", timeout=600)
+    result = cli(
+        *SEARCH,
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=2",
+        "optimizer.lr=interval(0.01, 0.1)",
+        "epochs=2",
+        timeout=600,
+    )
     assert result.returncode == 0, result.output[-3000:]
     done = trials(workdir)
     assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"]
@@ -160,10 +221,23 @@ def test_trials_in_joblib_worker_processes_report_to_the_study(cli, workdir):
 def test_a_stop_signal_stops_the_study_not_just_its_trial(workdir):
     """SIGTERM reaches the running trial's job: it checkpoints and ends KILLED; the sweep
     stops too (it does not go on to the next trial) and says how to continue."""
-    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
-               "optimizer.lr=interval(0.01, 0.1)", "epochs=3", "dataset.train_size=3000"]
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    command = [
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=interval(0.01, 0.1)",
+        "epochs=3",
+        "dataset.train_size=3000",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *command],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1/3") and list(workdir.glob("multirun/*/*/1")):  # inside trial 1
             proc.send_signal(signal.SIGTERM)
@@ -172,8 +246,7 @@ def test_a_stop_signal_stops_the_study_not_just_its_trial(workdir):
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "python -m cifar_exp --multirun" in err and "Traceback" not in err
     assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "RUNNING"]  # rerun by the same command
-    assert sorted(r.info.status for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags) == [
-        "FINISHED", "KILLED"]
+    assert sorted(r.info.status for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags) == ["FINISHED", "KILLED"]
 
 
 def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_path, monkeypatch):
@@ -199,8 +272,15 @@ def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_
 
 def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
     """A sweep in the background, read up to its first trial's training."""
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *command],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     for line in proc.stdout:
         if line.startswith("run dir"):
             return proc
@@ -210,11 +290,22 @@ def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
 def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
     """The second identical command meets the first's lease: one line naming it, before it
     records anything, and the first runs every trial untouched."""
-    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-               "optimizer.lr=interval(0.01, 0.1)"]
+    command = [
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=interval(0.01, 0.1)",
+    ]
     first = _start_sweep(workdir, command)
-    second = subprocess.run([sys.executable, "-m", "cifar_exp", *command], cwd=workdir, env=cli_env(),
-                            capture_output=True, text=True, timeout=120)
+    second = subprocess.run(
+        [sys.executable, "-m", "cifar_exp", *command],
+        cwd=workdir,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     rest, _ = first.communicate(timeout=300)
     assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()
@@ -235,8 +326,13 @@ def test_a_locked_study_storage_is_waited_for_with_a_line(workdir):
     while a trial trains: the sweep says so, waits, and completes."""
     import sqlite3
 
-    command = [*SEARCH, "hydra/sweeper/sampler=random", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=1",
-               "optimizer.lr=interval(0.01, 0.1)"]
+    command = [
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=interval(0.01, 0.1)",
+    ]
     proc = _start_sweep(workdir, command)
     holder = sqlite3.connect(workdir / "optuna.db", timeout=30)
     holder.execute("BEGIN EXCLUSIVE")
@@ -263,8 +359,16 @@ def test_a_corrupt_study_storage_is_one_line_before_anything_runs(cli, workdir):
 def test_a_crashed_sweep_s_parent_is_failed_and_says_why(cli, workdir):
     """The study gives up after three failed trials: its parent run ends FAILED with the
     reason, not FINISHED."""
-    result = cli(*SEARCH, "model=exploding_cnn", "dataset.batch_size=64", "hydra.sweeper.n_trials=1",
-                 "hydra.sweeper.n_jobs=1", "optimizer.lr=interval(0.01, 0.1)", module="testing_cli", timeout=600)
+    result = cli(
+        *SEARCH,
+        "model=exploding_cnn",
+        "dataset.batch_size=64",
+        "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.n_jobs=1",
+        "optimizer.lr=interval(0.01, 0.1)",
+        module="testing_cli",
+        timeout=600,
+    )
     assert result.returncode == 2, result.output[-3000:]
     [parent] = [r for r in runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"

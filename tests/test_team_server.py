@@ -47,13 +47,23 @@ def postgres(tmp_path):
         shutil.chown(data, "postgres")
     port = free_port()
     _as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"])
-    _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "log"), "-o",
-                  f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}", "start"])
+    _as_postgres(
+        [
+            str(bindir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(sock / "log"),
+            "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}",
+            "start",
+        ]
+    )
     try:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE mlflow")
         yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
     finally:
@@ -66,10 +76,20 @@ def test_parallel_sweep_into_a_postgres_backed_server(tmp_path, postgres, monkey
 
     monkeypatch.chdir(tmp_path)
     with serve_mlflow(postgres, tmp_path / "artifacts", tmp_path, timeout=300) as url:
-        result = run_cli("--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                         "dataset=synthetic", "dataset.train_size=600", "trainer.progress=false",
-                         "mlflow.log_model=false", f"mlflow.tracking_uri={url}", "mlflow.experiment_name=team",
-                         "optimizer.lr=0.01,0.05", "seed=0,1", cwd=tmp_path)
+        result = run_cli(
+            "--multirun",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "dataset=synthetic",
+            "dataset.train_size=600",
+            "trainer.progress=false",
+            "mlflow.log_model=false",
+            f"mlflow.tracking_uri={url}",
+            "mlflow.experiment_name=team",
+            "optimizer.lr=0.01,0.05",
+            "seed=0,1",
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.output[-3000:]
         c = MlflowClient(tracking_uri=url)
         runs = c.search_runs([c.get_experiment_by_name("team").experiment_id])

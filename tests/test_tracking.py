@@ -38,15 +38,18 @@ def steps(c, run_id, key):
     return [m.step for m in sorted(c.get_metric_history(run_id, key), key=lambda m: m.step)]
 
 
-@pytest.mark.parametrize("key, valid", [
-    ("test/acc", "test/acc"),
-    ("a+b", "a_b"),
-    ("test/acc_class/T-shirt (top)", "test/acc_class/T-shirt _top_"),
-    ("test/acc_class/dog's", "test/acc_class/dog_s"),
-    ("a//b/", "a/b"),
-    ("/../x", "__/x"),
-    ("k" * 300, "k" * 250),
-])
+@pytest.mark.parametrize(
+    "key, valid",
+    [
+        ("test/acc", "test/acc"),
+        ("a+b", "a_b"),
+        ("test/acc_class/T-shirt (top)", "test/acc_class/T-shirt _top_"),
+        ("test/acc_class/dog's", "test/acc_class/dog_s"),
+        ("a//b/", "a/b"),
+        ("/../x", "__/x"),
+        ("k" * 300, "k" * 250),
+    ],
+)
 def test_keys_are_made_valid_for_mlflow(key, valid):
     from mlflow.utils.validation import path_not_unique, validate_param_and_metric_name
 
@@ -64,10 +67,12 @@ def test_a_refused_write_is_dropped_with_a_line_and_the_rest_delivered(workdir, 
     c = client(workdir)
     rid = c.create_run(c.create_experiment("refusals")).info.run_id
     box = Outbox(None, str(workdir / "mlflow.db"), rid)
-    box.ops = [{"op": "metrics", "items": [["ok", 1.0, 0, 1], ["bad+key", 2.0, 0, 1], ["ok", 3.0, 0, 2]]},
-               {"op": "tags", "items": {"bad+tag": "x", "kept": "y"}},
-               {"op": "params", "items": {"p": "1"}},
-               {"op": "status", "status": "FINISHED"}]
+    box.ops = [
+        {"op": "metrics", "items": [["ok", 1.0, 0, 1], ["bad+key", 2.0, 0, 1], ["ok", 3.0, 0, 2]]},
+        {"op": "tags", "items": {"bad+tag": "x", "kept": "y"}},
+        {"op": "params", "items": {"p": "1"}},
+        {"op": "status", "status": "FINISHED"},
+    ]
     with caplog.at_level("WARNING", logger="cifar_exp"):
         box.deliver(c)
     assert box.ops == []
@@ -83,9 +88,15 @@ def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cl
 
     classes = ("T-shirt (top)", "dog's", "x" * 241)
     _png_tree(workdir / "imgs", per_class=4, classes=classes)
-    result = cli("dataset=image_folder", f"dataset.root={workdir / 'imgs'}", "dataset.batch_size=4",
-                 "trainer.progress=false", "mlflow.log_model=false", "+mlflow.tags={a+b:v}",
-                 "objective='test/acc_class/T-shirt (top)'")
+    result = cli(
+        "dataset=image_folder",
+        f"dataset.root={workdir / 'imgs'}",
+        "dataset.batch_size=4",
+        "trainer.progress=false",
+        "mlflow.log_model=false",
+        "+mlflow.tags={a+b:v}",
+        "objective='test/acc_class/T-shirt (top)'",
+    )
     assert result.returncode == 0, result.output
     assert "unreachable" not in result.output and "refused" not in result.output
     assert "it is logged as 'test/acc_class/T-shirt _top_'" in result.output
@@ -103,8 +114,14 @@ def test_flatten_dotted_keys():
 
 
 def test_two_epoch_run_is_fully_logged(cli, workdir):
-    result = cli(*FAST, "epochs=2", "trainer.log_every_n_steps=1", "mlflow.system_metrics_every_s=0.5",
-                 "mlflow.registered_model_name=synthetic-cnn", "trainer.channels_last=true")
+    result = cli(
+        *FAST,
+        "epochs=2",
+        "trainer.log_every_n_steps=1",
+        "mlflow.system_metrics_every_s=0.5",
+        "mlflow.registered_model_name=synthetic-cnn",
+        "trainer.channels_last=true",
+    )
     assert result.returncode == 0, result.output
     assert "Warning" not in result.output, result.output  # e.g. torch.export's, on channels_last weights
     c, run = only_run(workdir)
@@ -137,8 +154,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     per_epoch = 16  # ceil(2000 / 128)
     assert steps(c, run.info.run_id, "train/loss") == list(range(1, 2 * per_epoch + 1))
     assert steps(c, run.info.run_id, "lr") == list(range(1, 2 * per_epoch + 1))
-    for key in ("train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch",
-                "time/epoch_s", "time/images_per_s"):
+    for key in ("train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch", "time/epoch_s", "time/images_per_s"):
         assert steps(c, run.info.run_id, key) == [per_epoch, 2 * per_epoch], key
     accs = [m.value for m in c.get_metric_history(run.info.run_id, "test/acc")]
     assert all(0 <= a <= 1 for a in accs) and accs[-1] > 0.5
@@ -146,8 +162,15 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
 
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     artifacts |= {a.path for d in ("plots", "hydra") for a in c.list_artifacts(run.info.run_id, d)}
-    for name in ("cifar_exp.log", "hydra/config.yaml", "hydra/overrides.yaml", "plots/samples.png",
-                 "plots/learning_curves.png", "plots/confusion_matrix.png", "plots/predictions.png"):
+    for name in (
+        "cifar_exp.log",
+        "hydra/config.yaml",
+        "hydra/overrides.yaml",
+        "plots/samples.png",
+        "plots/learning_curves.png",
+        "plots/confusion_matrix.png",
+        "plots/predictions.png",
+    ):
         assert name in artifacts, artifacts
 
     # the logged model reloads and predicts exactly as the checkpoint's weights do
@@ -183,10 +206,14 @@ def test_a_raising_run_ends_failed_with_its_metrics(cli, workdir):
 
 
 def test_sigint_ends_killed_with_a_checkpoint(workdir):
-    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn",
-                             "epochs=50", "trainer.log_every_n_steps=1"],
-                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=50", "trainer.log_every_n_steps=1"],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1/50"):
             break
@@ -217,16 +244,18 @@ def mlflow_server(workdir, mlflow_template):
 
 
 def _rest(url, path, body):
-    req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     return json.load(urllib.request.urlopen(req, timeout=10))
 
 
 def test_run_logged_to_a_tracking_server_is_visible_through_rest(cli, workdir, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    result = cli(*FAST, f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=served",
-                 "mlflow.log_model=false")
+    result = cli(
+        *FAST, f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=served", "mlflow.log_model=false"
+    )
     assert result.returncode == 0, result.output
     search = _rest(mlflow_server, "experiments/search", {"max_results": 10})
     [exp] = [e for e in search["experiments"] if e["name"] == "served"]
@@ -256,9 +285,17 @@ def test_runs_table_lists_runs_best_first(cli, workdir):
 # --- faults: nothing lost, nothing left lying ------------------------------------------------
 def test_four_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path):
     """No store exists yet: the four processes take turns creating it."""
-    procs = [subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST, f"seed={i}", "mlflow.log_model=false"],
-                              cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "cifar_exp", *FAST, f"seed={i}", "mlflow.log_model=false"],
+            cwd=tmp_path,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, outputs
     c = client(tmp_path)
@@ -267,12 +304,15 @@ def test_four_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path):
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
-@pytest.mark.parametrize("store,needle", [
-    ("http://127.0.0.1:1", "does not answer"),
-    ("sqlite:////sys/kernel/no/mlflow.db", "cannot use the MLflow store sqlite:////sys/kernel/no/mlflow.db"),
-    ("GARBAGE", "cannot use the MLflow store"),
-    ("TRUNCATED", "cannot use the MLflow store"),
-])
+@pytest.mark.parametrize(
+    "store,needle",
+    [
+        ("http://127.0.0.1:1", "does not answer"),
+        ("sqlite:////sys/kernel/no/mlflow.db", "cannot use the MLflow store sqlite:////sys/kernel/no/mlflow.db"),
+        ("GARBAGE", "cannot use the MLflow store"),
+        ("TRUNCATED", "cannot use the MLflow store"),
+    ],
+)
 def test_an_unusable_store_is_one_line_before_any_work(cli, workdir, store, needle):
     if store == "GARBAGE":
         (workdir / "bad.db").write_bytes(b"this is not a database" * 100)
@@ -301,8 +341,7 @@ def test_resume_into_another_store_or_with_tracking_off(cli, workdir):
     assert new.info.status == "FINISHED" and new.data.tags["cifar_exp.resumed_from_run"] == original.info.run_id
 
     second = workdir / "second"
-    assert cli(*FAST, f"hydra.run.dir={second}", "mlflow.log_model=false",
-               "mlflow.experiment_name=off").returncode == 0
+    assert cli(*FAST, f"hydra.run.dir={second}", "mlflow.log_model=false", "mlflow.experiment_name=off").returncode == 0
     c = client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("off").experiment_id])
     off = cli(f"resume={second}", "epochs=2", "mlflow.enabled=false")
@@ -330,8 +369,17 @@ def test_a_resume_after_a_lost_checkpoint_logs_no_step_twice(cli, workdir):
     """Metrics reach the store before the checkpoint rename; a kill between the two leaves
     points past the checkpoint in the store. The resume must not log them again."""
     run_dir = workdir / "run"
-    assert cli(*FAST, "epochs=2", "checkpoint.keep_last=2", "trainer.log_every_n_steps=1",
-               "mlflow.log_model=false", f"hydra.run.dir={run_dir}").returncode == 0
+    assert (
+        cli(
+            *FAST,
+            "epochs=2",
+            "checkpoint.keep_last=2",
+            "trainer.log_every_n_steps=1",
+            "mlflow.log_model=false",
+            f"hydra.run.dir={run_dir}",
+        ).returncode
+        == 0
+    )
     shutil_copy(run_dir, 1)  # as if the epoch-2 checkpoint never reached its name
     result = cli(f"resume={run_dir}", "mlflow.log_model=false")
     assert result.returncode == 0, result.output[-2000:]
@@ -354,8 +402,14 @@ def test_a_finished_resume_drops_the_error_of_an_earlier_segment(cli, workdir):
 
 
 def test_sigterm_while_reporting_ends_killed(workdir):
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *FAST],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("Accuracy of the network"):  # the report (plots, model) has begun
             proc.send_signal(signal.SIGTERM)
@@ -369,8 +423,14 @@ def test_sigterm_while_reporting_ends_killed(workdir):
 def test_a_second_sigterm_during_the_report_is_heard_without_a_traceback(workdir):
     """The report polls for a stop between its steps, so a second signal is neither raised
     inside a library's cleanup ("Exception ignored ... KeyboardInterrupt") nor lost."""
-    proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST], cwd=workdir, env=cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *FAST],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("Accuracy of the network"):
             proc.send_signal(signal.SIGTERM)
@@ -390,8 +450,14 @@ def test_a_stopped_run_keeps_what_its_finished_epochs_show(workdir):
     """KILLED after two epochs: the learning curves, the confusion matrix and the per-class
     table of the newest evaluation are in the record; the model is not (the checkpoint
     holds it)."""
-    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=10"],
-                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=10"],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 2/"):
             proc.send_signal(signal.SIGTERM)
@@ -413,8 +479,14 @@ def test_a_stopped_run_keeps_what_its_finished_epochs_show(workdir):
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
-    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=sleepy_cnn", "epochs=50"],
-                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "testing_cli", *FAST, "model=sleepy_cnn", "epochs=50"],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("run dir"):
             break
@@ -435,10 +507,25 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
 
 def _outage_run(workdir, url, run_dir, epochs):
     """A run against `url`, returned once its first epoch has been logged."""
-    proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", f"epochs={epochs}",
-                             "trainer.log_every_n_steps=1", "mlflow.log_model=false",
-                             f"mlflow.tracking_uri={url}", f"hydra.run.dir={run_dir}"],
-                            cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "testing_cli",
+            *FAST,
+            "model=slow_cnn",
+            f"epochs={epochs}",
+            "trainer.log_every_n_steps=1",
+            "mlflow.log_model=false",
+            f"mlflow.tracking_uri={url}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=workdir,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1/"):
             return proc
@@ -460,8 +547,9 @@ def test_a_server_that_goes_away_mid_run_loses_nothing(workdir, mlflow_template)
     import shutil
 
     shutil.copy(mlflow_template, workdir / "server.db")
-    serve = dict(backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir,
-                 port=free_port())
+    serve = dict(
+        backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir, port=free_port()
+    )
     with serve_mlflow(**serve) as url:
         proc = _outage_run(workdir, url, workdir / "run", epochs=8)
     # the server is gone: training goes on and writes wait ...
@@ -483,8 +571,9 @@ def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, m
     from conftest import run_cli
 
     shutil.copy(mlflow_template, workdir / "server.db")
-    serve = dict(backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir,
-                 port=free_port())
+    serve = dict(
+        backend_uri=f"sqlite:///{workdir / 'server.db'}", artifacts=workdir / "art", cwd=workdir, port=free_port()
+    )
     run_dir = workdir / "run"
     with serve_mlflow(**serve):
         proc = _outage_run(workdir, serve_url(serve), run_dir, epochs=3)
@@ -510,16 +599,20 @@ def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli, workdir)
     import yaml
 
     first = workdir / "first"
-    assert cli(*FAST, "mlflow.log_model=false", "mlflow.system_metrics_every_s=0.5",
-               f"hydra.run.dir={first}").returncode == 0
+    assert (
+        cli(*FAST, "mlflow.log_model=false", "mlflow.system_metrics_every_s=0.5", f"hydra.run.dir={first}").returncode
+        == 0
+    )
     assert cli(f"resume={first}", "epochs=2", "mlflow.log_model=false").returncode == 0
     c, run = only_run(workdir)
     rid, tags = run.info.run_id, run.data.tags
     config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/config.yaml")))
     assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 1
     assert tags["hydra.output_dir"] == str(first.resolve()) and "optimizer.lr=0.05" in tags["hydra.overrides"]
-    assert tags["resume.count"] == "1" and tags["resume.1.command"] == f"python -m cifar_exp resume={first} epochs=2 " \
-                                                                      "mlflow.log_model=false"
+    assert (
+        tags["resume.count"] == "1"
+        and tags["resume.1.command"] == f"python -m cifar_exp resume={first} epochs=2 mlflow.log_model=false"
+    )
     resumed = {a.path for a in c.list_artifacts(rid, "hydra/resume_1")}
     assert "hydra/resume_1/overrides.yaml" in resumed
     assert "epoch 1/1" in open(c.download_artifacts(rid, "cifar_exp.log")).read()
@@ -549,9 +642,12 @@ class HangingProxy:
                     proxy.release.wait(120)
                     return
                 length = int(self.headers.get("Content-Length") or 0)
-                request = urllib.request.Request(proxy.target + self.path, method=self.command,
-                                                 data=self.rfile.read(length) if length else None,
-                                                 headers={"Content-Type": self.headers.get("Content-Type", "")})
+                request = urllib.request.Request(
+                    proxy.target + self.path,
+                    method=self.command,
+                    data=self.rfile.read(length) if length else None,
+                    headers={"Content-Type": self.headers.get("Content-Type", "")},
+                )
                 try:
                     with urllib.request.urlopen(request, timeout=60) as r:
                         self._answer(r.status, r.read(), r.headers.get("Content-Type", ""))
@@ -584,8 +680,14 @@ class HangingProxy:
 def test_sigterm_while_the_store_hangs_from_the_start_is_heard_at_once(workdir):
     proxy = HangingProxy(None)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
-                                cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
+            cwd=workdir,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(4.5)  # the imports, then the first call to the store, which gets no answer
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -595,8 +697,14 @@ def test_sigterm_while_the_store_hangs_from_the_start_is_heard_at_once(workdir):
         assert "Traceback" not in err and err.startswith("cifar-exp: stopped by signal 15")
         # no signal: one line within the probe's bound, not minutes of retries
         start = time.monotonic()
-        alone = subprocess.run([sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
-                               cwd=workdir, env=cli_env(), capture_output=True, text=True, timeout=60)
+        alone = subprocess.run(
+            [sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
+            cwd=workdir,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert time.monotonic() - start < 15 and alone.returncode == 2
         [line] = alone.stderr.strip().splitlines()
         assert f"the MLflow tracking server {proxy.url} does not answer" in line
@@ -613,11 +721,25 @@ def test_sigterm_while_the_store_hangs_mid_run_is_honoured_within_10_s(workdir, 
     proxy = HangingProxy(mlflow_server)
     try:
         run_dir = workdir / "run"
-        proc = subprocess.Popen([sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=20",
-                                 "mlflow.log_model=false", "mlflow.system_metrics_every_s=1",
-                                 f"mlflow.tracking_uri={proxy.url}", f"hydra.run.dir={run_dir}"],
-                                cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "testing_cli",
+                *FAST,
+                "model=slow_cnn",
+                "epochs=20",
+                "mlflow.log_model=false",
+                "mlflow.system_metrics_every_s=1",
+                f"mlflow.tracking_uri={proxy.url}",
+                f"hydra.run.dir={run_dir}",
+            ],
+            cwd=workdir,
+            env=cli_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for line in proc.stdout:
             if line.startswith("epoch 1/"):
                 break
@@ -631,8 +753,14 @@ def test_sigterm_while_the_store_hangs_mid_run_is_honoured_within_10_s(workdir, 
         assert (run_dir / "checkpoints" / "last.pt").is_file() and (run_dir / "mlflow_outbox.json").is_file()
         proxy.hang.clear()  # the server answers again
         proxy.release.set()
-        delivered = subprocess.run([sys.executable, "-m", "cifar_exp.runs", "--deliver", str(run_dir)], cwd=workdir,
-                                   env=cli_env(), capture_output=True, text=True, timeout=120)
+        delivered = subprocess.run(
+            [sys.executable, "-m", "cifar_exp.runs", "--deliver", str(run_dir)],
+            cwd=workdir,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert delivered.returncode == 0, delivered.stderr
     finally:
         proxy.close()

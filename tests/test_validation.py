@@ -57,9 +57,13 @@ def test_a_mode_that_contradicts_its_metric_is_refused(overrides, needle):
 
 
 DIRECTIONS = [
-    (None, "val/loss", "minimize"), (None, "test/acc", "maximize"), ("maximize", "val/acc", "maximize"),
-    (["minimize"], "test/loss", "minimize"), ("maximize", "val/loss", "must be minimize or null"),
-    ("minimize", "test/acc", "must be maximize or null"), (["minimize", "maximize"], "test/acc", "must be"),
+    (None, "val/loss", "minimize"),
+    (None, "test/acc", "maximize"),
+    ("maximize", "val/acc", "maximize"),
+    (["minimize"], "test/loss", "minimize"),
+    ("maximize", "val/loss", "must be minimize or null"),
+    ("minimize", "test/acc", "must be maximize or null"),
+    (["minimize", "maximize"], "test/acc", "must be"),
     ("sideways", "test/acc", "must be maximize"),
 ]
 
@@ -78,8 +82,17 @@ def test_a_loss_monitored_run_keeps_the_epoch_with_the_lowest_loss_as_best(tmp_p
     from cifar_exp.run import run
 
     monkeypatch.chdir(tmp_path)
-    cfg = compose_cfg(SYN, "objective=val/loss", "dataset.val_size=100", "epochs=3", "dataset.train_size=400",
-                      "optimizer.lr=0.05", "optimizer.momentum=0.9", "mlflow.enabled=false", "trainer.progress=false")
+    cfg = compose_cfg(
+        SYN,
+        "objective=val/loss",
+        "dataset.val_size=100",
+        "epochs=3",
+        "dataset.train_size=400",
+        "optimizer.lr=0.05",
+        "optimizer.momentum=0.9",
+        "mlflow.enabled=false",
+        "trainer.progress=false",
+    )
     run(cfg)
     best = checkpoint.load(tmp_path / "checkpoints/best.pt")
     losses = [h["val/loss"] for h in best.state.history]
@@ -139,12 +152,16 @@ LIMITS = [
     (["dataset.crop_padding=100"], "dataset.crop_padding=100"),
     (["trainer.eval_translate=100"], "trainer.eval_translate=100 is invalid: must be an integer in [0, 16]"),
     (["dataset.image_size=12", "trainer.eval_translate=7"], "trainer.eval_translate=7"),
-    (["scheduler.warmup_epochs=10", "epochs=2"], "scheduler.warmup_epochs=10.0 is invalid: must be shorter than "
-                                                 "the run's 32 optimizer steps"),
+    (
+        ["scheduler.warmup_epochs=10", "epochs=2"],
+        "scheduler.warmup_epochs=10.0 is invalid: must be shorter than the run's 32 optimizer steps",
+    ),
     (["scheduler.warmup_epochs=2", "epochs=2"], "scheduler.warmup_epochs=2.0"),
     (["scheduler.warmup_epochs=1", "epochs=5", "trainer.max_steps=10"], "trainer.max_steps=10"),
-    (["trainer.lookahead_every=1000", "epochs=2"], "trainer.lookahead_every=1000 is invalid: must be at most "
-                                                   "the run's 32 optimizer steps"),
+    (
+        ["trainer.lookahead_every=1000", "epochs=2"],
+        "trainer.lookahead_every=1000 is invalid: must be at most the run's 32 optimizer steps",
+    ),
     (["trainer.lookahead_every=5", "trainer.max_steps=4"], "trainer.lookahead_every=5"),
     (["trainer.lookahead_every=20", "trainer.accumulate_grad_batches=2"], "the run's 8 optimizer steps"),
     (["trainer.lookahead_every=3", "trainer.limit_train_batches=2"], "the run's 2 optimizer steps"),
@@ -155,8 +172,10 @@ LIMITS = [
     (["dataset.val_fraction=0.0001"], "large enough to hold out one"),
     (["dataset.val_size=10", "dataset.val_fraction=0.1"], "0 when dataset.val_size is set"),
     (["dataset.batch_size=5000", "dataset.drop_last=true"], "dataset.batch_size=5000"),
-    (["model=speed_net", "model.widths=[8,8,8,8,8,8]"], "dataset.image_size=32 is invalid: must be >= 64 for "
-                                                       "model=speed_net"),
+    (
+        ["model=speed_net", "model.widths=[8,8,8,8,8,8]"],
+        "dataset.image_size=32 is invalid: must be >= 64 for model=speed_net",
+    ),
     (["model=airbench94", "model.widths=[8,8,8,8,8]"], ">= 33 for model=airbench94"),
     (["dataset.image_size=12", "model=tutorial_net"], ">= 16 for model=tutorial_net"),
     (["mlflow.registered_model_name=../x"], "mlflow.registered_model_name='../x'"),
@@ -197,8 +216,13 @@ V1 = Path(__file__).parent / "fixtures" / "v1_tutorial_net.pt"
 def _stored(tmp_path, mutate) -> Path:
     """The v1 fixture migrated to format 2 (what main writes), changed by `mutate`."""
     ck = checkpoint.load(V1)
-    raw = {"format_version": 2, "run": dict(vars(ck.state)), "trainer": ck.trainer, "rng": ck.rng,
-           "config": __import__("omegaconf").OmegaConf.to_container(ck.config)}
+    raw = {
+        "format_version": 2,
+        "run": dict(vars(ck.state)),
+        "trainer": ck.trainer,
+        "rng": ck.rng,
+        "config": __import__("omegaconf").OmegaConf.to_container(ck.config),
+    }
     mutate(raw)
     path = tmp_path / "c.pt"
     torch.save(raw, path)
@@ -212,6 +236,7 @@ def _set(dotted: str, value):
         for key in parents:
             node = node[key]
         node[leaf] = value
+
     return mutate
 
 
@@ -222,6 +247,7 @@ def _drop(dotted: str):
         for key in parents:
             node = node[key]
         del node[leaf]
+
     return mutate
 
 
@@ -272,6 +298,7 @@ def test_a_malformed_checkpoint_is_refused_in_one_line_naming_it(tmp_path, kind)
 def test_weights_that_do_not_fit_the_model_are_one_line(tmp_path):
     def shrink(raw):
         raw["trainer"]["model"]["fc3.weight"] = torch.zeros(3, 3)
+
     ck = checkpoint.load(_stored(tmp_path, shrink))
     with pytest.raises(UserError, match="its weights do not fit model=tutorial_net"):
         checkpoint.restore_model(ck, torch.device("cpu"))
@@ -297,9 +324,11 @@ def test_malformed_checkpoints_are_one_line_in_resume_evaluate_and_predict(cli, 
         folder.mkdir()
         path = _stored(folder, MALFORMED[kind][0])
         shutil.copy(path, folder / "last.pt")
-        for args, module in (((f"resume={path}", "mlflow.enabled=false"), "cifar_exp"),
-                             ((f"checkpoint={path}", "device=cpu"), "cifar_exp.evaluate"),
-                             ((f"checkpoint={path}", f"images=[{image}]", "device=cpu"), "cifar_exp.predict")):
+        for args, module in (
+            ((f"resume={path}", "mlflow.enabled=false"), "cifar_exp"),
+            ((f"checkpoint={path}", "device=cpu"), "cifar_exp.evaluate"),
+            ((f"checkpoint={path}", f"images=[{image}]", "device=cpu"), "cifar_exp.predict"),
+        ):
             result = cli(*args, module=module)
             lines = result.stderr.strip().splitlines()
             assert result.returncode == 2 and len(lines) == 1, (kind, module, result.output[-2000:])
@@ -324,16 +353,24 @@ SWEEPS = [
     ([OPTUNA, "hydra.sweeper.storage=sqlite:////no/such/dir/optuna.db"], "its folder /no/such/dir does not exist"),
     ([OPTUNA, "hydra.sweeper.sampler.n_startup_trials=-5"], "hydra.sweeper.sampler.n_startup_trials=-5"),
     ([OPTUNA, "hydra.sweeper.sampler.seed=-1"], "hydra.sweeper.sampler.seed=-1"),
-    ([OPTUNA, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=-1"],
-     "hydra.sweeper.pruner.n_startup_trials=-1"),
-    ([OPTUNA, "hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=1"],
-     "hydra.sweeper.pruner.reduction_factor=1"),
-    ([OPTUNA, "hydra/sweeper/pruner=successive_halving", "hydra.sweeper.pruner.reduction_factor=0"],
-     "reduction_factor=0"),
+    (
+        [OPTUNA, "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=-1"],
+        "hydra.sweeper.pruner.n_startup_trials=-1",
+    ),
+    (
+        [OPTUNA, "hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=1"],
+        "hydra.sweeper.pruner.reduction_factor=1",
+    ),
+    (
+        [OPTUNA, "hydra/sweeper/pruner=successive_halving", "hydra.sweeper.pruner.reduction_factor=0"],
+        "reduction_factor=0",
+    ),
     ([OPTUNA, "hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0"),
     ([OPTUNA, "hydra.sweeper.n_jobs=0"], "hydra.sweeper.n_jobs=0"),
-    ([OPTUNA, "objective=val/loss", "dataset.val_size=10", "hydra.sweeper.direction=maximize"],
-     "hydra.sweeper.direction=maximize is invalid: must be minimize"),
+    (
+        [OPTUNA, "objective=val/loss", "dataset.val_size=10", "hydra.sweeper.direction=maximize"],
+        "hydra.sweeper.direction=maximize is invalid: must be minimize",
+    ),
     (["hparams_search=optuna_lr", "hydra.sweeper.direction=minimize"], "must be maximize or null"),
     (["hparams_search=optuna_lr", "dataset.val_size=100"], "0 when dataset.val_size is set"),
 ]
@@ -346,9 +383,15 @@ def test_a_sweep_is_refused_before_its_first_job(overrides, needle):
     assert needle in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("overrides", [["hparams_search=optuna_lr"], [OPTUNA, "optimizer.lr=interval(0.001,0.1)"],
-                                       ["model=simple_cnn,resnet18", "optimizer.lr=0.01,0.1"],
-                                       [OPTUNA, "objective=val/loss", "dataset.val_fraction=0.2"]])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["hparams_search=optuna_lr"],
+        [OPTUNA, "optimizer.lr=interval(0.001,0.1)"],
+        ["model=simple_cnn,resnet18", "optimizer.lr=0.01,0.1"],
+        [OPTUNA, "objective=val/loss", "dataset.val_fraction=0.2"],
+    ],
+)
 def test_sound_sweeps_pass_the_same_checks(overrides):
     check_sweep_of(SYN, *overrides)
 

@@ -18,8 +18,12 @@ class SamplerConf:
     seed: Optional[int] = None
 
     def check(self, at: str) -> None:
-        require(self.seed is None or 0 <= self.seed < SEED_LIMIT, f"{at}.seed",
-                f"an integer in [0, {SEED_LIMIT}) or null", self.seed)
+        require(
+            self.seed is None or 0 <= self.seed < SEED_LIMIT,
+            f"{at}.seed",
+            f"an integer in [0, {SEED_LIMIT}) or null",
+            self.seed,
+        )
 
 
 @dataclass
@@ -55,6 +59,7 @@ class CmaEsSamplerConf(SamplerConf):
 @dataclass
 class GridSamplerConf(SamplerConf):
     """Every combination of the params' choice(...) and range(...) values."""
+
     name: str = "grid"
 
 
@@ -90,6 +95,7 @@ class PrunerConf:
 class MedianPrunerConf(PrunerConf):
     """Stop a trial whose objective after an epoch is worse than the median of the earlier
     trials' at the same epoch."""
+
     name: str = "median"
     n_startup_trials: int = 5
     n_warmup_steps: int = 0
@@ -111,8 +117,12 @@ class HyperbandPrunerConf(PrunerConf):
 
     def check(self, at: str) -> None:
         at_least(self, at, 1, "min_resource")
-        require(self.max_resource is None or self.max_resource > self.min_resource, f"{at}.max_resource",
-                f"> {at}.min_resource, or null (auto)", self.max_resource)
+        require(
+            self.max_resource is None or self.max_resource > self.min_resource,
+            f"{at}.max_resource",
+            f"> {at}.min_resource, or null (auto)",
+            self.max_resource,
+        )
         at_least(self, at, 2, "reduction_factor")  # 1 would never halve anything
 
 
@@ -125,8 +135,12 @@ class SuccessiveHalvingPrunerConf(PrunerConf):
     min_early_stopping_rate: int = 0
 
     def check(self, at: str) -> None:
-        require(self.min_resource is None or self.min_resource >= 1, f"{at}.min_resource",
-                "an integer >= 1 or null (auto)", self.min_resource)
+        require(
+            self.min_resource is None or self.min_resource >= 1,
+            f"{at}.min_resource",
+            "an integer >= 1 or null (auto)",
+            self.min_resource,
+        )
         at_least(self, at, 2, "reduction_factor")
         at_least(self, at, 0, "min_early_stopping_rate")
 
@@ -154,10 +168,18 @@ class OptunaSweeperConf:
     params: Optional[Dict[str, str]] = None
 
 
-SAMPLERS = {conf.name: conf for conf in (TPESamplerConf, RandomSamplerConf, CmaEsSamplerConf, GridSamplerConf,
-                                         QMCSamplerConf, NSGAIISamplerConf)}
-PRUNERS = {conf.name: conf for conf in (PrunerConf, MedianPrunerConf, HyperbandPrunerConf,
-                                        SuccessiveHalvingPrunerConf)}
+SAMPLERS = {
+    conf.name: conf
+    for conf in (
+        TPESamplerConf,
+        RandomSamplerConf,
+        CmaEsSamplerConf,
+        GridSamplerConf,
+        QMCSamplerConf,
+        NSGAIISamplerConf,
+    )
+}
+PRUNERS = {conf.name: conf for conf in (PrunerConf, MedianPrunerConf, HyperbandPrunerConf, SuccessiveHalvingPrunerConf)}
 
 
 def typed(part: str, node: Any) -> Any:
@@ -166,8 +188,9 @@ def typed(part: str, node: Any) -> Any:
     from omegaconf import OmegaConf
 
     schemas = SAMPLERS if part == "sampler" else PRUNERS
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schemas[node.name]),
-                                               OmegaConf.to_container(node, resolve=True)))
+    return OmegaConf.to_object(
+        OmegaConf.merge(OmegaConf.structured(schemas[node.name]), OmegaConf.to_container(node, resolve=True))
+    )
 
 
 def register() -> None:

@@ -54,8 +54,9 @@ def distribution(override: Override):
         if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
             return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
         return FloatDistribution(sweep.start, sweep.end, log=log_scale)
-    raise UserError(f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), "
-                    f"range(...) and comma lists")
+    raise UserError(
+        f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), range(...) and comma lists"
+    )
 
 
 def search_space(params: Optional[dict], arguments: list[str], grid_search: bool) -> tuple[dict, list[str], dict]:
@@ -64,18 +65,24 @@ def search_space(params: Optional[dict], arguments: list[str], grid_search: bool
     from optuna.distributions import FloatDistribution
 
     space, fixed = {}, []
-    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in (params or {}).items()]
-                                                             + list(arguments)):
+    for override in OverridesParser.create().parse_overrides(
+        [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
+    ):
         dist = distribution(override)
         if dist is None:
             fixed.append(override.input_line)
         else:
             space[override.get_key_element()] = dist
-    grid = {k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
-            for k, d in space.items() if not isinstance(d, FloatDistribution)}
+    grid = {
+        k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
+        for k, d in space.items()
+        if not isinstance(d, FloatDistribution)
+    }
     if grid_search and len(grid) < len(space):
-        raise UserError("hydra.sweeper.sampler=grid needs choice(...) or range(...) for every searched key, "
-                        f"not interval(...): {', '.join(sorted(set(space) - set(grid)))}")
+        raise UserError(
+            "hydra.sweeper.sampler=grid needs choice(...) or range(...) for every searched key, "
+            f"not interval(...): {', '.join(sorted(set(space) - set(grid)))}"
+        )
     return space, fixed, grid
 
 
@@ -100,18 +107,31 @@ def _quoted(value: str) -> str:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: Optional[str], study_name: Optional[str],
-                 n_trials: int, n_jobs: int, params: Optional[dict]) -> None:
-        self.settings = OmegaConf.to_container(OmegaConf.create(
-            {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name,
-             "params": params}), resolve=True)
+    def __init__(
+        self,
+        sampler: Any,
+        pruner: Any,
+        direction: Any,
+        storage: Optional[str],
+        study_name: Optional[str],
+        n_trials: int,
+        n_jobs: int,
+        params: Optional[dict],
+    ) -> None:
+        self.settings = OmegaConf.to_container(
+            OmegaConf.create(
+                {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name, "params": params}
+            ),
+            resolve=True,
+        )
         self.n_trials, self.n_jobs = n_trials, n_jobs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.direction = check(config)
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def sweep(self, arguments: list[str]) -> None:
@@ -125,13 +145,24 @@ class OptunaSweeper(Sweeper):
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
         studies.take_lease(storage, name, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
         study = optuna.create_study(
-            study_name=name, storage=studies.connect(storage), direction=self.direction, load_if_exists=True,
+            study_name=name,
+            storage=studies.connect(storage),
+            direction=self.direction,
+            load_if_exists=True,
             sampler=studies.build_sampler(self.settings["sampler"], grid),
-            pruner=studies.build_pruner(self.settings["pruner"]))
+            pruner=studies.build_pruner(self.settings["pruner"]),
+        )
         self._requeue_left_running(study)
-        log.info("Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s", name, storage,
-                 self._finished(study), self.n_trials, ", ".join(space) or "nothing", self.direction,
-                 self.config.objective)
+        log.info(
+            "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",
+            name,
+            storage,
+            self._finished(study),
+            self.n_trials,
+            ", ".join(space) or "nothing",
+            self.direction,
+            self.config.objective,
+        )
         identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
         # a grid has as many trials as points
         n_trials = min(self.n_trials, math.prod(map(len, grid.values()))) if grid_search else self.n_trials
@@ -145,11 +176,13 @@ class OptunaSweeper(Sweeper):
                 if ret not in stopped:
                     failed += not self._tell(study, trial, ret)
             if stopped:  # Ctrl-C or SIGTERM: the study stops; its stopped trials run again next time
-                raise Interrupted(stopped[0]._return_value.signum,
-                                  " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
+                raise Interrupted(
+                    stopped[0]._return_value.signum, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])])
+                )
             if failed >= max(n_trials, 3):
-                raise UserError(f"the study stops: {failed} trials failed in this sweep; see their logs in "
-                                f"{self.sweep_dir}")
+                raise UserError(
+                    f"the study stops: {failed} trials failed in this sweep; see their logs in {self.sweep_dir}"
+                )
         self._report(study)
 
     @staticmethod
@@ -195,9 +228,15 @@ class OptunaSweeper(Sweeper):
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
         if complete:
             best = study.best_trial
-            OmegaConf.save(OmegaConf.create({"name": "optuna", "best_trial": best.number, "best_value": best.value,
-                                             "best_params": best.params}), out / "optimization_results.yaml")
+            OmegaConf.save(
+                OmegaConf.create(
+                    {"name": "optuna", "best_trial": best.number, "best_value": best.value, "best_params": best.params}
+                ),
+                out / "optimization_results.yaml",
+            )
             # printed, not logged: the jobs' logging config has replaced the sweep's by now
-            print(f"Best trial {best.number}: Best value {best.value} ({self.direction}), "
-                  f"Best parameters {best.params}; study record in {out}")
+            print(
+                f"Best trial {best.number}: Best value {best.value} ({self.direction}), "
+                f"Best parameters {best.params}; study record in {out}"
+            )
         study_plots(study, out)

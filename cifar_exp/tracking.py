@@ -371,13 +371,22 @@ class Outbox:
     def deliver(self, client) -> None:
         """Deliver in order. A write the store refuses is said and dropped (a batch is
         first retried item by item, so only the refused item goes); on an outage the
-        undelivered rest stays queued and it raises."""
+        undelivered rest stays queued and it raises. A run the store does not have (deleted
+        meanwhile) takes none of them: they are dropped together, in one line."""
         while self.ops:
             try:
                 _deliver(client, self.run_id, self.ops[0])
             except Exception as e:
                 if not refused(e):
                     raise
+                if getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" and not self._run_exists(client):
+                    log.warning(
+                        "warning: the MLflow store has no run %s (deleted?): its %d queued writes are dropped",
+                        self.run_id,
+                        len(self.ops),
+                    )
+                    self.ops.clear()
+                    return
                 parts = _split(self.ops[0])
                 if parts:
                     self.ops[0:1] = parts
@@ -388,6 +397,13 @@ class Outbox:
                     reason(e),
                 )
             del self.ops[0]
+
+    def _run_exists(self, client) -> bool:
+        try:
+            client.get_run(self.run_id)
+            return True
+        except Exception as e:
+            return not refused(e)  # an outage now: it may well be there
 
 
 def deliver_outbox(run_dir: Path) -> str:

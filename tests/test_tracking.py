@@ -83,6 +83,21 @@ def test_a_refused_write_is_dropped_with_a_line_and_the_rest_delivered(workdir, 
     assert len(refusals) == 2 and "'bad+key'" in refusals[0] and "'bad+tag'" in refusals[1]
 
 
+def test_the_writes_of_a_run_the_store_no_longer_has_go_in_one_line(workdir, caplog):
+    from cifar_exp.tracking import Outbox
+
+    box = Outbox(None, str(workdir / "mlflow.db"), "0123456789abcdef0123456789abcdef")
+    box.ops = [
+        {"op": "metrics", "items": [["loss", float(i), 0, i] for i in range(500)]},
+        {"op": "status", "status": "FINISHED"},
+    ]
+    with caplog.at_level("WARNING", logger="cifar_exp"):
+        box.deliver(client(workdir))
+    assert box.ops == []
+    [line] = [r.getMessage() for r in caplog.records]
+    assert "has no run 0123456789abcdef0123456789abcdef" in line and "its 2 queued writes are dropped" in line
+
+
 def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cli, workdir):
     from test_data import _png_tree
 

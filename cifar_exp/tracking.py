@@ -262,9 +262,16 @@ def ensure_experiment(client, name: str, attempts: int = 5) -> str:
             exp = client.get_experiment_by_name(name)
             if exp is None:
                 return client.create_experiment(name, tags=EXPERIMENT_KIND)
+            if exp.lifecycle_stage == "deleted":  # MLflow takes no new runs into it
+                raise UserError(
+                    f"the MLflow experiment {name!r} is deleted; restore it (mlflow experiments restore "
+                    f"--experiment-id {exp.experiment_id}) or name another with mlflow.experiment_name"
+                )
             if kind not in exp.tags:
                 client.set_experiment_tag(exp.experiment_id, kind, value)
             return exp.experiment_id
+        except UserError:
+            raise
         except Exception:
             if attempt == attempts - 1:
                 raise

@@ -116,6 +116,15 @@ def test_per_class_accuracy_is_a_table_artifact(finished):
     assert all(float(r["accuracy"]) == round(int(r["correct"]) / int(r["images"]), 4) for r in rows)
 
 
+def test_a_deleted_experiment_is_one_line_naming_how_to_restore_it(workdir):
+    from cifar_exp.errors import UserError
+
+    store = client_of(workdir)
+    store.delete_experiment(store.create_experiment("binned"))
+    with pytest.raises(UserError, match="experiment 'binned' is deleted; restore it"):
+        tracking.connect(f"sqlite:///{workdir / 'mlflow.db'}", "binned")
+
+
 def test_a_per_class_metric_is_logged_only_when_a_run_selects_it():
     epoch = {"test/acc": 0.5, "test/acc_class/cat": 0.4, "test/acc_class/dog": 0.6}
     assert logged(epoch, {"test/acc"}) == {"test/acc": 0.5}

@@ -397,8 +397,8 @@ def log_epoch(m: dict, epochs: int) -> None:
 def log_start(
     cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int, precision: Precision
 ) -> None:
-    """The run's params (what it computes with, and its precision), the tags a resume may
-    update, its data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
+    """The run's params (what it computes with), the tags a resume may update (its
+    precision among them), its data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
     as hydra/resume_<n>/, so the record only grows."""
     log.info(
         "run dir %s | device %s | %d train / %d test images, %d classes%s",
@@ -419,8 +419,9 @@ def log_start(
         "" if cfg.checkpoint.mode else " (derived from its name)",
     )
     params, compared = resume.record(flatten(cfg))
-    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default"), "precision": precision.name})
-    tracker.set_tags({**compared, "checkpoint.mode": mode})
+    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})
+    # the precision follows the device, which a resume may change: a tag, like the compared keys
+    tracker.set_tags({**compared, "checkpoint.mode": mode, "precision": precision.name})
     hydra_dir = job.output_dir / ".hydra"
     if segment and hydra_dir.is_dir():
         # Hydra composed this job's config.yaml from the resume command alone: what runs is

@@ -143,6 +143,7 @@ def test_a_resumed_run_says_what_ran(cli, workdir):
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     rid = run.info.run_id
     assert run.data.tags["epochs"] == "2" and "epochs" not in run.data.params
+    assert run.data.tags["precision"] == "float32" and "precision" not in run.data.params
     assert run.info.run_name == "lr=0.05 momentum=0.9 epochs=2 synthetic simple_cnn"
     config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/resume_1/config.yaml")))
     assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 2

@@ -647,6 +647,7 @@ class HangingProxy:
 
         self.hang = threading.Event()
         self.release = threading.Event()
+        self.reached = threading.Event()  # a call got no answer
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -654,6 +655,7 @@ class HangingProxy:
                 if self.path.startswith("/health"):
                     return self._answer(200, b"OK", "text/plain")
                 if proxy.hang.is_set() or proxy.target is None:
+                    proxy.reached.set()
                     proxy.release.wait(120)
                     return
                 length = int(self.headers.get("Content-Length") or 0)
@@ -694,16 +696,13 @@ class HangingProxy:
 
 def test_sigterm_while_the_store_hangs_from_the_start_is_heard_at_once(workdir):
     proxy = HangingProxy(None)
+    command = [sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"]
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
-            cwd=workdir,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+            command, cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(4.5)  # the imports, then the first call to the store, which gets no answer
+        assert proxy.reached.wait(120)  # the run's first call to the store, which gets no answer
+        time.sleep(1)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
@@ -711,17 +710,15 @@ def test_sigterm_while_the_store_hangs_from_the_start_is_heard_at_once(workdir):
         assert proc.returncode == 128 + signal.SIGTERM, err
         assert "Traceback" not in err and err.startswith("cifar-exp: stopped by signal 15")
         # no signal: one line within the probe's bound, not minutes of retries
-        start = time.monotonic()
-        alone = subprocess.run(
-            [sys.executable, "-m", "cifar_exp", *FAST, f"mlflow.tracking_uri={proxy.url}"],
-            cwd=workdir,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=60,
+        proxy.reached.clear()
+        alone = subprocess.Popen(
+            command, cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        assert time.monotonic() - start < 15 and alone.returncode == 2
-        [line] = alone.stderr.strip().splitlines()
+        assert proxy.reached.wait(120)
+        start = time.monotonic()
+        _, err = alone.communicate(timeout=60)
+        assert time.monotonic() - start < 10 and alone.returncode == 2
+        [line] = err.strip().splitlines()
         assert f"the MLflow tracking server {proxy.url} does not answer" in line
     finally:
         proxy.close()

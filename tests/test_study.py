@@ -290,12 +290,14 @@ def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
 def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
     """The second identical command meets the first's lease: one line naming it, before it
     records anything, and the first runs every trial untouched."""
+    # three trials of three epochs: the first sweep is still running when the second starts
     command = [
         *SEARCH,
         "hydra/sweeper/sampler=random",
-        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_trials=3",
         "hydra.sweeper.n_jobs=1",
         "optimizer.lr=interval(0.01, 0.1)",
+        "epochs=3",
     ]
     first = _start_sweep(workdir, command)
     second = subprocess.run(
@@ -311,11 +313,11 @@ def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
     [line] = second.stderr.strip().splitlines()
     assert "is being run by another sweep" in line and f"pid {first.pid} " in line and "one sweep per study" in line
     assert first.returncode == 0, rest[-3000:]
-    assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE"] * 3
     everything = runs(workdir)
     [parent] = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in everything if "mlflow.parentRunId" in r.data.tags]
-    assert parent.info.status == "FINISHED" and sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    assert parent.info.status == "FINISHED" and [r.info.status for r in children] == ["FINISHED"] * 3
     assert not [r for r in children if "cifar_exp.superseded" in r.data.tags]
     history = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(parent.info.run_id, "jobs")
     assert len(history) == 1  # one summary, not one per sweep

@@ -520,26 +520,23 @@ def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
     assert run.info.status == "KILLED"
 
 
-def _outage_run(workdir, url, run_dir, epochs):
+def _outage_run(workdir, url, run_dir, epochs, *extra):
     """A run against `url`, returned once its first epoch has been logged."""
+    command = [
+        sys.executable,
+        "-m",
+        "testing_cli",
+        *FAST,
+        "model=slow_cnn",
+        f"epochs={epochs}",
+        "trainer.log_every_n_steps=1",
+        "mlflow.log_model=false",
+        f"mlflow.tracking_uri={url}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "testing_cli",
-            *FAST,
-            "model=slow_cnn",
-            f"epochs={epochs}",
-            "trainer.log_every_n_steps=1",
-            "mlflow.log_model=false",
-            f"mlflow.tracking_uri={url}",
-            f"hydra.run.dir={run_dir}",
-        ],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=workdir, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     for line in proc.stdout:
         if line.startswith("epoch 1/"):
@@ -733,28 +730,7 @@ def test_sigterm_while_the_store_hangs_mid_run_is_honoured_within_10_s(workdir, 
     proxy = HangingProxy(mlflow_server)
     try:
         run_dir = workdir / "run"
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "testing_cli",
-                *FAST,
-                "model=slow_cnn",
-                "epochs=20",
-                "mlflow.log_model=false",
-                "mlflow.system_metrics_every_s=1",
-                f"mlflow.tracking_uri={proxy.url}",
-                f"hydra.run.dir={run_dir}",
-            ],
-            cwd=workdir,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for line in proc.stdout:
-            if line.startswith("epoch 1/"):
-                break
+        proc = _outage_run(workdir, proxy.url, run_dir, 20, "mlflow.system_metrics_every_s=1")
         proxy.hang.set()
         time.sleep(1)
         start = time.monotonic()

@@ -159,6 +159,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             return distributed.any_rank(stop.signum is not None, device)
 
         def checkpoint_and_stop(*, epoch_end: bool, is_best: bool, score: Optional[float] = None) -> NoReturn:
+            tracker.stop()
             save(epoch_end=epoch_end, is_best=is_best, score=score)
             if world.is_main:
                 record_results(tracker, data, state, run_dir, evaluated)
@@ -350,6 +351,7 @@ def tracked(tracker, log_file, segment: int, resume_hint: str):
     try:
         yield tracker
     except (Interrupted, KeyboardInterrupt):
+        tracker.stop()
         tracker.set_tags({"cifar_exp.resume_command": resume_hint})
         tracker.log_artifact(log_file, where)
         tracker.finish("KILLED")

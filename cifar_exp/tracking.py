@@ -115,6 +115,7 @@ class NullTracker:
     def set_tags(self, tags: dict) -> None: ...
     def rename(self, name: str) -> None: ...
     def cut_short(self, label: str, tags: dict) -> None: ...
+    def stop(self) -> None: ...
     def log_metrics(self, metrics: dict, step: int) -> None: ...
     def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
     def log_inputs(self, inputs: list[dict]) -> None: ...
@@ -459,7 +460,7 @@ class MlflowTracker:
         tags = _valid_keys({k: str(v)[:5000] for k, v in tags.items()}, "tag")  # the REST store takes strings only
         self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
         self.resumed = self.recorded_tags is not None
-        self.name, self.was_cut_short = run_name, False
+        self.name, self.was_cut_short, self.stopping = run_name, False, False
         if self.resumed:
             self.run_id = run_id
             self.client.update_run(run_id, status="RUNNING")
@@ -538,6 +539,11 @@ class MlflowTracker:
         self._queue({"op": "name", "name": name})
         self.flush()
 
+    def stop(self) -> None:
+        """The run is stopping (a signal): from now on a store that has failed is not tried
+        again, so the stop is heard within seconds whatever the store does."""
+        self.stopping = True
+
     def cut_short(self, label: str, tags: dict) -> None:
         """The run stops before its planned end by a decision, not a fault (a pruned trial):
         its name leads with `label` and it ends KILLED, so the runs table shows it."""
@@ -575,7 +581,9 @@ class MlflowTracker:
         pending it is saved in the run dir. True when nothing is pending."""
         self._queue_metrics()
         self._last_flush = time.monotonic()
-        if self.outbox.ops and time.monotonic() >= self._retry_at:
+        # a run that is stopping does not wait on a store that already failed it: the outbox
+        waiting = self._failures and self.stopping
+        if self.outbox.ops and time.monotonic() >= self._retry_at and not waiting:
             try:
                 self.outbox.deliver(self.client)
             except Exception as e:

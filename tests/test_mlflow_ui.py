@@ -10,11 +10,13 @@ import logging
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from cifar_exp import tracking
 from cifar_exp.metrics import logged
 from cifar_exp.progress import EpochProgress
+from cifar_exp.runtime import pick_precision
 
 from conftest import FAST, run_cli
 
@@ -141,7 +143,8 @@ def test_a_resumed_run_says_what_ran(cli, workdir):
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     rid = run.info.run_id
     assert run.data.tags["epochs"] == "2" and "epochs" not in run.data.params
-    assert run.data.tags["precision"] == "float32" and "precision" not in run.data.params
+    here = pick_precision("auto", torch.device("cpu")).name  # bf16 on a CPU with bf16 units
+    assert run.data.tags["precision"] == here and "precision" not in run.data.params
     assert run.info.run_name == "lr=0.05 momentum=0.9 epochs=2 synthetic simple_cnn"
     config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/resume_1/config.yaml")))
     assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 2

@@ -235,8 +235,7 @@ def framework_side(cfg, train: Split, test: Split, classes: list[str], normalize
     for epoch in range(cfg.epochs):
         trainer.begin_epoch(epoch, 0)
         for x, y in loader.epoch(epoch):
-            trainer.step(x, y)
-        trainer.end_epoch()
+            trainer.step(x, y)  # drop_last: every batch is a full optimizer step
     trainer.eval_model.eval()
     with torch.inference_mode():
         logits = torch.cat([trainer.tta_logits(trainer.eval_model, normalize(x)) for x in test.x.split(2000)])

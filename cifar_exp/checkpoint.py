@@ -1,9 +1,10 @@
 """The run's state and its checkpoint file: the one owner of both formats.
 
-A checkpoint is RunState + trainer state + RNG state + the resolved config, as one dict of
-tensors and plain values (loadable with weights_only=True), written atomically. `load` is
-the one reader: it checks the file, migrates older formats and rebuilds the stored config on
-the registered schemas, so a checkpoint can never choose code."""
+A checkpoint is RunState + trainer state + the stop policies' state + RNG state + the
+resolved config, as one dict of tensors and plain values (loadable with weights_only=True),
+written atomically. `load` is the one reader: it checks the file, migrates older formats
+and rebuilds the stored config on the registered schemas, so a checkpoint can never choose
+code."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from cifar_exp.errors import UserError, reason
 from cifar_exp.stored import from_stored
 from cifar_exp.validation import monitor_mode, validate
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 LAST, BEST = "last.pt", "best.pt"
 CHECKPOINTS = "checkpoints"  # a run's checkpoints live in <run dir>/checkpoints/
 
@@ -43,27 +44,27 @@ def run_dir_of(path: Path) -> Optional[Path]:
 
 @dataclass
 class RunState:
-    """Where a run stands: everything besides weights and RNG that a resume continues from."""
+    """Where a run stands: everything besides weights, RNG and the stop policies' state that a
+    resume continues from."""
 
     classes: list[str]
     epoch: int = 0  # epochs completed
-    step: int = 0  # steps completed in the current epoch
+    step: int = 0  # batches completed in the current epoch
     global_step: int = 0  # optimizer steps since the run began
     best: Optional[float] = None
     history: list[dict] = field(default_factory=list)  # one metrics dict per epoch
     run_id: Optional[str] = None
     segment: int = 0  # how many times the run was resumed
-    bad_epochs: int = 0  # evaluated epochs since the monitored metric last improved (early stopping)
     top: list = field(default_factory=list)  # [value, epoch] of the kept top-k checkpoints
 
-    def advance(self) -> None:
+    def advance(self, stepped: bool) -> None:
+        """One batch done; `stepped`: it completed an optimizer step."""
         self.step += 1
-        self.global_step += 1
+        self.global_step += stepped
 
     def end_epoch(self, metrics: dict, monitor: str, mode: str) -> bool:
-        """Record the finished epoch; True when `monitor` improved on the best so far. An
-        epoch that was not evaluated (trainer.eval_every_n_epochs) neither improves nor
-        counts against the patience."""
+        """Record the finished epoch; True when `monitor` improved on the best so far (an
+        epoch that was not evaluated, trainer.eval_every_n_epochs, does not)."""
         self.history.append(metrics)
         self.epoch, self.step = self.epoch + 1, 0
         value = metrics.get(monitor)
@@ -72,7 +73,6 @@ class RunState:
         improved = self.best is None or (value > self.best if mode == "max" else value < self.best)
         if improved:
             self.best = value
-        self.bad_epochs = 0 if improved else self.bad_epochs + 1
         return improved
 
     @property
@@ -87,6 +87,7 @@ class Checkpoint:
     trainer: dict
     rng: dict
     config: DictConfig
+    policies: dict = field(default_factory=dict)  # each stop policy's state, by name
 
 
 def atomic_save(obj: Any, path: Path) -> memoryview:
@@ -205,7 +206,23 @@ def _migrate_v1(raw: dict, path: Path) -> dict:
     trainer = dict(raw["trainer"])
     state = {k: raw[k] for k in ("epoch", "step", "best", "history", "run_id", "classes")}
     state["global_step"] = trainer.pop("global_step")
-    return {"format_version": FORMAT_VERSION, "run": state, "trainer": trainer, "rng": raw["rng"], "config": config}
+    return {"format_version": 2, "run": state, "trainer": trainer, "rng": raw["rng"], "config": config}
+
+
+def _migrate_v2(raw: dict) -> dict:
+    """Format 2 counted batches as global_step and kept early stopping's count in the run
+    state. Every epoch has the same number of batches B, and a mid-epoch checkpoint falls on
+    an optimizer step, so the optimizer steps are epoch x ceil(B / k) + step / k."""
+    run = dict(raw["run"])
+    trainer = raw["config"].get("trainer", {}) if isinstance(raw["config"], dict) else {}
+    k = trainer.get("accumulate_grad_batches", 1) if isinstance(trainer, dict) else 1
+    epoch, step, batches = run.get("epoch", 0), run.get("step", 0), run.get("global_step", 0)
+    # malformed values are left for the checks after the migration to name
+    if type(k) is int and k > 1 and all(type(n) is int and n >= 0 for n in (epoch, step, batches)):
+        per_epoch = (batches - step) // epoch if epoch else 0
+        run["global_step"] = epoch * -(-per_epoch // k) + step // k
+    policies = {"early_stopping": {"bad_epochs": run.pop("bad_epochs", 0)}}
+    return {**raw, "format_version": FORMAT_VERSION, "run": run, "policies": policies}
 
 
 def _read(path: Path) -> dict:
@@ -226,7 +243,7 @@ def _read(path: Path) -> dict:
     return raw
 
 
-COUNTS = ("epoch", "step", "global_step", "segment", "bad_epochs")
+COUNTS = ("epoch", "step", "global_step", "segment")
 
 
 def _check_state(run: dict, origin: str) -> None:
@@ -285,18 +302,21 @@ def load(path: Path) -> Checkpoint:
     origin = f"checkpoint {path}"
     raw = _read(path)
     version = raw["format_version"]
-    if version not in (1, FORMAT_VERSION):
+    if version not in (1, 2, FORMAT_VERSION):
         raise UserError(
             f"{origin} has format version {version!r}; "
-            f"this cifar_exp {__version__} reads versions 1 and {FORMAT_VERSION}"
+            f"this cifar_exp {__version__} reads versions 1 to {FORMAT_VERSION}"
         )
     try:
         if version == 1:
             raw = _migrate_v1(raw, path)
+        if raw["format_version"] == 2:
+            raw = _migrate_v2(raw)
         run, trainer, rng, stored = raw["run"], raw["trainer"], raw["rng"], raw["config"]
         if not isinstance(run, dict):
             raise TypeError("run is not a mapping")
         _check_state(run, origin)
+        policies = _checked_policies(raw["policies"], origin)
         state = RunState(**run)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         raise UserError(f"{origin} is incomplete or malformed ({type(e).__name__}: {e})") from None
@@ -304,7 +324,18 @@ def load(path: Path) -> Checkpoint:
     _check_rng(rng, origin)
     config = from_stored(stored, origin)
     validate(config, paths=False, origin=origin)
-    return Checkpoint(path, state, trainer, rng, config)
+    return Checkpoint(path, state, trainer, rng, config, policies)
+
+
+def _checked_policies(policies: Any, origin: str) -> dict:
+    """The stop policies' states (policies.py): counts by policy name and key."""
+    if not isinstance(policies, dict) or not all(isinstance(v, dict) for v in policies.values()):
+        raise UserError(f"{origin}: its policies are not a mapping of policy states")
+    for name, state in policies.items():
+        for key, value in state.items():
+            if type(value) is not int or value < 0:
+                raise UserError(f"{origin}: policies.{name}.{key}={value!r} is invalid: must be an integer >= 0")
+    return policies
 
 
 def candidates(ckpt_dir: Path, log=None) -> list[Path]:
@@ -409,7 +440,14 @@ class Checkpointer:
         return ranked[: self.top_k]
 
     def save(
-        self, state: RunState, trainer, *, epoch_end: bool, is_best: bool, score: Optional[float] = None
+        self,
+        state: RunState,
+        trainer,
+        policies,
+        *,
+        epoch_end: bool,
+        is_best: bool,
+        score: Optional[float] = None,
     ) -> Optional[Path]:
         """Write last.pt (and epoch_N.pt, best.pt, top_epoch_N.pt as configured); `score`
         is the epoch's monitored value, which ranks it for the top k."""
@@ -426,6 +464,7 @@ class Checkpointer:
             "framework_version": __version__,
             "run": asdict(state),
             "trainer": trainer.state_dict(),
+            "policies": policies.state_dict(),
             "rng": rng_state(),
             "config": self.config,
         }

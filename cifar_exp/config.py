@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Optional
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from cifar_exp.errors import UserError
 
@@ -485,6 +485,9 @@ class TrainerConfig:
     # test-time augmentation: also average over the images shifted by this many pixels
     # (up-left and down-right, reflected edges); with eval_flip, each shift is flip-averaged too
     eval_translate: int = 0
+    # the test-time views (eval_flip, eval_translate) in every evaluation; false: only in the
+    # last epoch's and the run-end evaluation, since they multiply evaluation's cost by up to 6
+    tta_every_eval: bool = False
     # lookahead: every n optimizer steps the weights move to an average of themselves and
     # their slow copy (weight lookahead_decay x (progress)^3 on the slow copy); 0 = off
     lookahead_every: int = 0
@@ -665,3 +668,9 @@ class Config:
             getattr(self, group).check(group, self)
         require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
         require(0 <= self.seed < SEED_LIMIT, "seed", f"an integer in [0, {SEED_LIMIT})", self.seed)
+
+
+def trainer_settings(node: Any) -> TrainerConfig:
+    """The trainer group's node as its schema's dataclass: typed, and read at every step
+    without OmegaConf's per-access cost."""
+    return TrainerConfig(**OmegaConf.to_container(node, resolve=True))

@@ -52,6 +52,7 @@ def evaluate(args) -> dict:
     import torch
 
     from cifar_exp import checkpoint, plots
+    from cifar_exp.config import trainer_settings
     from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
     from cifar_exp.runtime import pick_device
@@ -67,14 +68,9 @@ def evaluate(args) -> dict:
     if data.classes != ck.state.classes:
         raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
     model = checkpoint.restore_model(ck, device)
+    settings = trainer_settings(cfg.trainer)
     trainer = Trainer(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0),
-        None,
-        torch.nn.CrossEntropyLoss(),
-        device,
-        eval_flip=cfg.trainer.eval_flip,
-        eval_translate=cfg.trainer.eval_translate,
+        model, torch.optim.SGD(model.parameters(), lr=0), None, torch.nn.CrossEntropyLoss(), device, settings
     )
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size, shuffle=False), data.num_classes)
     print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")

@@ -4,12 +4,13 @@ for the device unless a log line or a checkpoint asks for a number."""
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
 from torch import nn
 
+from cifar_exp.config import TrainerConfig
 from cifar_exp.data import TensorLoader, pad_images
 from cifar_exp.distributed import all_reduce_sum
 from cifar_exp.errors import UserError
@@ -119,29 +120,20 @@ class Lookahead:
 
 @dataclass
 class Trainer:
+    """Steps, evaluates and saves one model as the trainer schema (`trainer.*`) says."""
+
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Optional[torch.optim.lr_scheduler.LRScheduler]
     loss_fn: nn.Module
     device: torch.device
+    settings: TrainerConfig = field(default_factory=TrainerConfig)
     # autocast dtype of forward passes, training and evaluation (None: float32)
     autocast_dtype: Optional[torch.dtype] = None
-    # test-time augmentation: average the logits of each image and its mirror image
-    eval_flip: bool = False
-    # batches whose gradients are summed into one optimizer step
-    accumulate: int = 1
-    # clip the gradient norm to this before each optimizer step; 0 = off
-    clip_norm: float = 0.0
-    # keep an exponential moving average of the weights (evaluated and saved); 0 = off
-    ema_decay: float = 0.0
-    # test-time augmentation: also average over images shifted by this many pixels; 0 = off
-    eval_translate: int = 0
-    # lookahead every n optimizer steps (see Lookahead); 0 = off
-    lookahead_every: int = 0
-    lookahead_decay: float = 0.0
-    total_steps: int = 0
+    total_steps: int = 0  # optimizer steps the run plans (lookahead's progress)
 
     def __post_init__(self):
+        s = self.settings
         self.autocast, self.scaler = autocast_for(self.device, self.autocast_dtype)
         self.meter = EpochMeter(self.device)
         # torch.compile and DDP wrap the module; checkpoints hold the plain module's weights
@@ -151,9 +143,9 @@ class Trainer:
         # EMA: torch's AveragedModel, averaging BatchNorm's running statistics too
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
-                self.module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(self.ema_decay), use_buffers=True
+                self.module, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(s.ema_decay), use_buffers=True
             )
-            if self.ema_decay > 0
+            if s.ema_decay > 0
             else None
         )
         # evaluation runs the same forward on every rank: DDP's wrapper adds nothing there
@@ -162,10 +154,11 @@ class Trainer:
         else:
             self.eval_model = self.module if self.ddp is not None else self.model
         self.lookahead = (
-            Lookahead(self.module, self.lookahead_every, self.lookahead_decay, self.total_steps)
-            if self.lookahead_every
+            Lookahead(self.module, s.lookahead_every, s.lookahead_decay, self.total_steps)
+            if s.lookahead_every
             else None
         )
+        self.accumulate = s.accumulate_grad_batches
         self.micro = 0  # batches accumulated since the last optimizer step
         self.grad_norm: Optional[torch.Tensor] = None  # before clipping, at the last optimizer step
 
@@ -174,9 +167,10 @@ class Trainer:
         """No gradients are pending: the state can be saved and resumed exactly."""
         return self.micro == 0
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Forward and backward one batch; every `accumulate` batches, one optimizer step."""
-        last = self.micro + 1 == self.accumulate
+    def step(self, x: torch.Tensor, y: torch.Tensor, closes: bool = False) -> bool:
+        """Forward and backward one batch; every `accumulate` batches, and at a batch that
+        `closes` the epoch, one optimizer step: returns whether it made one."""
+        last = closes or self.micro + 1 == self.accumulate
         # DDP averages gradients across processes only on the batch that completes a step
         sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
         with sync:
@@ -193,13 +187,15 @@ class Trainer:
         self.micro += 1
         if last:
             self.optimizer_step()
+        return last
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients (also for a shorter group at an epoch's end)."""
-        if self.clip_norm > 0:
+        clip = self.settings.gradient_clip_val
+        if clip > 0:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.clip_norm)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -214,10 +210,13 @@ class Trainer:
             self.lookahead.step()
         self.micro = 0
 
-    def end_epoch(self) -> None:
-        """An epoch ends on an optimizer step: a partial group of batches is applied."""
+    def end_epoch(self) -> bool:
+        """An epoch ends on an optimizer step: a partial group of batches still pending (the
+        caller did not say which batch closes the epoch) is applied. Returns whether it was."""
         if self.micro:
             self.optimizer_step()
+            return True
+        return False
 
     def begin_epoch(self, epoch: int, start_step: int) -> None:
         """Training mode; the epoch's sums start afresh unless resuming inside the epoch; a
@@ -240,14 +239,16 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     @torch.inference_mode()
-    def evaluate(self, loader: TensorLoader, num_classes: int) -> Evaluation:
+    def evaluate(self, loader: TensorLoader, num_classes: int, tta: bool = True) -> Evaluation:
+        """Loss and confusion matrix over `loader`, with the configured test-time views
+        unless `tta` is false."""
         model = self.eval_model
         model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=self.device)
         for x, y in loader.epoch(0):
             with self.autocast():
-                logits = self.tta_logits(model, x)
+                logits = self.tta_logits(model, x) if tta else model(x).float()
                 loss_sum += self.loss_fn(logits, y).double() * len(y)
             confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes**2)
         all_reduce_sum(confusion)
@@ -262,10 +263,10 @@ class Trainer:
 
         def views(images: torch.Tensor) -> torch.Tensor:
             logits = model(images).float()
-            return (logits + model(images.flip(3)).float()) / 2 if self.eval_flip else logits
+            return (logits + model(images.flip(3)).float()) / 2 if self.settings.eval_flip else logits
 
         logits = views(x)
-        t = self.eval_translate
+        t = self.settings.eval_translate
         if t:
             h, w = x.shape[2:]
             padded = pad_images(x, t, "reflect")

@@ -136,12 +136,15 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
     return merged
 
 
-def restore(trainer, ck: Checkpoint) -> None:
-    """The checkpoint's weights, optimizer and schedule state into the run's trainer; a
-    state that does not fit (other shapes, missing entries) is a UserError, not a traceback."""
+def restore(trainer, policies, ck: Checkpoint) -> None:
+    """The checkpoint's weights, optimizer and schedule state into the run's trainer, its stop
+    policies' state, and the RNG states; a state that does not fit (other shapes, missing
+    entries) is a UserError, not a traceback."""
+    policies.load_state_dict(ck.policies)
     try:
         trainer.load_state_dict(ck.trainer)
     except UserError:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise UserError(f"checkpoint {ck.path}: its trainer state does not fit this run ({reason(e)})") from None
+    checkpoint.set_rng_state(ck.rng)

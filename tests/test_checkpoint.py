@@ -18,6 +18,7 @@ import torch
 
 from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
+from cifar_exp.policies import Policies
 
 from conftest import FAST, cli_env
 
@@ -170,6 +171,9 @@ class _Trainer:
         return {"model": {}}
 
 
+NO_POLICIES = Policies()
+
+
 def _writer_config(**checkpoint_keys):
     from omegaconf import OmegaConf
 
@@ -189,13 +193,13 @@ def test_checkpointer_keeps_last_k_top_k_and_best_and_flushes_first(tmp_path):
     state = checkpoint.RunState(classes=["a", "b"])
     for acc in [0.1, 0.5, 0.3, 0.2]:
         is_best = state.end_epoch({"acc": acc}, "acc", "max")
-        writer.save(state, _Trainer(), epoch_end=True, is_best=is_best, score=acc)
+        writer.save(state, _Trainer(), NO_POLICIES, epoch_end=True, is_best=is_best, score=acc)
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["best.pt", "epoch_0003.pt", "epoch_0004.pt", "last.pt", "top_epoch_0002.pt", "top_epoch_0003.pt"]
     best = torch.load(tmp_path / "checkpoints/best.pt", weights_only=True)["run"]
     assert best["best"] == 0.5 and best["epoch"] == 2 and state.best == 0.5
     assert torch.load(tmp_path / "checkpoints/top_epoch_0003.pt", weights_only=True)["run"]["epoch"] == 3
-    assert state.top == [[0.5, 2], [0.3, 3]] and state.bad_epochs == 2
+    assert state.top == [[0.5, 2], [0.3, 3]]
     assert flushed == [0, 1, 1, 1]  # the flush precedes each write
 
 
@@ -217,7 +221,7 @@ def _three_epochs(tmp_path) -> Path:
     state = checkpoint.RunState(classes=[f"class{i}" for i in range(10)])
     for epoch, acc in enumerate([0.1, 0.5, 0.6], start=1):
         is_best = state.end_epoch({"test/acc": acc}, "test/acc", "max")
-        writer.save(state, _WeightsTrainer(epoch), epoch_end=True, is_best=is_best, score=acc)
+        writer.save(state, _WeightsTrainer(epoch), NO_POLICIES, epoch_end=True, is_best=is_best, score=acc)
         time.sleep(0.01)  # the fall-back order is by time
     return tmp_path / "checkpoints"
 
@@ -486,7 +490,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path, monkey
 
     writer = checkpoint.Checkpointer(tmp_path, _writer_config(), enabled=True)
     state = checkpoint.RunState(classes=["a"], epoch=1, global_step=10)
-    writer.save(state, _Trainer(), epoch_end=True, is_best=False)
+    writer.save(state, _Trainer(), NO_POLICIES, epoch_end=True, is_best=False)
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -494,7 +498,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_why(tmp_path, monkey
     monkeypatch.setattr(checkpoint.os, "fsync", full)
     state.epoch, state.global_step = 2, 20
     with pytest.raises(UserError) as err:
-        writer.save(state, _Trainer(), epoch_end=True, is_best=False)
+        writer.save(state, _Trainer(), NO_POLICIES, epoch_end=True, is_best=False)
     monkeypatch.undo()
     assert "No space left on device" in str(err.value) and "(step 10)" in str(err.value)
     assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 1
@@ -558,16 +562,37 @@ def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
         "dataset.cutout=8",
         "mlflow.log_model=false",
     ]
-    straight, split = workdir / "straight", workdir / "split"
+    straight, split, old = workdir / "straight", workdir / "split", workdir / "old"
     assert cli(*features, "epochs=3", "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
     assert cli(*features, "epochs=1", "mlflow.experiment_name=split", f"hydra.run.dir={split}").returncode == 0
+    shutil.copytree(split / "checkpoints", old / "checkpoints")
+    as_format_2(old / "checkpoints/last.pt", batches_per_epoch=8)  # what main wrote before steps were optimizer steps
     assert cli(f"resume={split}", "epochs=3", "trainer.progress=false").returncode == 0
-    a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True)["trainer"] for d in (straight, split))
-    assert same_weights(a["model"], b["model"]) and same_weights(a["ema"], b["ema"])
-    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+    assert cli(f"resume={old}", "epochs=3", "trainer.progress=false", "mlflow.enabled=false").returncode == 0
+    a, b, c = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (straight, split, old))
+    # 8 batches an epoch in groups of 3, 3 and 2: 3 optimizer steps an epoch
+    assert a["run"]["global_step"] == b["run"]["global_step"] == c["run"]["global_step"] == 9
+    for other in (b, c):
+        assert same_weights(a["trainer"]["model"], other["trainer"]["model"])
+        assert same_weights(a["trainer"]["ema"], other["trainer"]["ema"])
+    assert a["trainer"]["optimizer"]["state"].keys() == b["trainer"]["optimizer"]["state"].keys()
     ref, resumed = histories(workdir, "straight")[1], histories(workdir, "split")[1]
     for key in COMPARED:
         assert resumed[key] == ref[key], key
+    assert [step for step, _ in ref["train/loss"]] == list(range(1, 10))  # one point per optimizer step
+
+
+def as_format_2(path: Path, batches_per_epoch: int) -> None:
+    """Rewrite a checkpoint as format 2 wrote it: batches as global_step, early stopping's
+    count in the run state, no policies."""
+    raw = torch.load(path, weights_only=True)
+    run = raw["run"]
+    run["global_step"] = run["epoch"] * batches_per_epoch + run["step"]
+    run["bad_epochs"] = raw.pop("policies")["early_stopping"]["bad_epochs"]
+    raw["format_version"] = 2
+    del raw["sha256"]
+    raw["sha256"] = checkpoint.digest(raw)
+    torch.save(raw, path)
 
 
 @pytest.mark.slow

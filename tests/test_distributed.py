@@ -66,7 +66,7 @@ def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
 
 def test_ddp_agrees_on_a_stop_without_a_collective_per_step(workdir):
     """Twice the steps per epoch, the same number of all-reduces: the ones a run does are
-    per epoch (evaluation, the epoch-end stop and pruning votes), none per step."""
+    per epoch (the epoch sums, evaluation, the stop policies' one vote), none per step."""
     counts = []
     for train_size in (1024, 2048):  # each under STOP_POLL_STEPS optimizer steps, one twice the other
         cmd = [

@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from cifar_exp.config import TrainerConfig
 from cifar_exp.data import Normalize, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
@@ -21,24 +22,29 @@ def _data(n=512) -> Split:
     )
 
 
-def _trainer(model, **kw) -> Trainer:
+def _trainer(model, autocast_dtype=None, **settings) -> Trainer:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.9)
-    return Trainer(model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), CPU, **kw)
+    return Trainer(
+        model, optimizer, scheduler, torch.nn.CrossEntropyLoss(), CPU, TrainerConfig(**settings), autocast_dtype
+    )
 
 
-def _epoch(trainer: Trainer, batch: int) -> None:
-    loader = TensorLoader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1)
-    trainer.begin_epoch(0, 0)
-    for x, y in loader.epoch(0):
-        trainer.step(x, y)
-    trainer.end_epoch()
+def _train(trainer: Trainer, loader: TensorLoader, epoch: int = 0) -> list[bool]:
+    """One epoch as the run's loop steps it: its last batch closes the epoch; returns which
+    batches made an optimizer step."""
+    trainer.begin_epoch(epoch, 0)
+    return [trainer.step(x, y, closes=i + 1 == len(loader)) for i, (x, y) in enumerate(loader.epoch(epoch))]
+
+
+def _epoch(trainer: Trainer, batch: int) -> list[bool]:
+    return _train(trainer, TensorLoader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1))
 
 
 def test_two_batches_of_64_accumulated_step_like_one_batch_of_128():
     torch.manual_seed(0)
     start = SimpleCNN()  # no BatchNorm: the equivalence is exact up to float rounding
-    big, small = _trainer(copy.deepcopy(start)), _trainer(copy.deepcopy(start), accumulate=2)
+    big, small = _trainer(copy.deepcopy(start)), _trainer(copy.deepcopy(start), accumulate_grad_batches=2)
     _epoch(big, 128)
     _epoch(small, 64)
     for a, b in zip(big.module.parameters(), small.module.parameters()):
@@ -48,8 +54,9 @@ def test_two_batches_of_64_accumulated_step_like_one_batch_of_128():
 
 
 def test_a_partial_group_is_applied_at_the_epoch_end():
-    trainer = _trainer(SimpleCNN(), accumulate=3)
-    _epoch(trainer, 128)  # 4 batches: one group of 3, then one of 1
+    trainer = _trainer(SimpleCNN(), accumulate_grad_batches=3)
+    stepped = _epoch(trainer, 128)  # 4 batches: one group of 3, then one of 1
+    assert stepped == [False, False, True, True]
     assert trainer.scheduler.last_epoch == 2 and trainer.at_boundary
 
 
@@ -57,9 +64,8 @@ def test_clipping_bounds_the_step_and_keeps_the_norm_before_it():
     torch.manual_seed(0)
     model = SimpleCNN()
     before = [p.detach().clone() for p in model.parameters()]
-    trainer = Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU, clip_norm=1e-3
-    )
+    clip = TrainerConfig(gradient_clip_val=1e-3)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU, clip)
     x, y = next(TensorLoader(_data(), 128, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=False).epoch(0))
     trainer.step(x, y)
     change = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
@@ -143,10 +149,7 @@ def test_a_bf16_run_reaches_the_float32_runs_loss():
         torch.manual_seed(0)
         trainer = _trainer(SimpleCNN(), autocast_dtype=dtype)
         for epoch in range(3):
-            trainer.begin_epoch(epoch, 0)
-            for x, y in loader.epoch(epoch):
-                trainer.step(x, y)
-            trainer.end_epoch()
+            _train(trainer, loader, epoch)
         losses[dtype] = trainer.meter.summary()["loss"]
         assert all(p.dtype == torch.float32 for p in trainer.module.parameters())
     assert losses[None] < 1.0  # it learned

@@ -235,3 +235,24 @@ def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_
     with caplog.at_level(logging.INFO, logger="cifar_exp"):
         run(compose_cfg(*small))
     assert "precision float32 (cpu without native bf16)" in caplog.text
+
+
+def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(tmp_path, monkeypatch):
+    from cifar_exp.loop import Trainer
+    from cifar_exp.run import run
+
+    monkeypatch.chdir(tmp_path)
+    seen, evaluate = [], Trainer.evaluate
+
+    def recording(self, loader, num_classes, tta=True):
+        seen.append(tta)
+        return evaluate(self, loader, num_classes, tta)
+
+    monkeypatch.setattr(Trainer, "evaluate", recording)
+    small = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "mlflow.enabled=false"]
+    small += ["trainer.progress=false", "trainer.eval_flip=true", "epochs=3"]
+    run(compose_cfg(*small))
+    assert seen == [False, False, True]  # one test evaluation an epoch
+    seen.clear()
+    run(compose_cfg(*small, "trainer.tta_every_eval=true", "hydra.run.dir=every"))
+    assert seen == [True, True, True]

@@ -214,12 +214,13 @@ V1 = Path(__file__).parent / "fixtures" / "v1_tutorial_net.pt"
 
 
 def _stored(tmp_path, mutate) -> Path:
-    """The v1 fixture migrated to format 2 (what main writes), changed by `mutate`."""
+    """The v1 fixture migrated to the current format (what main writes), changed by `mutate`."""
     ck = checkpoint.load(V1)
     raw = {
-        "format_version": 2,
+        "format_version": checkpoint.FORMAT_VERSION,
         "run": dict(vars(ck.state)),
         "trainer": ck.trainer,
+        "policies": ck.policies,
         "rng": ck.rng,
         "config": __import__("omegaconf").OmegaConf.to_container(ck.config),
     }
@@ -271,6 +272,8 @@ MALFORMED = {
     "epoch a word": (_set("run.epoch", "one"), "run.epoch='one' is invalid: must be an integer >= 0"),
     "epoch negative": (_set("run.epoch", -1), "run.epoch=-1"),
     "global_step a float": (_set("run.global_step", 2.5), "run.global_step=2.5"),
+    "policy count negative": (_set("policies.early_stopping.bad_epochs", -1), "policies.early_stopping.bad_epochs=-1"),
+    "policies a list": (_set("policies", [1]), "its policies are not a mapping"),
     "no classes": (_set("run.classes", []), "run.classes=[]"),
     "best a word": (_set("run.best", "good"), "run.best='good'"),
     "history a word": (_set("run.history", "x"), "run.history='x'"),

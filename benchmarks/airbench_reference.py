@@ -92,8 +92,9 @@ def cpu_shims(utils):
         yield CpuCifarLoader
 
 
-def run_seed(seed: int, epochs: float, warm_up: bool = False) -> tuple[float, float]:
-    """One training run (airbench's `run=-1` is its warm-up: one step, nothing reported)."""
+def run_seed(seed: int, epochs: float, warm_up: bool = False, bf16: bool = False) -> tuple[float, float]:
+    """One training run (airbench's `run=-1` is its warm-up: one step, nothing reported),
+    with `bf16`, under CPU bf16 autocast (training and evaluation)."""
     from airbench import lib_airbench94 as ab
     from airbench import utils
 
@@ -107,7 +108,8 @@ def run_seed(seed: int, epochs: float, warm_up: bool = False) -> tuple[float, fl
 
     torch.manual_seed(seed)
     shims = contextlib.nullcontext(utils.CifarLoader) if torch.cuda.is_available() else cpu_shims(utils)
-    with shims as loader_class, mock.patch.object(utils, "print_training_details", recording_report):
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    with shims as loader_class, mock.patch.object(utils, "print_training_details", recording_report), autocast:
         train_loader = loader_class(
             "cifar10", train=True, batch_size=ab.hyp["opt"]["batch_size"], aug=ab.hyp["aug"], altflip=True
         )
@@ -121,17 +123,24 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/airbench-reference"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=float, default=9.9, help="airbench94's own: 9.9")
+    parser.add_argument(
+        "--precision", choices=("float32", "bf16"), default="float32", help="on a CPU: bf16 runs under autocast"
+    )
     args = parser.parse_args()
+    bf16 = args.precision == "bf16"
+    precision = "fp16" if torch.cuda.is_available() else args.precision
+    if bf16 and torch.cuda.is_available():
+        raise SystemExit("--precision bf16 is for CPU runs: on a GPU airbench runs in its own fp16")
     write_airbench_layout(args.data.resolve(), args.work)
     os.chdir(args.work)  # airbench reads ./cifar10/
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     if torch.cuda.is_available():  # airbench's own protocol: a warm-up (cuDNN autotuning) before timing
         run_seed(0, args.epochs, warm_up=True)
     for seed in args.seeds:
-        acc, seconds = run_seed(seed, args.epochs)
+        acc, seconds = run_seed(seed, args.epochs, bf16=bf16)
         print(
             f"result: airbench94 reference seed={seed} epochs={args.epochs} test_acc={acc:.4f} "
-            f"train_s={seconds:.1f} device={device}",
+            f"train_s={seconds:.1f} device={device} precision={precision}",
             flush=True,
         )
 

@@ -46,6 +46,11 @@ def in_unit(obj: Any, at: str, *keys: str) -> None:
         require(0 <= getattr(obj, key) < 1, f"{at}.{key}", "a float in [0, 1)", getattr(obj, key))
 
 
+def nesterov_needs_momentum(obj: Any, at: str, nesterov: str, momentum: str) -> None:
+    on = getattr(obj, nesterov)
+    require(not on or getattr(obj, momentum) > 0, f"{at}.{nesterov}", f"false unless {at}.{momentum} > 0", on)
+
+
 # --- dataset -------------------------------------------------------------------------------
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -307,6 +312,9 @@ class SpeedNetConfig(ModelConfig):
         super().check(at, run)
 
 
+WHITEN_BIAS_INITS = ("zeros", "pytorch")
+
+
 @dataclass
 class Airbench94Config(ModelConfig):
     """airbench94's net: whitened 2x2 first conv, three conv-pool-BN-GELU groups, scaled output."""
@@ -319,6 +327,10 @@ class Airbench94Config(ModelConfig):
     output_scale: float = 0.1111111111111111
     # the whitening conv's bias trains for this many epochs, then stays
     whiten_bias_epochs: int = 3
+    # its initial value: zeros (airbench94) or pytorch (a conv's default, airbench94_muon)
+    whiten_bias_init: str = "zeros"
+    # null: PyTorch's init for the head; a float: its initial weights rescaled to this std
+    head_init_std: Optional[float] = None
 
     def smallest_image(self) -> int:
         # the unpadded 2x2 whitening conv takes a pixel, then each group halves the map
@@ -329,6 +341,18 @@ class Airbench94Config(ModelConfig):
         in_unit(self, at, "bn_momentum")
         require(self.output_scale > 0, f"{at}.output_scale", "a float > 0", self.output_scale)
         at_least(self, at, 0, "whiten_bias_epochs")
+        require(
+            self.whiten_bias_init in WHITEN_BIAS_INITS,
+            f"{at}.whiten_bias_init",
+            " or ".join(WHITEN_BIAS_INITS),
+            self.whiten_bias_init,
+        )
+        require(
+            self.head_init_std is None or self.head_init_std > 0,
+            f"{at}.head_init_std",
+            "a float > 0 (or null: PyTorch's init)",
+            self.head_init_std,
+        )
         super().check(at, run)
 
 
@@ -359,9 +383,7 @@ class SGDConfig(OptimizerConfig):
     def check(self, at: str, run: Config) -> None:
         super().check(at, run)
         in_unit(self, at, "momentum")
-        require(
-            not self.nesterov or self.momentum > 0, f"{at}.nesterov", f"false unless {at}.momentum > 0", self.nesterov
-        )
+        nesterov_needs_momentum(self, at, "nesterov", "momentum")
 
 
 @dataclass
@@ -385,6 +407,44 @@ class AdamConfig(OptimizerConfig):
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
     weight_decay: float = 0.01
+
+
+@dataclass
+class MuonConfig(OptimizerConfig):
+    """Muon (orthogonalized momentum, weight-normalized filters) on conv filters, Nesterov SGD
+    on the rest (airbench94_muon's split). lr and momentum are Muon's; the SGD side has its
+    own: aux_lr for the other weights (a head), bias_lr for biases and norm shifts, whose
+    weight decay is scaled so that lr x weight_decay is the same on the whole SGD side. The
+    filters take no weight decay: their norm is reset before every step."""
+
+    name: str = "muon"
+    lr: float = 0.24
+    momentum: float = 0.6
+    nesterov: bool = True
+    # Newton-Schulz iterations, the eps added to the update's norm, and bf16 for them
+    # (float32 where the CPU has no bf16 units: emulated bf16 matmuls are slow)
+    ns_steps: int = 3
+    ns_eps: float = 1e-7
+    ns_bf16: bool = True
+    aux_lr: float = 0.01
+    bias_lr: float = 0.01
+    aux_momentum: float = 0.9
+    aux_nesterov: bool = True
+
+    def check(self, at: str, run: Config) -> None:
+        super().check(at, run)
+        in_unit(self, at, "momentum", "aux_momentum")
+        at_least(self, at, 1, "ns_steps")
+        for key in ("ns_eps", "aux_lr", "bias_lr"):
+            require(getattr(self, key) > 0, f"{at}.{key}", "a float > 0", getattr(self, key))
+        require(
+            self.norm_lr_scale == 1.0,
+            f"{at}.norm_lr_scale",
+            f"1.0 ({at}.bias_lr sets norm shifts' rate)",
+            self.norm_lr_scale,
+        )
+        nesterov_needs_momentum(self, at, "nesterov", "momentum")
+        nesterov_needs_momentum(self, at, "aux_nesterov", "aux_momentum")
 
 
 # --- scheduler (all advance once per optimizer step) ----------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import DictConfig
@@ -152,19 +152,25 @@ class Airbench94Net(nn.Module):
         bn_momentum: float = 0.6,
         output_scale: float = 1 / 9,
         whiten_bias_epochs: int = 3,
+        whiten_bias_init: str = "zeros",
+        head_init_std: Optional[float] = None,
         image_size: int = 32,
     ):
         super().__init__()
         k = self.WHITEN_KERNEL
         self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
-        nn.init.zeros_(self.whiten.bias)
+        if whiten_bias_init == "zeros":  # else PyTorch's conv init, uniform in +-1/sqrt(12)
+            nn.init.zeros_(self.whiten.bias)
         c_in, groups = self.whiten.out_channels, []
         for w in widths:
             groups.append(_ConvGroup(c_in, w, bn_momentum))
             c_in = w
         self.features = nn.Sequential(nn.GELU(), *groups)
         self.head = nn.Linear(c_in, num_classes, bias=False)
+        if head_init_std is not None:
+            with torch.no_grad():
+                self.head.weight.mul_(head_init_std / self.head.weight.std())
         self.output_scale, self.whiten_bias_epochs = output_scale, whiten_bias_epochs
 
     def init_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
@@ -182,6 +188,10 @@ class Airbench94Net(nn.Module):
         """The whitening bias trains for the first epochs only (a parameter without a
         gradient is skipped by the optimizer, momentum and weight decay included)."""
         self.whiten.bias.requires_grad = epoch < self.whiten_bias_epochs
+
+    def limited_params(self) -> list[tuple[nn.Parameter, int]]:
+        """The parameters that train for fewer epochs than the run, with their epochs."""
+        return [(self.whiten.bias, self.whiten_bias_epochs)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.whiten(x))

@@ -13,16 +13,58 @@ from cifar_exp.registry import builder, kwargs
 sched = torch.optim.lr_scheduler
 
 
-def sgd(params, **kw) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, **kw)
+def sgd(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
+    groups, kw = _standard_groups(model, options)
+    return torch.optim.SGD(groups, **kw)
 
 
-def adam(params, betas, **kw) -> torch.optim.Optimizer:
-    return torch.optim.Adam(params, betas=tuple(betas), **kw)
+def adam(model: torch.nn.Module, betas, **options) -> torch.optim.Optimizer:
+    groups, kw = _standard_groups(model, options)
+    return torch.optim.Adam(groups, betas=tuple(betas), **kw)
 
 
-def adamw(params, betas, **kw) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(params, betas=tuple(betas), **kw)
+def adamw(model: torch.nn.Module, betas, **options) -> torch.optim.Optimizer:
+    groups, kw = _standard_groups(model, options)
+    return torch.optim.AdamW(groups, betas=tuple(betas), **kw)
+
+
+def muon(
+    model: torch.nn.Module,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    ns_steps: int,
+    ns_eps: float,
+    ns_bf16: bool,
+    aux_lr: float,
+    bias_lr: float,
+    aux_momentum: float,
+    aux_nesterov: bool,
+    weight_decay: float,
+    decay_norm_and_bias: bool,
+    norm_lr_scale: float,
+) -> torch.optim.Optimizer:
+    """Muon on the conv filters, Nesterov SGD on everything else (see Muon)."""
+    muon_rule = {"muon": True, "lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0}
+    sgd_rule = {"muon": False, "momentum": aux_momentum, "nesterov": aux_nesterov}
+    # parameters the model trains for fewer epochs than the run get a group of their own, so
+    # that a schedule can follow their horizon (see triangle)
+    limited = {id(p): epochs for p, epochs in getattr(model, "limited_params", list)()}
+    groups: dict[tuple, list] = {}
+    for p in model.parameters():
+        kind = "filters" if p.ndim == 4 else "weights" if p.ndim >= 2 else "biases"
+        groups.setdefault((kind, limited.get(id(p))), []).append(p)
+    out = []
+    for (kind, epochs), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
+        if kind == "filters":
+            group = {**muon_rule}
+        else:
+            group_lr = aux_lr if kind == "weights" else bias_lr
+            decays = decay_norm_and_bias or kind == "weights"
+            # the same decay per step (lr x weight_decay) as the other weights
+            group = {**sgd_rule, "lr": group_lr, "weight_decay": weight_decay * aux_lr / group_lr if decays else 0.0}
+        out.append({**group, "params": params, **({"epochs": epochs} if epochs is not None else {})})
+    return Muon(out, ns_steps=ns_steps, ns_eps=ns_eps, ns_bf16=ns_bf16)
 
 
 def cosine(optimizer, total_steps: int, steps_per_epoch: int, eta_min: float) -> sched.LRScheduler:
@@ -43,14 +85,22 @@ def step(optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int, ga
 def triangle(
     optimizer, total_steps: int, steps_per_epoch: int, start_factor: float, peak_at: float, end_factor: float
 ) -> sched.LRScheduler:
-    peak = int(peak_at * total_steps)
+    """A group whose parameters train for fewer epochs than the run (its `epochs`, see
+    optim.muon) runs the whole triangle over its own steps, then stays at its end."""
 
-    def factor(i: int) -> float:
-        if i < peak:
-            return start_factor + (1 - start_factor) * i / peak
-        return 1 + (end_factor - 1) * (i - peak) / max(total_steps - peak, 1)
+    def over(horizon: int):
+        peak = int(peak_at * horizon)
 
-    return sched.LambdaLR(optimizer, factor)
+        def factor(i: int) -> float:
+            i = min(i, horizon)
+            if i < peak:
+                return start_factor + (1 - start_factor) * i / peak
+            return 1 + (end_factor - 1) * (i - peak) / max(horizon - peak, 1)
+
+        return factor
+
+    horizons = [g["epochs"] * steps_per_epoch if "epochs" in g else total_steps for g in optimizer.param_groups]
+    return sched.LambdaLR(optimizer, [over(min(h, total_steps)) for h in horizons])
 
 
 WARMUP_START = 0.01  # warmup begins at 1% of each group's learning rate
@@ -82,12 +132,83 @@ def param_groups(
     ]
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    options = kwargs(cfg)
+def _standard_groups(model: torch.nn.Module, options: dict) -> tuple[list[dict], dict]:
+    """param_groups from the options every optimizer has, and the optimizer's own keywords."""
     groups = param_groups(
         model, options["lr"], options["weight_decay"], options.pop("decay_norm_and_bias"), options.pop("norm_lr_scale")
     )
-    return builder("optimizer", cfg)(groups, **options)
+    return groups, options
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    return builder("optimizer", cfg)(model, **kwargs(cfg))
+
+
+# Newton-Schulz quintic coefficients chosen to maximize the slope at zero (airbench94_muon's)
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(g: torch.Tensor, steps: int, eps: float, bf16: bool) -> torch.Tensor:
+    """Roughly U V^T for g = U S V^T, by a Newton-Schulz iteration on g / |g| (so every
+    singular value starts <= 1). The coefficients push small singular values up fast rather
+    than converge: the result's singular values land in about [0.5, 1.5], which trains as
+    well as exact orthogonalization at a fraction of the cost. Works on the wide
+    orientation, where X X^T is the smaller product."""
+    a, b, c = NS_COEFFICIENTS
+    x = g.bfloat16() if bf16 else g.clone()
+    x /= x.norm() + eps
+    tall = g.size(0) > g.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Two update rules in one optimizer, chosen per parameter group by its `muon` flag.
+
+    - Muon (conv filters): heavy-ball or Nesterov momentum, then the update is the momentum
+      orthogonalized (each filter bank's matrix out x in*k*k, see orthogonalize) times lr: a
+      step of the same size in every direction, whatever the gradient's scale. Before each
+      step the filters are renormalized to norm sqrt(out channels), which stands in for
+      weight decay (the orthogonalized step alone would grow them).
+    - SGD (everything else): PyTorch's SGD with momentum, coupled weight decay, no dampening.
+
+    torch.optim.Muon takes 2-D parameters only, keeps its momentum as an average rather than
+    a sum, scales its learning rate by shape and has no weight normalization: not this update.
+    """
+
+    def __init__(self, groups: list[dict], ns_steps: int = 3, ns_eps: float = 1e-7, ns_bf16: bool = True):
+        defaults = {"lr": 0.0, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0, "muon": False}
+        super().__init__(groups, defaults)
+        self.ns_steps, self.ns_eps, self.ns_bf16 = ns_steps, ns_eps, ns_bf16
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = self._momentum(p, group)
+                if group["muon"]:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    d = orthogonalize(d.reshape(len(d), -1), self.ns_steps, self.ns_eps, self.ns_bf16).view(d.shape)
+                p.add_(d, alpha=-group["lr"])
+        return loss
+
+    def _momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        d = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+        m = group["momentum"]
+        if not m:
+            return d
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(d)
+        buf = state["momentum_buffer"].mul_(m).add_(d)
+        return d.add(buf, alpha=m) if group["nesterov"] else buf
 
 
 class Warmup:

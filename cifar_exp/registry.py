@@ -51,6 +51,7 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(c.SGDConfig, "cifar_exp.optim:sgd"),
         Option(c.AdamConfig, "cifar_exp.optim:adam"),
         Option(c.AdamWConfig, "cifar_exp.optim:adamw"),
+        Option(c.MuonConfig, "cifar_exp.optim:muon"),
     ),
     "scheduler": _options(
         Option(c.ConstantConfig),

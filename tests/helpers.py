@@ -3,9 +3,11 @@ test-only models, registered as options of the model group (model=exploding_cnn,
 model=slow_cnn) for runs launched through `python -m testing_cli` (tests/ is on PYTHONPATH)."""
 
 from dataclasses import dataclass
+from unittest import mock
 
 import torch
 from hydra import compose, initialize_config_module
+from torch import nn
 
 from cifar_exp.config import ModelConfig
 from cifar_exp.models import SimpleCNN
@@ -89,3 +91,23 @@ def check_sweep_of(*overrides: str) -> None:
             "config", list(overrides), run_mode=RunMode.MULTIRUN, with_log_configuration=False
         )
         check_sweep(cfg, "config")
+
+
+def smooth_images(n: int = 64, seed: int = 1) -> torch.Tensor:
+    """Smooth random images: neighbouring pixels and channels correlate, as in photographs."""
+    noise = torch.randn(n, 3, 34, 34, generator=torch.Generator().manual_seed(seed))
+    mixed = torch.einsum("ij,njhw->nihw", torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]]), noise)
+    return nn.functional.avg_pool2d(mixed, 3, stride=1)
+
+
+def airbench_net(widths: tuple[int, int, int] = (64, 256, 256)) -> nn.Module:
+    """The `airbench` package's make_net94 on the CPU in float32 and NCHW (it calls
+    .half().cuda() and makes channels_last)."""
+    from airbench import lib_airbench94 as ab
+
+    def identity(module, *args, **kwargs):
+        return module
+
+    with mock.patch.object(nn.Module, "half", identity), mock.patch.object(nn.Module, "cuda", identity):
+        net = ab.make_net94(widths=dict(zip(("block1", "block2", "block3"), widths)))
+    return net.to(memory_format=torch.contiguous_format)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -16,6 +15,8 @@ from cifar_exp.config import Airbench94Config
 from cifar_exp.data import Split
 from cifar_exp.models import Airbench94Net
 
+from helpers import airbench_net, smooth_images
+
 airbench = pytest.importorskip("airbench")  # a dev dependency: installed wherever the tests run
 from airbench import lib_airbench94 as ab  # noqa: E402
 from airbench import utils as ab_utils  # noqa: E402
@@ -23,37 +24,20 @@ from airbench import utils as ab_utils  # noqa: E402
 PRESET = OmegaConf.load(Path(__file__).parents[1] / "conf" / "experiment" / "airbench94.yaml")
 
 
-def reference_net() -> nn.Module:
-    """airbench's make_net94 on the CPU in float32 (it calls .half().cuda())."""
-
-    def identity(module, *args, **kwargs):
-        return module
-
-    with mock.patch.object(nn.Module, "half", identity), mock.patch.object(nn.Module, "cuda", identity):
-        return ab.make_net94()
-
-
 def twin_nets() -> tuple[nn.Module, Airbench94Net]:
     """airbench's net and ours with the same weights (their state dicts list the same tensors
     in the same order)."""
     torch.manual_seed(0)
-    theirs = reference_net().to(memory_format=torch.contiguous_format)
+    theirs = airbench_net()
     ours = Airbench94Net()
     assert [v.shape for v in theirs.state_dict().values()] == [v.shape for v in ours.state_dict().values()]
     ours.load_state_dict(dict(zip(ours.state_dict(), theirs.state_dict().values())))
     return theirs, ours
 
 
-def images(n: int = 64, seed: int = 1) -> torch.Tensor:
-    """Smooth random images: neighbouring pixels and channels correlate, as in photographs."""
-    noise = torch.randn(n, 3, 34, 34, generator=torch.Generator().manual_seed(seed))
-    mixed = torch.einsum("ij,njhw->nihw", torch.tensor([[1.0, 0.5, 0.2], [0.5, 1.0, 0.5], [0.2, 0.5, 1.0]]), noise)
-    return nn.functional.avg_pool2d(mixed, 3, stride=1)
-
-
 def test_the_network_computes_what_airbench_computes():
     theirs, ours = twin_nets()
-    x = images()
+    x = smooth_images()
     for mode in (True, False):
         theirs.train(mode), ours.train(mode)
         torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
@@ -65,7 +49,7 @@ def test_gradients_at_tied_maxima_go_where_airbench_sends_them():
     """Flat image regions (4x4 blocks here) make equal values, so the final max-pool meets
     ties; a max-pool's gradient goes to one of them, torch.amax's is split between them."""
     theirs, ours = twin_nets()
-    x = nn.functional.interpolate(images(64)[:, :, :8, :8], scale_factor=4, mode="nearest")
+    x = nn.functional.interpolate(smooth_images(64)[:, :, :8, :8], scale_factor=4, mode="nearest")
     y = torch.arange(64) % 10
     for net in (theirs, ours):
         nn.functional.cross_entropy(net(x), y).backward()
@@ -76,7 +60,7 @@ def test_gradients_at_tied_maxima_go_where_airbench_sends_them():
 
 def test_the_whitening_init_matches_airbench():
     theirs, ours = twin_nets()
-    x = images(200)
+    x = smooth_images(200)
     ab_utils.init_whitening_conv(theirs[0], x)
     ours.init_from_data(x)
     torch.testing.assert_close(ours.whiten.weight, theirs[0].weight, rtol=1e-4, atol=1e-4)
@@ -102,7 +86,7 @@ def test_the_preset_trains_as_airbench_train94_does_step_for_step(tmp_path, monk
     import airbench_equivalence as eq
 
     def split(n: int, seed: int) -> Split:
-        x = images(n, seed)
+        x = smooth_images(n, seed)
         x = ((x - x.min()) / (x.max() - x.min()) * 255).round().to(torch.uint8)
         return Split(x, torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(seed)))
 

@@ -6,7 +6,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar_exp.config import ConstantConfig, CosineConfig, OneCycleConfig, SGDConfig, SpeedNetConfig, TriangleConfig
+from cifar_exp.config import (
+    Airbench94Config,
+    ConstantConfig,
+    CosineConfig,
+    MuonConfig,
+    OneCycleConfig,
+    SGDConfig,
+    SpeedNetConfig,
+    TriangleConfig,
+)
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 
@@ -70,3 +79,85 @@ def test_triangle_rises_to_its_peak_and_falls_to_its_end():
     assert lrs[99] == pytest.approx(0.1 * (1 - 0.9 * 74 / 75))
     assert all(a < b for a, b in zip(lrs[:25], lrs[1:26])) and all(a > b for a, b in zip(lrs[25:], lrs[26:]))
     assert _lrs(cfg, steps=100, resume_at=40) == pytest.approx(lrs)
+
+
+def _muon(model: torch.nn.Module, **keys) -> torch.optim.Optimizer:
+    return build_optimizer(OmegaConf.merge(OmegaConf.structured(MuonConfig), keys), model)
+
+
+def test_muon_takes_the_filters_and_sgd_the_rest_with_the_same_decay_per_step():
+    model = build_model(OmegaConf.structured(Airbench94Config), 10)
+    opt = _muon(model, lr=0.2, aux_lr=8.0, bias_lr=2.0, weight_decay=1e-3)
+    by_kind = {(g["muon"], g["lr"], g.get("epochs")): g for g in opt.param_groups}
+    filters, weights = by_kind[(True, 0.2, None)], by_kind[(False, 8.0, None)]
+    biases, whiten_bias = by_kind[(False, 2.0, None)], by_kind[(False, 2.0, 3)]
+    assert all(p.ndim == 4 for p in filters["params"]) and filters["weight_decay"] == 0.0
+    assert weights["params"] == [model.head.weight] and whiten_bias["params"] == [model.whiten.bias]
+    assert all(p.ndim == 1 for p in biases["params"])
+    assert (
+        biases["lr"] * biases["weight_decay"]
+        == pytest.approx(8.0 * 1e-3)
+        == whiten_bias["lr"] * whiten_bias["weight_decay"]
+    )
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    exempt = _muon(model, weight_decay=1e-3, decay_norm_and_bias=False).param_groups
+    assert {g["weight_decay"] for g in exempt if g["params"][0].ndim == 1} == {0.0}
+
+
+def test_a_muon_step_renormalizes_the_filters_and_moves_them_a_fixed_distance():
+    """The filters' norm is reset to sqrt(out channels) before each step, and the step's
+    size depends on the learning rate, not on the gradient's scale."""
+    steps = []
+    for scale in (1.0, 1000.0):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(4, 8, 3, bias=False)
+        opt = _muon(conv, lr=0.1, momentum=0.0, nesterov=False, ns_bf16=False)
+        with torch.no_grad():
+            conv.weight.mul_(5.0)
+        before = conv.weight.detach().clone()
+        conv.weight.grad = scale * torch.randn_like(conv.weight)
+        opt.step()
+        renormalized = before * (8**0.5 / before.norm())
+        steps.append(conv.weight.detach() - renormalized)
+    assert float(steps[0].norm()) == pytest.approx(float(steps[1].norm()), rel=1e-4)
+    assert 0.5 < float(steps[0].norm()) / (0.1 * 8**0.5) < 1.5  # lr x sqrt(rank 8): singular values near 1
+
+
+def test_muon_resumes_to_the_same_steps():
+    def train(resume_at=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 2))
+        opt = _muon(model, ns_bf16=False)
+        x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 2, (8,))
+        for i in range(4):
+            if i == resume_at:
+                state = opt.state_dict()
+                opt = _muon(model, ns_bf16=False)
+                opt.load_state_dict(state)
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return [p.detach() for p in model.parameters()]
+
+    for a, b in zip(train(), train(resume_at=2)):
+        assert torch.equal(a, b)
+
+
+def test_a_group_that_trains_for_fewer_epochs_runs_the_triangle_over_its_own():
+    model = build_model(OmegaConf.structured(Airbench94Config), 10)
+    opt = _muon(model)
+    cfg = OmegaConf.merge(
+        OmegaConf.structured(TriangleConfig), {"start_factor": 1.0, "peak_at": 0.0, "end_factor": 0.0}
+    )
+    sched = build_scheduler(cfg, opt, 80, 10)
+    short = next(i for i, g in enumerate(opt.param_groups) if g.get("epochs") == 3)
+    rates = []
+    for _ in range(40):
+        rates.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    base = [r for r in rates[0]]
+    assert [r[short] / base[short] for r in rates[:31:10]] == pytest.approx([1.0, 2 / 3, 1 / 3, 0.0])
+    assert rates[39][short] == 0.0
+    other = 1 - short if short == 0 else 0
+    assert [r[other] / base[other] for r in rates[::20]] == pytest.approx([1.0, 0.75])

@@ -188,6 +188,12 @@ LIMITS = [
     (["trainer.label_smoothing=1"], "trainer.label_smoothing"),
     (["dataset.flip=sideways"], "dataset.flip"),
     (["dataset.val_fraction=-0.1"], "dataset.val_fraction=-0.1"),
+    (["optimizer=muon", "optimizer.ns_steps=0"], "optimizer.ns_steps=0 is invalid: must be an integer >= 1"),
+    (["optimizer=muon", "optimizer.aux_momentum=0", "optimizer.aux_nesterov=true"], "optimizer.aux_nesterov=True"),
+    (["optimizer=muon", "optimizer.norm_lr_scale=64"], "optimizer.bias_lr sets"),
+    (["optimizer=muon", "optimizer.bias_lr=0"], "optimizer.bias_lr=0.0"),
+    (["model=airbench94", "model.whiten_bias_init=ones"], "model.whiten_bias_init='ones' is invalid: must be zeros or"),
+    (["model=airbench94", "model.head_init_std=0"], "model.head_init_std=0.0"),
 ]
 
 
@@ -203,7 +209,7 @@ def test_presets_that_hold_out_data_work_on_every_dataset(tmp_path):
     for dataset in ("synthetic", "cifar10", "cifar100"):
         run = validate(compose_cfg("hparams_search=optuna_lr", f"dataset={dataset}"))
         assert run.dataset.val_fraction == 0.1 and run.objective == "val/acc"
-    for preset in ("airbench94", "speed_net_cpu", "resnet18_cosine"):
+    for preset in ("airbench94", "airbench94_muon", "speed_net_cpu", "resnet18_cosine"):
         validate(compose_cfg(f"experiment={preset}"))
     for debug in ("fast", "overfit", "profile"):
         validate(compose_cfg(f"debug={debug}", SYN))

@@ -1,10 +1,22 @@
-"""Shared test helpers: composing the real config in process (as a run or as a sweep), and
+"""Shared test helpers: running the real CLI (and torchrun, an MLflow server) as a user
+would, composing the real config in process (as a run or as a sweep), test data, and
 test-only models, registered as options of the model group (model=exploding_cnn,
 model=slow_cnn) for runs launched through `python -m testing_cli` (tests/ is on PYTHONPATH)."""
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from dataclasses import dataclass
+from pathlib import Path
 from unittest import mock
 
+import numpy as np
+import pytest
 import torch
 from hydra import compose, initialize_config_module
 from torch import nn
@@ -111,3 +123,132 @@ def airbench_net(widths: tuple[int, int, int] = (64, 256, 256)) -> nn.Module:
     with mock.patch.object(nn.Module, "half", identity), mock.patch.object(nn.Module, "cuda", identity):
         net = ab.make_net94(widths=dict(zip(("block1", "block2", "block3"), widths)))
     return net.to(memory_format=torch.contiguous_format)
+
+
+TESTS = Path(__file__).parent
+# Small, fast runs: the synthetic set, a learning rate that learns in two epochs, no bar.
+FAST = ["dataset=synthetic", "optimizer.lr=0.05", "optimizer.momentum=0.9", "trainer.progress=false"]
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def cli_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CIFAR_EXP_"))}
+    # tests/ on the path lets a run use the test-only models in tests/helpers.py
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env.pop("HYDRA_FULL_ERROR", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, cwd: Path, module: str = "cifar_exp", python_args: tuple = (), timeout: float = 300, **env
+) -> Result:
+    proc = subprocess.run(
+        [sys.executable, *python_args, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Hydra output dirs (those holding .hydra/) under root, oldest first."""
+    return sorted((p.parent for p in root.glob("outputs/*/*/.hydra")), key=lambda p: p.stat().st_mtime)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 180, port: int = 0):
+    """A real `mlflow server` on a loopback port (a free one unless given); yields its URL."""
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--artifacts-destination",
+            str(artifacts),
+            "--workers",
+            "1",
+        ],
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # no background job workers: nothing here uses them
+        env=cli_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.fail("mlflow server exited: " + proc.stderr.read().decode()[-2000:])
+                if time.monotonic() > deadline:
+                    pytest.fail("mlflow server did not start")
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and every worker it started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "cifar_exp",
+        "trainer.strategy=ddp",
+        *args,
+    ]
+    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+
+
+def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32) -> None:
+    """An image folder of random PNGs, each class with one saturated channel."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for i, c in enumerate(classes):
+            (root / split / c).mkdir(parents=True)
+            for k in range(per_class):
+                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                arr[..., i] = 255
+                Image.fromarray(arr).save(root / split / c / f"{k}.png")

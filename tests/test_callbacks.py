@@ -52,7 +52,7 @@ def fresh_store(tmp_path, monkeypatch):
 
 
 def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
-    from conftest import run_cli
+    from helpers import run_cli
 
     result = run_cli(
         *SWEEP,

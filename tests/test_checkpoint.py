@@ -20,7 +20,7 @@ from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
 from cifar_exp.policies import Policies
 
-from conftest import FAST, cli_env
+from helpers import FAST, cli_env
 
 # --- the file format -----------------------------------------------------------------------
 FIXTURES = Path(__file__).parent / "fixtures"

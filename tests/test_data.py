@@ -16,6 +16,8 @@ from cifar_exp.config import Cifar10Config, ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
 from cifar_exp.errors import UserError
 
+from helpers import png_tree
+
 CPU = torch.device("cpu")
 
 
@@ -81,19 +83,8 @@ def test_augmentation_crops_and_flips_within_the_padded_image():
     assert seen <= windows and len(seen) > 4
 
 
-def _png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32):
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for i, c in enumerate(classes):
-            (root / split / c).mkdir(parents=True)
-            for k in range(per_class):
-                arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                arr[..., i] = 255
-                Image.fromarray(arr).save(root / split / c / f"{k}.png")
-
-
 def test_image_folder_decodes_caches_and_resizes(tmp_path):
-    _png_tree(tmp_path / "imgs", size=40)
+    png_tree(tmp_path / "imgs", size=40)
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig),
         {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")},
@@ -111,7 +102,7 @@ def test_image_folder_decodes_caches_and_resizes(tmp_path):
 
 @pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
-    _png_tree(tmp_path / "imgs")
+    png_tree(tmp_path / "imgs")
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
     )
@@ -134,7 +125,7 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
 def test_a_cache_of_something_else_under_the_key_is_rebuilt_with_a_line(tmp_path, caplog, stale):
     """Valid tensors, but not of this folder at this size: never used, and never a
     RuntimeError after the run has started."""
-    _png_tree(tmp_path / "imgs")
+    png_tree(tmp_path / "imgs")
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
     )
@@ -163,7 +154,7 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
     monkeypatch.setattr(checkpoint, "atomic_save", full)
-    _png_tree(tmp_path / "imgs")
+    png_tree(tmp_path / "imgs")
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
     )
@@ -176,7 +167,7 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
 
 
 def test_image_folder_rejects_an_unreadable_image(tmp_path):
-    _png_tree(tmp_path / "imgs")
+    png_tree(tmp_path / "imgs")
     (tmp_path / "imgs/train/cat/broken.png").write_bytes(b"not an image")
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig),

@@ -10,24 +10,9 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, cli_env, run_dirs
+from helpers import FAST, cli_env, run_dirs, torchrun
 
 pytestmark = pytest.mark.slow
-
-
-def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "cifar_exp",
-        "trainer.strategy=ddp",
-        *args,
-    ]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
 
 
 def accuracy(text: str) -> str:

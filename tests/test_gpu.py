@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import FAST
+from helpers import FAST, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -30,7 +30,6 @@ def test_loader_keeps_data_and_batches_on_the_gpu():
 
 
 def test_one_gpu_nccl_ddp_smoke(workdir):
-    from test_distributed import torchrun
 
     done = torchrun(1, *FAST, "trainer.device=cuda", "mlflow.enabled=false", cwd=workdir)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -38,7 +37,6 @@ def test_one_gpu_nccl_ddp_smoke(workdir):
 
 
 def test_one_gpu_ddp_with_sync_batchnorm_ema_and_accumulation(workdir):
-    from test_distributed import torchrun
 
     done = torchrun(
         1,

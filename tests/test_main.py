@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import FAST, run_dirs
+from helpers import FAST, png_tree, run_dirs
 
 ROOT = Path(__file__).parents[1]
 
@@ -42,9 +42,8 @@ def test_notes_defaults_learn_above_chance_on_synthetic(cli, workdir):
 
 @pytest.mark.slow
 def test_image_folder_run(cli, workdir):
-    from test_data import _png_tree
 
-    _png_tree(workdir / "imgs", per_class=8)
+    png_tree(workdir / "imgs", per_class=8)
     result = cli(
         "dataset=image_folder",
         f"dataset.root={workdir / 'imgs'}",

@@ -18,7 +18,7 @@ from cifar_exp.metrics import logged
 from cifar_exp.progress import EpochProgress
 from cifar_exp.runtime import pick_precision
 
-from conftest import FAST, run_cli
+from helpers import FAST, run_cli
 
 KIND = "mlflow.experimentKind"
 

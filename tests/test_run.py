@@ -13,7 +13,7 @@ from cifar_exp.loop import Evaluation
 from cifar_exp.run import build_trainer, report
 from cifar_exp.tracking import NullTracker
 
-from helpers import compose_cfg
+from helpers import FAST, compose_cfg
 
 
 def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_device(tmp_path, monkeypatch):
@@ -54,8 +54,6 @@ def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, wo
 
     from mlflow.tracking import MlflowClient
 
-    from conftest import FAST
-
     run_dir = workdir / "run"
     result = cli(
         *FAST,
@@ -79,7 +77,6 @@ def test_divergence_stops_the_run_failed_without_a_non_finite_checkpoint(cli, wo
 
 @pytest.mark.slow
 def test_divergence_found_at_the_epoch_end_writes_no_checkpoint(cli, workdir):
-    from conftest import FAST
 
     run_dir = workdir / "run"
     result = cli(*FAST, "optimizer.lr=1e9", "mlflow.enabled=false", f"hydra.run.dir={run_dir}")
@@ -95,7 +92,6 @@ def _client(workdir):
 
 @pytest.mark.slow
 def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
-    from conftest import FAST
 
     result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2", "mlflow.log_model=false")
     assert result.returncode == 0, result.output[-2000:]
@@ -109,7 +105,6 @@ def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
 
 @pytest.mark.slow
 def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_the_same(cli, workdir):
-    from conftest import FAST
 
     ends = {}
     for n in (1, 2):
@@ -130,7 +125,6 @@ def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_
 
 @pytest.mark.slow
 def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
-    from conftest import FAST
 
     result = cli(
         *FAST,
@@ -168,7 +162,6 @@ def test_debug_presets_run_end_to_end(cli, workdir):
 
 @pytest.mark.slow
 def test_every_new_training_key_together_in_one_short_run(cli, workdir):
-    from conftest import FAST
 
     run_dir = workdir / "run"
     result = cli(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import cli_env, free_port
+from helpers import cli_env, free_port
 
 pytestmark = pytest.mark.slow
 

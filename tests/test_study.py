@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from cifar_exp import study
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
 
-from conftest import cli_env
+from helpers import cli_env
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cli, serve_mlflow
+from helpers import free_port, run_cli, serve_mlflow
 
 pytestmark = pytest.mark.slow
 

@@ -16,7 +16,7 @@ import torch
 
 from cifar_exp.registry import flatten
 
-from conftest import FAST, cli_env, free_port, run_dirs, serve_mlflow
+from helpers import FAST, cli_env, free_port, png_tree, run_dirs, serve_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -99,10 +99,9 @@ def test_the_writes_of_a_run_the_store_no_longer_has_go_in_one_line(workdir, cap
 
 
 def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cli, workdir):
-    from test_data import _png_tree
 
     classes = ("T-shirt (top)", "dog's", "x" * 241)
-    _png_tree(workdir / "imgs", per_class=4, classes=classes)
+    png_tree(workdir / "imgs", per_class=4, classes=classes)
     result = cli(
         "dataset=image_folder",
         f"dataset.root={workdir / 'imgs'}",
@@ -580,7 +579,7 @@ def test_a_server_that_goes_away_mid_run_loses_nothing(workdir, mlflow_template)
 def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, mlflow_template):
     import shutil
 
-    from conftest import run_cli
+    from helpers import run_cli
 
     shutil.copy(mlflow_template, workdir / "server.db")
     serve = dict(

@@ -524,6 +524,7 @@ STRATEGIES = ("single", "ddp")
 
 @dataclass
 class TrainerConfig:
+    name: str = "default"
     # auto picks cuda, then mps, then cpu
     device: str = "auto"
     # autocast: auto (on for CUDA and for CPUs with native bf16, off elsewhere and under
@@ -619,6 +620,15 @@ class TrainerConfig:
             f"an integer in [0, {half}] (half the {run.dataset.pixels} px image side; 0: off)",
             self.eval_translate,
         )
+
+
+@dataclass
+class DeterministicTrainerConfig(TrainerConfig):
+    """Bit-reproducible runs: deterministic kernels and float32 (no autocast)."""
+
+    name: str = "deterministic"
+    deterministic: bool = True
+    amp: str = "false"
 
 
 # MLflow's registered-model names: no '/' or ':', and a name that stays itself as a path

@@ -60,15 +60,16 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(c.StepConfig, "cifar_exp.optim:step"),
         Option(c.TriangleConfig, "cifar_exp.optim:triangle"),
     ),
+    # the trainer's options are one schema with other defaults: nothing to build
+    "trainer": _options(Option(c.TrainerConfig), Option(c.DeterministicTrainerConfig)),
 }
 BASES = {
     "dataset": c.DatasetConfig,
     "model": c.ModelConfig,
     "optimizer": c.OptimizerConfig,
     "scheduler": c.SchedulerConfig,
+    "trainer": c.TrainerConfig,
 }
-# the trainer group's options are one schema with other defaults (nothing to build)
-TRAINERS = {"default": c.TrainerConfig(), "deterministic": c.TrainerConfig(deterministic=True, amp="false")}
 
 
 def register(group: str, option: Option) -> None:
@@ -85,8 +86,6 @@ def register_configs() -> None:
     for group, options in REGISTRY.items():
         for entry in options.values():
             register(group, entry)
-    for name, node in TRAINERS.items():
-        cs.store(group="trainer", name=name, node=node)
 
 
 def option(group: str, name: Any) -> Option:
@@ -99,8 +98,7 @@ def option(group: str, name: Any) -> Option:
 
 
 def schema(group: str, name: Any) -> type:
-    """The schema of a group's option (the trainer group has one schema)."""
-    return c.TrainerConfig if group == "trainer" else option(group, name).schema
+    return option(group, name).schema
 
 
 def builder(group: str, node: DictConfig) -> Optional[Callable[..., Any]]:

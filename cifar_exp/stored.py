@@ -25,11 +25,15 @@ def from_stored(stored: Any, origin: str) -> DictConfig:
 
 def _migrated(stored: dict) -> dict:
     """Older stored configs in today's keys. trainer.amp was a bool whose true meant
-    "autocast where the device has it" (then CUDA only): that is `auto`, and false `false`."""
+    "autocast where the device has it" (then CUDA only): that is `auto`, and false `false`.
+    The trainer had no name (its options share one schema): the default's schema holds any
+    of its stored values."""
     trainer = stored.get("trainer")
     if isinstance(trainer, dict) and isinstance(trainer.get("amp"), bool):
-        stored = {**stored, "trainer": {**trainer, "amp": "auto" if trainer["amp"] else "false"}}
-    return stored
+        trainer = {**trainer, "amp": "auto" if trainer["amp"] else "false"}
+    if isinstance(trainer, dict) and "name" not in trainer:
+        trainer = {"name": "default", **trainer}
+    return {**stored, "trainer": trainer} if trainer is not None else stored
 
 
 def _refuse_code(tree: Any, origin: str, path: str) -> None:

@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 from cifar_exp.errors import UserError, one_line
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
-from cifar_exp.registry import REGISTRY, TRAINERS, register_configs
+from cifar_exp.registry import REGISTRY, register_configs
 from cifar_exp.validation import validate
 
 from helpers import compose_cfg
@@ -25,7 +25,7 @@ register_configs()
 def options(group: str) -> list[str]:
     if group in REGISTRY:
         return sorted(REGISTRY[group])
-    return sorted(TRAINERS) if group == "trainer" else sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 
 def test_defaults_reproduce_the_notes():

@@ -252,3 +252,19 @@ def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32) -> None:
                 arr = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
                 arr[..., i] = 255
                 Image.fromarray(arr).save(root / split / c / f"{k}.png")
+
+
+def cli_process(module: str, *args: str, cwd: Path, merged: bool = False, **options) -> subprocess.Popen:
+    """`python -m module args` started as a user would, its output read line by line as it
+    comes (stderr folded into stdout when `merged`); keyword options other than Popen's
+    are environment variables."""
+    popen = {k: options.pop(k) for k in ("start_new_session",) if k in options}
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(**options),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if merged else subprocess.PIPE,
+        text=True,
+        **popen,
+    )

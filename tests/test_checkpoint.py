@@ -20,7 +20,7 @@ from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
 from cifar_exp.policies import Policies
 
-from helpers import FAST, cli_env
+from helpers import FAST, cli_env, cli_process
 
 # --- the file format -----------------------------------------------------------------------
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -613,13 +613,8 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
     ]
     straight, split = workdir / "straight", workdir / "split"
     assert cli(*recipe, "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *recipe, "mlflow.experiment_name=split", f"hydra.run.dir={split}"],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    proc = cli_process(
+        "cifar_exp", *recipe, "mlflow.experiment_name=split", f"hydra.run.dir={split}", cwd=workdir, merged=True
     )
     for line in proc.stdout:
         if line.startswith("epoch 1/4:"):

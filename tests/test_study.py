@@ -19,7 +19,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from cifar_exp import study
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
 
-from helpers import cli_env
+from helpers import cli_env, cli_process
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -92,15 +92,7 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
         "optimizer.lr=tag(log, interval(0.001, 0.1))",
         "epochs=2",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *command],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = cli_process("cifar_exp", *command, cwd=workdir, merged=True, start_new_session=True)
     for line in proc.stdout:
         if line.startswith("run dir") and "/2 |" in line:  # trials 0 and 1 are told, trial 2 is training
             proc.send_signal(signal.SIGKILL)
@@ -230,14 +222,7 @@ def test_a_stop_signal_stops_the_study_not_just_its_trial(workdir):
         "epochs=3",
         "dataset.train_size=3000",
     ]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *command],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("cifar_exp", *command, cwd=workdir)
     for line in proc.stdout:
         if line.startswith("epoch 1/3") and list(workdir.glob("multirun/*/*/1")):  # inside trial 1
             proc.send_signal(signal.SIGTERM)
@@ -272,15 +257,7 @@ def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_
 
 def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
     """A sweep in the background, read up to its first trial's training."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *command],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = cli_process("cifar_exp", *command, cwd=workdir, merged=True, start_new_session=True)
     for line in proc.stdout:
         if line.startswith("run dir"):
             return proc

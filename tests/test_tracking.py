@@ -16,7 +16,7 @@ import torch
 
 from cifar_exp.registry import flatten
 
-from helpers import FAST, cli_env, free_port, png_tree, run_dirs, serve_mlflow
+from helpers import FAST, cli_env, cli_process, free_port, png_tree, run_dirs, serve_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -220,14 +220,7 @@ def test_a_raising_run_ends_failed_with_its_metrics(cli, workdir):
 
 
 def test_sigint_ends_killed_with_a_checkpoint(workdir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=50", "trainer.log_every_n_steps=1"],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("testing_cli", *FAST, "model=slow_cnn", "epochs=50", "trainer.log_every_n_steps=1", cwd=workdir)
     for line in proc.stdout:
         if line.startswith("epoch 1/50"):
             break
@@ -300,14 +293,7 @@ def test_runs_table_lists_runs_best_first(cli, workdir):
 def test_four_runs_at_once_on_a_fresh_sqlite_store_all_finish(tmp_path):
     """No store exists yet: the four processes take turns creating it."""
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "cifar_exp", *FAST, f"seed={i}", "mlflow.log_model=false"],
-            cwd=tmp_path,
-            env=cli_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        cli_process("cifar_exp", *FAST, f"seed={i}", "mlflow.log_model=false", cwd=tmp_path, merged=True)
         for i in range(4)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -416,14 +402,7 @@ def test_a_finished_resume_drops_the_error_of_an_earlier_segment(cli, workdir):
 
 
 def test_sigterm_while_reporting_ends_killed(workdir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *FAST],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("cifar_exp", *FAST, cwd=workdir)
     for line in proc.stdout:
         if line.startswith("Accuracy of the network"):  # the report (plots, model) has begun
             proc.send_signal(signal.SIGTERM)
@@ -437,14 +416,7 @@ def test_sigterm_while_reporting_ends_killed(workdir):
 def test_a_second_sigterm_during_the_report_is_heard_without_a_traceback(workdir):
     """The report polls for a stop between its steps, so a second signal is neither raised
     inside a library's cleanup ("Exception ignored ... KeyboardInterrupt") nor lost."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cifar_exp", *FAST],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("cifar_exp", *FAST, cwd=workdir)
     for line in proc.stdout:
         if line.startswith("Accuracy of the network"):
             proc.send_signal(signal.SIGTERM)
@@ -464,14 +436,7 @@ def test_a_stopped_run_keeps_what_its_finished_epochs_show(workdir):
     """KILLED after two epochs: the learning curves, the confusion matrix and the per-class
     table of the newest evaluation are in the record; the model is not (the checkpoint
     holds it)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "testing_cli", *FAST, "model=slow_cnn", "epochs=10"],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("testing_cli", *FAST, "model=slow_cnn", "epochs=10", cwd=workdir)
     for line in proc.stdout:
         if line.startswith("epoch 2/"):
             proc.send_signal(signal.SIGTERM)
@@ -493,14 +458,7 @@ def test_a_stopped_run_keeps_what_its_finished_epochs_show(workdir):
 
 
 def test_a_second_ctrl_c_stops_at_once_in_one_line(workdir):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "testing_cli", *FAST, "model=sleepy_cnn", "epochs=50"],
-        cwd=workdir,
-        env=cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = cli_process("testing_cli", *FAST, "model=sleepy_cnn", "epochs=50", cwd=workdir)
     for line in proc.stdout:
         if line.startswith("run dir"):
             break

@@ -54,7 +54,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 sys.path.insert(0, str(Path(__file__).parent))
 from airbench_reference import cpu_shims, load_jpeg_copy, save_airbench_layout  # noqa: E402
 
-from cifar_exp.data import Dataset, Normalize, Split  # noqa: E402
+from cifar_exp.data import Dataset, Normalize, Sampling, Split  # noqa: E402
 from cifar_exp.distributed import World  # noqa: E402
 from cifar_exp.loop import Lookahead  # noqa: E402
 from cifar_exp.registry import register_configs  # noqa: E402
@@ -223,7 +223,7 @@ def framework_side(cfg, train: Split, test: Split, classes: list[str], normalize
     (and, like airbench, its lookahead copy taken before the whitening init); then the same
     epochs over the same batches. Returns the weights each step saw and the TTA logits."""
     data = Dataset(train, test, None, classes, normalize)
-    loader = data.loader("train", cfg.dataset.batch_size, shuffle=False, augment=False, drop_last=True)
+    loader = data.loader("train", cfg.dataset.batch_size, Sampling(drop_last=True))
     trainer = build_trainer(cfg, data, len(loader), torch.device("cpu"), World())
     steps: list = []
     model = recording(trainer.module.double(), steps)  # in place: the optimizer keeps its parameters

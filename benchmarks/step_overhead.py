@@ -13,7 +13,7 @@ import torch
 from common import cifar10, fmt, header, stats, timed
 
 from cifar_exp.checkpoint import RunState
-from cifar_exp.data import Normalize, Split, TensorLoader
+from cifar_exp.data import Normalize, Sampling, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN, resnet18
 
@@ -21,7 +21,7 @@ from cifar_exp.models import SimpleCNN, resnet18
 def framework_epoch(model, split: Split, batch: int, log_every: int = 50) -> None:
     """The inner loop of run.py: step, advance the run's position, log every n steps."""
     cpu = torch.device("cpu")
-    loader = TensorLoader(split, batch, Normalize([0.5] * 3, [0.5] * 3, cpu), shuffle=True)
+    loader = TensorLoader(split, batch, Normalize([0.5] * 3, [0.5] * 3, cpu), Sampling(shuffle=True))
     opt = torch.optim.SGD(model.parameters(), lr=0.001)
     trainer = Trainer(model, opt, None, torch.nn.CrossEntropyLoss(), cpu)
     state = RunState(classes=[])

@@ -16,7 +16,7 @@ from common import cifar10, fmt, header, stats, timed
 from omegaconf import OmegaConf
 
 from cifar_exp.config import Config, MlflowConfig
-from cifar_exp.data import Normalize, TensorLoader
+from cifar_exp.data import Normalize, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
 from cifar_exp.tracking import MlflowTracker, NullTracker
@@ -27,7 +27,7 @@ def epoch(split, tracker) -> None:
     model = SimpleCNN()
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.001), None, torch.nn.CrossEntropyLoss(), cpu)
     trainer.begin_epoch(0, 0)
-    loader = TensorLoader(split, 128, Normalize([0.5] * 3, [0.5] * 3, cpu), shuffle=True)
+    loader = TensorLoader(split, 128, Normalize([0.5] * 3, [0.5] * 3, cpu), Sampling(shuffle=True))
     for step, (x, y) in enumerate(loader.epoch(0), start=1):
         trainer.step(x, y)
         tracker.log_metrics({"train/loss": trainer.meter.pop_window(), "lr": trainer.lr()}, step)

@@ -56,6 +56,56 @@ class Normalize:
         return x.contiguous(memory_format=self.memory_format)
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """Which images each batch of an epoch holds: the order (shuffled from (seed, epoch)),
+    whether a partial last batch is dropped, this process's share, the debugging limits."""
+
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    # with several processes each takes every world_size-th image of each (global) batch
+    rank: int = 0
+    world_size: int = 1
+    # debugging: only the first `limit` batches; `same_batches` repeats epoch 0's every epoch
+    limit: int = 0
+    same_batches: bool = False
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """What training does to a batch: a random crop of the padded image and a flip (`crop`;
+    `alternate`: one flip per image for the run, all mirrored on odd epochs), cutout, and
+    MixUp/CutMix with soft targets over `num_classes`. The default does nothing."""
+
+    crop: bool = False
+    padding: int = 4
+    pad_mode: str = "zeros"
+    flip: str = "random"
+    cutout: int = 0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    num_classes: int = 0
+
+    @classmethod
+    def of(cls, dataset: DictConfig, num_classes: int) -> Augmentation:
+        """The training augmentation the dataset schema's keys ask for."""
+        return cls(
+            crop=dataset.augment,
+            padding=dataset.crop_padding,
+            pad_mode=dataset.pad_mode,
+            flip=dataset.flip,
+            cutout=dataset.cutout,
+            mixup_alpha=dataset.mixup_alpha,
+            cutmix_alpha=dataset.cutmix_alpha,
+            num_classes=num_classes,
+        )
+
+    @property
+    def mixing(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
 @dataclass
 class Dataset:
     """All splits of a run on one device, with the one normalization of its images.
@@ -75,8 +125,10 @@ class Dataset:
     def device(self) -> torch.device:
         return self.train.x.device
 
-    def loader(self, split: str, batch_size: int, **options) -> TensorLoader:
-        return TensorLoader(getattr(self, split), batch_size, self.normalize, **options)
+    def loader(
+        self, split: str, batch_size: int, sampling: Sampling = Sampling(), augmentation: Augmentation = Augmentation()
+    ) -> TensorLoader:
+        return TensorLoader(getattr(self, split), batch_size, self.normalize, sampling, augmentation)
 
     def lineage(self, cfg: DictConfig) -> list[dict]:
         """Each split's name, source, content digest (of the decoded tensors themselves) and
@@ -339,38 +391,21 @@ class TensorLoader:
         split: Split,
         batch_size: int,
         normalize: Normalize,
-        *,
-        shuffle: bool,
-        augment: bool = False,
-        padding: int = 4,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        cutout: int = 0,
-        mixup_alpha: float = 0.0,
-        cutmix_alpha: float = 0.0,
-        num_classes: int = 0,
-        limit: int = 0,
-        same_batches: bool = False,
-        drop_last: bool = False,
-        flip: str = "random",
-        pad_mode: str = "zeros",
+        sampling: Sampling = Sampling(),
+        augmentation: Augmentation = Augmentation(),
     ):
         self.split, self.batch_size, self.normalize = split, batch_size, normalize
-        # with several processes each takes every world_size-th image of each (global) batch
-        self.rank, self.world_size = rank, world_size
-        self.shuffle, self.augment, self.padding, self.seed = shuffle, augment, padding, seed
-        self.cutout, self.mixup_alpha, self.cutmix_alpha = cutout, mixup_alpha, cutmix_alpha
-        self.num_classes = num_classes
-        # debugging: only the first `limit` batches; `same_batches` repeats epoch 0's every epoch
-        self.limit, self.same_batches = limit, same_batches
-        self.drop_last, self.alternate_flips = drop_last, flip == "alternate"
-        p = padding if augment else 0
-        self.padded = pad_images(split.x, p, pad_mode) if p else split.x
+        self.sampling, self.aug = sampling, augmentation
+        p = augmentation.padding if augmentation.crop else 0
+        self.padded = pad_images(split.x, p, augmentation.pad_mode) if p else split.x
 
     def __len__(self) -> int:
-        full = len(self.split) // self.batch_size if self.drop_last else math.ceil(len(self.split) / self.batch_size)
-        return min(full, self.limit) if self.limit else full
+        full = (
+            len(self.split) // self.batch_size
+            if self.sampling.drop_last
+            else math.ceil(len(self.split) / self.batch_size)
+        )
+        return min(full, self.sampling.limit) if self.sampling.limit else full
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]
@@ -392,7 +427,8 @@ class TensorLoader:
         dev = x.device
         r = torch.arange(h, device=dev)[None, :, None] - corners[:, 0, None, None]
         c = torch.arange(w, device=dev)[None, None, :] - corners[:, 1, None, None]
-        inside = (r >= 0) & (r < self.cutout) & (c >= 0) & (c < self.cutout)
+        size = self.aug.cutout
+        inside = (r >= 0) & (r < size) & (c >= 0) & (c < size)
         return x.masked_fill(inside[:, None], 0.0)
 
     def _mix_plan(self, g: torch.Generator, n: int) -> dict:
@@ -402,12 +438,13 @@ class TensorLoader:
 
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
         steps = math.ceil(n / self.batch_size)
-        share = 0.5 if self.mixup_alpha and self.cutmix_alpha else (1.0 if self.cutmix_alpha else 0.0)
+        mixup_alpha, cutmix_alpha = self.aug.mixup_alpha, self.aug.cutmix_alpha
+        share = 0.5 if mixup_alpha and cutmix_alpha else (1.0 if cutmix_alpha else 0.0)
         cutmix = rng.random(steps) < share
         lam = np.where(
             cutmix,
-            rng.beta(max(self.cutmix_alpha, 1e-9), max(self.cutmix_alpha, 1e-9), steps),
-            rng.beta(max(self.mixup_alpha, 1e-9), max(self.mixup_alpha, 1e-9), steps),
+            rng.beta(max(cutmix_alpha, 1e-9), max(cutmix_alpha, 1e-9), steps),
+            rng.beta(max(mixup_alpha, 1e-9), max(mixup_alpha, 1e-9), steps),
         )
         return {"cutmix": cutmix, "lam": lam, "centre": rng.random((steps, 2)), "keys": torch.rand(n, generator=g)}
 
@@ -426,37 +463,36 @@ class TensorLoader:
             lam = 1 - (y2 - y1) * (x2 - x1) / (h * w)  # the share of the image that is its own
         else:
             x = x * lam + x[partner] * (1 - lam)
-        one_hot = F.one_hot(y, self.num_classes).float()
+        one_hot = F.one_hot(y, self.aug.num_classes).float()
         return x, one_hot * lam + one_hot[partner] * (1 - lam)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `epoch` from `start_step` on; the same every time it is called.
         Targets are class indices, or class weights [B, classes] when batches are mixed."""
-        n, dev = len(self.split), self.split.x.device
-        g = epoch_generator(self.seed, 0 if self.same_batches else epoch)
-        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-        if self.augment:
+        n, dev, s, aug = len(self.split), self.split.x.device, self.sampling, self.aug
+        g = epoch_generator(s.seed, 0 if s.same_batches else epoch)
+        order = torch.randperm(n, generator=g) if s.shuffle else torch.arange(n)
+        if aug.crop:
             # offsets and flips are drawn per position in this epoch's order
-            offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=g).to(dev)
+            offsets = torch.randint(0, 2 * aug.padding + 1, (n, 2), generator=g).to(dev)
             flips = torch.rand(n, generator=g) < 0.5
-            if self.alternate_flips:  # one draw per image for the whole run, all mirrored on odd epochs
-                once = torch.rand(n, generator=epoch_generator(self.seed, -1)) < 0.5
+            if aug.flip == "alternate":  # one draw per image for the whole run, all mirrored on odd epochs
+                once = torch.rand(n, generator=epoch_generator(s.seed, -1)) < 0.5
                 flips = once[order] ^ (epoch % 2 == 1)  # looked up by image, not by position
             flips = flips.to(dev)
         order = order.to(dev)
-        if self.cutout:
+        if aug.cutout:
             h, w = self.split.x.shape[2:]
-            corners = (torch.rand(n, 2, generator=g) * torch.tensor([h, w]) - self.cutout / 2).floor().long().to(dev)
-        mixing = self.mixup_alpha > 0 or self.cutmix_alpha > 0
-        plan = self._mix_plan(g, n) if mixing else None
+            corners = (torch.rand(n, 2, generator=g) * torch.tensor([h, w]) - aug.cutout / 2).floor().long().to(dev)
+        plan = self._mix_plan(g, n) if aug.mixing else None
         for step in range(start_step, len(self)):
             sl = slice(step * self.batch_size, (step + 1) * self.batch_size)
-            idx = order[sl][self.rank :: self.world_size]
-            sl = slice(sl.start + self.rank, sl.stop, self.world_size)
+            idx = order[sl][s.rank :: s.world_size]
+            sl = slice(sl.start + s.rank, sl.stop, s.world_size)
             # index_select, not x[idx]: several times faster on CPU for a batch of rows
-            x = self._crop_flip(idx, offsets[sl], flips[sl]) if self.augment else self.split.x.index_select(0, idx)
+            x = self._crop_flip(idx, offsets[sl], flips[sl]) if aug.crop else self.split.x.index_select(0, idx)
             x, y = self.normalize(x), self.split.y.index_select(0, idx)
-            if self.cutout:
+            if aug.cutout:
                 x = self._cutout(x, corners[sl])
             if plan is not None:
                 x, y = self._mix(x, y, plan, step, sl)

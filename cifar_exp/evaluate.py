@@ -72,7 +72,7 @@ def evaluate(args) -> dict:
     trainer = Trainer(
         model, torch.optim.SGD(model.parameters(), lr=0), None, torch.nn.CrossEntropyLoss(), device, settings
     )
-    result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size, shuffle=False), data.num_classes)
+    result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size), data.num_classes)
     print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
     print(result.report(data.classes))
     print(confusion_table(result.confusion, data.classes))

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import distributed, plots, resume, study
 from cifar_exp.checkpoint import Checkpointer, RunState
 from cifar_exp.config import image_size, trainer_settings
-from cifar_exp.data import Dataset, TensorLoader, load_dataset
+from cifar_exp.data import Augmentation, Dataset, Sampling, TensorLoader, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job, resume_command
@@ -126,26 +126,17 @@ def loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> tuple[T
     """The training loader and the evaluation loaders (val when held out, test), this rank's shard."""
     d, t = cfg.dataset, cfg.trainer
     shard = {"rank": world.rank, "world_size": world.world_size}
-    train = data.loader(
-        "train",
-        d.batch_size,
+    sampling = Sampling(
         shuffle=True,
-        augment=d.augment,
-        padding=d.crop_padding,
         seed=cfg.seed,
-        cutout=d.cutout,
-        mixup_alpha=d.mixup_alpha,
-        cutmix_alpha=d.cutmix_alpha,
-        num_classes=data.num_classes,
+        drop_last=d.drop_last,
         limit=t.limit_train_batches or t.overfit_batches,
         same_batches=t.overfit_batches > 0,
-        drop_last=d.drop_last,
-        flip=d.flip,
-        pad_mode=d.pad_mode,
         **shard,
     )
+    train = data.loader("train", d.batch_size, sampling, Augmentation.of(d, data.num_classes))
     evals = {
-        s: data.loader(s, d.eval_batch_size, shuffle=False, limit=t.limit_eval_batches, **shard)
+        s: data.loader(s, d.eval_batch_size, Sampling(limit=t.limit_eval_batches, **shard))
         for s in ("val", "test")
         if getattr(data, s) is not None
     }

@@ -268,3 +268,17 @@ def cli_process(module: str, *args: str, cwd: Path, merged: bool = False, **opti
         text=True,
         **popen,
     )
+
+
+def tensor_loader(split, batch_size: int, normalize, **keys):
+    """A TensorLoader from flat keys, each given to Sampling or Augmentation by its name."""
+    from dataclasses import fields
+
+    from cifar_exp.data import Augmentation, Sampling, TensorLoader
+
+    def take(cls):
+        return cls(**{f.name: keys.pop(f.name) for f in fields(cls) if f.name in keys})
+
+    sampling, augmentation = take(Sampling), take(Augmentation)
+    assert not keys, f"neither sampling nor augmentation: {sorted(keys)}"
+    return TensorLoader(split, batch_size, normalize, sampling, augmentation)

@@ -16,7 +16,7 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from cifar_exp.data import Dataset, Split
+from cifar_exp.data import Dataset, Sampling, Split
 from cifar_exp.distributed import World
 from cifar_exp.models import Airbench94Net
 from cifar_exp.optim import orthogonalize
@@ -134,7 +134,7 @@ def test_the_preset_trains_as_airbench94_muon_does_step_for_step():
     cfg = preset_config(epochs, widths, batch)
     normalize = eq.Float64Normalize(cfg.dataset.mean, cfg.dataset.std, torch.device("cpu"))
     data = Dataset(train, split(100, seed=2), None, [str(c) for c in range(10)], normalize)
-    loader = data.loader("train", batch, shuffle=False, augment=False, drop_last=True)
+    loader = data.loader("train", batch, Sampling(drop_last=True))
     trainer = build_trainer(cfg, data, len(loader), torch.device("cpu"), World())
     assert trainer.lookahead is None and type(trainer.optimizer).__name__ == "Muon"
     mine: list = []

@@ -16,7 +16,7 @@ from cifar_exp.config import Cifar10Config, ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
 from cifar_exp.errors import UserError
 
-from helpers import png_tree
+from helpers import png_tree, tensor_loader
 
 CPU = torch.device("cpu")
 
@@ -43,7 +43,7 @@ def test_validation_split_is_held_out_and_fixed():
 
 def _loader(n=10, **kw) -> TensorLoader:
     x = torch.arange(n * 3 * 4 * 4, dtype=torch.int64).remainder(256).to(torch.uint8).view(n, 3, 4, 4)
-    return TensorLoader(Split(x, torch.arange(n)), 4, Normalize([0.5] * 3, [0.5] * 3, CPU), **kw)
+    return tensor_loader(Split(x, torch.arange(n)), 4, Normalize([0.5] * 3, [0.5] * 3, CPU), **kw)
 
 
 def test_loader_covers_every_image_once_per_epoch_and_normalizes():
@@ -58,7 +58,7 @@ def test_loader_covers_every_image_once_per_epoch_and_normalizes():
 
 
 def test_loader_replays_an_epoch_from_any_step():
-    loader = _loader(n=20, shuffle=True, augment=True, padding=2, seed=3)
+    loader = _loader(n=20, shuffle=True, crop=True, padding=2, seed=3)
     full = list(loader.epoch(5))
     tail = list(loader.epoch(5, start_step=2))
     for (xa, ya), (xb, yb) in zip(full[2:], tail):
@@ -67,12 +67,12 @@ def test_loader_replays_an_epoch_from_any_step():
 
 def test_augmentation_crops_and_flips_within_the_padded_image():
     img = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).expand(1, 3, 4, 4).contiguous()
-    loader = TensorLoader(
+    loader = tensor_loader(
         Split(img.repeat(64, 1, 1, 1), torch.zeros(64, dtype=torch.int64)),
         64,
         Normalize([0.0] * 3, [1 / 255] * 3, CPU),
         shuffle=True,
-        augment=True,
+        crop=True,
         padding=1,
     )
     x, _ = next(loader.epoch(0))
@@ -234,7 +234,7 @@ def test_missing_cifar_without_download_is_a_user_error(tmp_path):
 def _mixing(**kw) -> TensorLoader:
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
-    return TensorLoader(
+    return tensor_loader(
         Split(x, torch.arange(64) % 4),
         16,
         Normalize([0.5] * 3, [0.5] * 3, CPU),
@@ -249,7 +249,7 @@ def _mixing(**kw) -> TensorLoader:
     "kw", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.4, "cutmix_alpha": 1.0}, {"cutout": 4}]
 )
 def test_batch_augmentations_replay_exactly_from_any_step(kw):
-    loader = _mixing(augment=True, padding=2, **kw)
+    loader = _mixing(crop=True, padding=2, **kw)
     full, tail = list(loader.epoch(3)), list(loader.epoch(3, start_step=2))
     for (xa, ya), (xb, yb) in zip(full[2:], tail):
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
@@ -277,12 +277,12 @@ def test_cutout_zeroes_one_square_per_image():
 def test_reflect_padding_alternate_flips_and_drop_last():
     x = torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     split = Split(x, torch.arange(10))  # the label names the image
-    loader = TensorLoader(
+    loader = tensor_loader(
         split,
         4,
         Normalize([0.0] * 3, [1 / 255] * 3, CPU),
         shuffle=True,
-        augment=True,
+        crop=True,
         padding=1,
         pad_mode="reflect",
         flip="alternate",

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from helpers import FAST, torchrun
+from helpers import FAST, tensor_loader, torchrun
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -20,11 +20,11 @@ def test_cuda_run_with_autocast(cli, workdir):
 
 
 def test_loader_keeps_data_and_batches_on_the_gpu():
-    from cifar_exp.data import Normalize, Split, TensorLoader
+    from cifar_exp.data import Normalize, Split
 
     cuda = torch.device("cuda")
     split = Split(torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8), torch.arange(64)).to(cuda)
-    loader = TensorLoader(split, 16, Normalize([0.5] * 3, [0.5] * 3, cuda), shuffle=True, augment=True)
+    loader = tensor_loader(split, 16, Normalize([0.5] * 3, [0.5] * 3, cuda), shuffle=True, crop=True)
     x, y = next(loader.epoch(0))
     assert x.is_cuda and y.is_cuda and x.dtype == torch.float32
 

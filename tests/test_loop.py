@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from cifar_exp.config import TrainerConfig
-from cifar_exp.data import Normalize, Split, TensorLoader
+from cifar_exp.data import Normalize, Sampling, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
+
+from helpers import tensor_loader
 
 CPU = torch.device("cpu")
 
@@ -38,7 +40,7 @@ def _train(trainer: Trainer, loader: TensorLoader, epoch: int = 0) -> list[bool]
 
 
 def _epoch(trainer: Trainer, batch: int) -> list[bool]:
-    return _train(trainer, TensorLoader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1))
+    return _train(trainer, tensor_loader(_data(), batch, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=True, seed=1))
 
 
 def test_two_batches_of_64_accumulated_step_like_one_batch_of_128():
@@ -66,7 +68,7 @@ def test_clipping_bounds_the_step_and_keeps_the_norm_before_it():
     before = [p.detach().clone() for p in model.parameters()]
     clip = TrainerConfig(gradient_clip_val=1e-3)
     trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=1.0), None, torch.nn.CrossEntropyLoss(), CPU, clip)
-    x, y = next(TensorLoader(_data(), 128, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=False).epoch(0))
+    x, y = next(tensor_loader(_data(), 128, Normalize([0.5] * 3, [0.5] * 3, CPU), shuffle=False).epoch(0))
     trainer.step(x, y)
     change = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before)]).norm()
     assert float(trainer.grad_norm) > 1e-2 and float(change) <= 1e-3 * (1 + 1e-4)
@@ -138,7 +140,7 @@ def _synthetic_loader():
     from cifar_exp.data import load_dataset
 
     data = load_dataset(OmegaConf.structured(SyntheticConfig(train_size=512, test_size=64)), CPU)
-    return data.loader("train", 64, shuffle=True, seed=0)
+    return data.loader("train", 64, Sampling(shuffle=True, seed=0))
 
 
 def test_a_bf16_run_reaches_the_float32_runs_loss():

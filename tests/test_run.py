@@ -44,7 +44,7 @@ def test_loaders_read_the_dataset_tensors_themselves():
     cfg = compose_cfg("dataset=synthetic", "dataset.val_size=100")
     data = load_dataset(cfg.dataset, torch.device("cpu"))
     for split in ("train", "val", "test"):
-        loader = data.loader(split, 32, shuffle=False)
+        loader = data.loader(split, 32)
         assert loader.split is getattr(data, split) and loader.normalize is data.normalize
 
 

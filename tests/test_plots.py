@@ -7,7 +7,7 @@ import torch
 from cifar_exp import plots
 
 
-def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path):
+def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path, monkeypatch):
     history = [
         {
             "epoch": e,
@@ -25,7 +25,15 @@ def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path):
     assert sorted(series["loss"]) == ["test", "train", "val"]
     assert series["loss"]["train"] == ([1, 2, 3], [2.0, 1.0, 2.0 / 3])
     assert series["accuracy"]["test"][0] == [1, 2, 3]
-    assert plots.learning_curves(history, tmp_path / "c.png").stat().st_size > 1000
+    drawn = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig) or path)
+    plots.learning_curves(history, tmp_path / "c.png")
+    panels = {ax.get_ylabel(): ax for ax in drawn["fig"].axes}
+    assert sorted(panels) == ["accuracy", "loss"]
+    for panel, ax in panels.items():
+        lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+        assert lines == {split: (list(x), list(y)) for split, (x, y) in series[panel].items()}
+        assert ax.get_xlabel() == "epoch" and all(t == int(t) for t in ax.get_xticks())
     without_val = [{k: v for k, v in h.items() if not k.startswith("val/")} for h in history]
     assert sorted(plots.curve_series(without_val)["loss"]) == ["test", "train"]
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from common import REAL
+from common import REAL, preset_command
 
 HERE = Path(__file__).resolve().parent
 OUR_EPOCH = re.compile(r"^epoch \d+/\d+: .*\| test loss [\d.]+ acc ([\d.]+)%")
@@ -99,19 +99,9 @@ def reference(seed: int, precision: str, cwd: Path) -> Timeline:
 
 
 def ours(seed: int, precision: str, preset: str, overrides: list[str], cwd: Path) -> Timeline:
-    cmd = [
-        sys.executable,
-        "-m",
-        "cifar_exp",
-        f"experiment={preset}",
-        "dataset=image_folder",
-        f"dataset.root={REAL}",
-        f"dataset.cache_dir={REAL.parent / 'cache'}",  # the cache the reference script fills
-        f"seed={seed}",
-        f"trainer.amp={'false' if precision == 'float32' else 'true'}",
-        "trainer.progress=false",
-        *overrides,
-    ]
+    amp = "false" if precision == "float32" else "true"
+    # the decoded-image cache is the one the reference script fills
+    cmd = preset_command(preset, f"seed={seed}", f"trainer.amp={amp}", *overrides, cache_dir=REAL.parent / "cache")
     side = f"ours:{precision}" if preset == "airbench94" else f"{preset}:{precision}"
     return watch(cmd, cwd, Timeline(side, seed), matched(OUR_EPOCH, 100), matched(OUR_FINAL, 100))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,6 +35,21 @@ def cifar10(cache_dir: str = "data/cache") -> tuple[Dataset, str]:
         return load_dataset(cfg, torch.device("cpu")), f"CIFAR-10 JPEG copy at {REAL}"
     cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), {"train_size": 50000, "test_size": 10000})
     return load_dataset(cfg, torch.device("cpu")), "synthetic data of CIFAR-10's size (no real copy found)"
+
+
+def preset_command(preset: str, *overrides: str, cache_dir: Path) -> list[str]:
+    """`python -m cifar_exp experiment=<preset>` on the JPEG copy, without a progress bar."""
+    return [
+        sys.executable,
+        "-m",
+        "cifar_exp",
+        f"experiment={preset}",
+        "dataset=image_folder",
+        f"dataset.root={REAL}",
+        f"dataset.cache_dir={cache_dir}",
+        "trainer.progress=false",
+        *overrides,
+    ]
 
 
 def timed(fn: Callable[[], object]) -> float:

@@ -14,25 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REAL, cifar10
+from common import REAL, cifar10, preset_command
 
 EPOCH = re.compile(r"^epoch (\d+)/(\d+): .*\| test loss [\d.]+ acc ([\d.]+)%.* \| ([\d.]+)s$")
 
 
 def run_preset(preset: str, overrides: list[str], cwd: Path) -> tuple[list[tuple[int, float, float]], float]:
     """[(epoch, cumulative training seconds, test accuracy)], and the whole wall time."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "cifar_exp",
-        f"experiment={preset}",
-        "dataset=image_folder",
-        f"dataset.root={REAL}",
-        f"dataset.cache_dir={Path.cwd() / 'data/cache'}",
-        "trainer.progress=false",
-        "mlflow.log_model=false",
-        *overrides,
-    ]
+    cmd = preset_command(preset, "mlflow.log_model=false", *overrides, cache_dir=Path.cwd() / "data/cache")
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     epochs, total = [], 0.0

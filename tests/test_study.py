@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from cifar_exp import study
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
 
-from helpers import cli_env, cli_process
+from helpers import cli_process, run_cli
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,14 +100,7 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     before = trials(workdir)
     assert sum(t.state.name == "COMPLETE" for t in before) == 2 and before[-1].state.name == "RUNNING"
 
-    result = subprocess.run(
-        [sys.executable, "-m", "cifar_exp", *command],
-        cwd=workdir,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli(*command, cwd=workdir, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     after = trials(workdir)
     finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
@@ -277,14 +269,7 @@ def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
         "epochs=3",
     ]
     first = _start_sweep(workdir, command)
-    second = subprocess.run(
-        [sys.executable, "-m", "cifar_exp", *command],
-        cwd=workdir,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    second = run_cli(*command, cwd=workdir, timeout=120)
     rest, _ = first.communicate(timeout=300)
     assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()

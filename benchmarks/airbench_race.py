@@ -135,7 +135,7 @@ def main() -> None:
     for side, rs in runs.items():
         wall = statistics.mean(r.final[0] for r in rs)
         print(
-            f"| {side} | {', '.join(str(r.seed) for r in rs)} | "
+            f"| {rs[0].side} | {', '.join(str(r.seed) for r in rs)} | "
             f"{', '.join(f'{100 * r.final[1]:.2f}%' for r in rs)} (mean {100 * statistics.mean(finals[side]):.2f}%) | "
             f"{wall:.0f} s | {', '.join(f'{r.time_to(target):.0f} s' for r in rs)} | {wall / base_wall:.2f} |"
         )

@@ -8,6 +8,14 @@ from typing import Sequence
 import numpy as np
 import torch
 
+# class names longer than this are cut with an ellipsis where a figure prints them: a folder
+# name of hundreds of characters would leave no room for the plot itself
+LABEL_CHARS = 24
+
+
+def short(name: str) -> str:
+    return name if len(name) <= LABEL_CHARS else name[: LABEL_CHARS - 1] + "…"
+
 
 def _pyplot():
     import matplotlib
@@ -63,7 +71,7 @@ def predictions(
 ) -> Path:
     """Each image titled with its predicted class (true class below), green when right."""
     pred, true = predicted.cpu().tolist(), labels.cpu().tolist()
-    titles = [f"{classes[p]}\n({classes[t]})" for p, t in zip(pred, true)]
+    titles = [f"{short(classes[p])}\n({short(classes[t])})" for p, t in zip(pred, true)]
     colors = ["green" if p == t else "red" for p, t in zip(pred, true)]
     return image_grid(images, titles, path, colors=colors)
 
@@ -112,8 +120,9 @@ def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path
     k = len(classes)
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * k), max(4, 0.55 * k)))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(k), classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(k), classes, fontsize=8)
+    labels = [short(c) for c in classes]
+    ax.set_xticks(range(k), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(k), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     if k <= 20:

@@ -84,3 +84,19 @@ def test_predictions_titles_come_from_the_classes():
     finally:
         plots.image_grid = original
     assert drawn == {"titles": ["dog\n(dog)", "cat\n(dog)"], "colors": ["green", "red"]}
+
+
+def test_a_long_class_name_is_cut_where_figures_print_it_and_leaves_room_for_the_plot(tmp_path, monkeypatch):
+    import warnings
+
+    import matplotlib.figure
+
+    long = "x" * 241  # a folder name can be as long as the file system allows
+    ticks = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "clf", lambda fig: ticks.append(fig.axes[0].get_yticklabels()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "Tight layout not applied", a line on the user's terminal
+        plots.confusion_matrix(torch.eye(2, dtype=torch.long), ["cat", long], tmp_path / "c.png")
+    [labels] = ticks
+    assert [t.get_text() for t in labels] == ["cat", "x" * 23 + "…"]
+    assert plots.short("T-shirt (top)") == "T-shirt (top)"

@@ -219,21 +219,27 @@ def open_run(
 def tracked(tracker, log_file, segment: int, resume_hint: str):
     """Ends the tracked run with a status that tells the truth about how the block exited.
     The job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a
-    KILLED run is tagged with the command that resumes it."""
+    KILLED run is tagged with the command that resumes it. run(cfg) called outside Hydra
+    has no job log to keep."""
     where = f"resume_{segment}" if segment else None
+
+    def keep_log() -> None:
+        if log_file is not None:
+            tracker.log_artifact(log_file, where)
+
     try:
         yield tracker
     except (Interrupted, KeyboardInterrupt):
         tracker.stop()
         tracker.set_tags({"cifar_exp.resume_command": resume_hint})
-        tracker.log_artifact(log_file, where)
+        keep_log()
         tracker.finish("KILLED")
         raise
     except BaseException as e:
-        tracker.log_artifact(log_file, where)
+        keep_log()
         tracker.finish("FAILED", e)
         raise
-    tracker.log_artifact(log_file, where)
+    keep_log()
     tracker.finish("KILLED" if tracker.was_cut_short else "FINISHED")
 
 

@@ -1,13 +1,26 @@
-"""Shared fixtures: run the real CLI in a temporary directory against a private MLflow store."""
+"""Shared fixtures: run the real CLI in a temporary directory against a private MLflow
+store; and the thread count of pytest-xdist's workers."""
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
-from helpers import Result, run_cli
+from helpers import Result, Trained, compose_cfg, run_cli
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets one core, and so does every process it starts
+    (they inherit OMP_NUM_THREADS): two workers of two threads each would oversubscribe
+    the two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -36,3 +49,25 @@ def cli(workdir):
         return run_cli(*args, **kwargs)
 
     return _run
+
+
+@pytest.fixture
+def train(workdir, monkeypatch, caplog):
+    """`run(cfg)` in this process, on the config `python -m cifar_exp *overrides` composes:
+    for behaviour tests, where the process boundary is not the point (the CLI tests keep
+    signals, exit codes and the one-line errors). Each call runs in `workdir/<run_dir>`, its
+    run directory, against workdir's store, and returns what it logged and its metrics."""
+    from cifar_exp.run import run
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+
+    def _train(*overrides: str, run_dir: str = "run") -> Trained:
+        directory = workdir / run_dir
+        directory.mkdir(exist_ok=True)
+        monkeypatch.chdir(directory)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="cifar_exp"):
+            metrics = run(compose_cfg(*overrides))
+        return Trained(directory, caplog.text, metrics)
+
+    return _train

@@ -20,7 +20,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers import cli_env, free_port
 
-pytestmark = pytest.mark.slow
+# one cluster per module, and its leftover-process check scans the whole machine: one worker
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 # CPU settings for the preset's GPU defaults; one CPU each, so the two jobs run side by side

@@ -141,6 +141,16 @@ class Result:
         return self.stdout + self.stderr
 
 
+@dataclass
+class Trained:
+    """What an in-process run (conftest's `train`) left: its run directory, its log, its
+    last metrics."""
+
+    run_dir: Path
+    log: str
+    metrics: dict
+
+
 def cli_env(**extra: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "CIFAR_EXP_"))}
     # tests/ on the path lets a run use the test-only models in tests/helpers.py

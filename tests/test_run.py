@@ -91,11 +91,9 @@ def _client(workdir):
 
 
 @pytest.mark.slow
-def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
-
-    result = cli(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2", "mlflow.log_model=false")
-    assert result.returncode == 0, result.output[-2000:]
-    assert "stopping early after epoch" in result.stdout
+def test_early_stopping_on_a_plateau_ends_finished_and_says_why(train, workdir):
+    done = train(*FAST, "optimizer.lr=1e-9", "epochs=20", "trainer.early_stopping_patience=2", "mlflow.log_model=false")
+    assert "stopping early after epoch" in done.log
     c = _client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     epochs = [m.value for m in c.get_metric_history(run.info.run_id, "epoch")]
@@ -104,19 +102,16 @@ def test_early_stopping_on_a_plateau_ends_finished_and_says_why(cli, workdir):
 
 
 @pytest.mark.slow
-def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_the_same(cli, workdir):
-
+def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_the_same(train):
     ends = {}
     for n in (1, 2):
-        run_dir = workdir / f"every_{n}"
-        result = cli(
-            *FAST, "epochs=3", f"trainer.eval_every_n_epochs={n}", "mlflow.enabled=false", f"hydra.run.dir={run_dir}"
+        done = train(
+            *FAST, "epochs=3", f"trainer.eval_every_n_epochs={n}", "mlflow.enabled=false", run_dir=f"every_{n}"
         )
-        assert result.returncode == 0, result.output[-2000:]
-        ends[n] = result.stdout, torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
-    stdout, end = ends[2]
+        ends[n] = done.log, torch.load(done.run_dir / "checkpoints/last.pt", weights_only=True)
+    log, end = ends[2]
     assert [h["epoch"] for h in end["run"]["history"] if "test/acc" in h] == [2, 3]
-    [first] = [line for line in stdout.splitlines() if "epoch 1/3:" in line]
+    [first] = [line for line in log.splitlines() if "epoch 1/3:" in line]
     assert "train loss" in first and "test" not in first
     # evaluating changes nothing the training depends on: the same weights either way
     every_epoch = ends[1][1]["trainer"]["model"]
@@ -124,9 +119,8 @@ def test_evaluating_every_n_epochs_skips_the_others_but_not_the_last_and_trains_
 
 
 @pytest.mark.slow
-def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
-
-    result = cli(
+def test_early_stopping_counts_only_the_evaluated_epochs(train, workdir):
+    done = train(
         *FAST,
         "optimizer.lr=1e-9",
         "epochs=20",
@@ -134,9 +128,8 @@ def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
         "trainer.early_stopping_patience=2",
         "mlflow.log_model=false",
     )
-    assert result.returncode == 0, result.output[-2000:]
     # epoch 2 sets the best, 4 and 6 do not improve on it
-    assert "stopping early after epoch 6" in result.stdout
+    assert "stopping early after epoch 6" in done.log
     c = _client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     assert [m.value for m in c.get_metric_history(run.info.run_id, "epoch")] == [1, 2, 3, 4, 5, 6]
@@ -144,27 +137,23 @@ def test_early_stopping_counts_only_the_evaluated_epochs(cli, workdir):
 
 
 @pytest.mark.slow
-def test_debug_presets_run_end_to_end(cli, workdir):
+def test_debug_presets_run_end_to_end(train, workdir):
     import re
 
-    fast = cli("dataset=synthetic", "debug=fast", "mlflow.enabled=false")
-    assert fast.returncode == 0 and "epoch 1/1" in fast.stdout, fast.output[-2000:]
-    overfit = cli("dataset=synthetic", "debug=overfit", "mlflow.enabled=false")
-    assert overfit.returncode == 0, overfit.output[-2000:]
-    last_loss = float(re.findall(r"train loss ([\d.]+)", overfit.stdout)[-1])
+    fast = train("dataset=synthetic", "debug=fast", "mlflow.enabled=false", run_dir="fast")
+    assert "epoch 1/1" in fast.log
+    overfit = train("dataset=synthetic", "debug=overfit", "mlflow.enabled=false", run_dir="overfit")
+    last_loss = float(re.findall(r"train loss ([\d.]+)", overfit.log)[-1])
     assert last_loss < 0.05  # two batches, 40 epochs: memorized
-    profile = cli("dataset=synthetic", "debug=profile", "mlflow.log_model=false")
-    assert profile.returncode == 0, profile.output[-2000:]
+    train("dataset=synthetic", "debug=profile", "mlflow.log_model=false", run_dir="profile")
     c = _client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     assert {a.path for a in c.list_artifacts(run.info.run_id, "profile")} == {"profile/ops.txt", "profile/trace.json"}
 
 
 @pytest.mark.slow
-def test_every_new_training_key_together_in_one_short_run(cli, workdir):
-
-    run_dir = workdir / "run"
-    result = cli(
+def test_every_new_training_key_together_in_one_short_run(train, workdir):
+    done = train(
         *FAST,
         "epochs=3",
         "dataset.val_size=200",
@@ -182,11 +171,9 @@ def test_every_new_training_key_together_in_one_short_run(cli, workdir):
         "optimizer.decay_norm_and_bias=false",
         "checkpoint.save_top_k=2",
         "trainer.log_every_n_steps=2",
-        f"hydra.run.dir={run_dir}",
     )
-    assert result.returncode == 0, result.output[-3000:]
-    assert len(list((run_dir / "checkpoints").glob("top_epoch_*.pt"))) == 2
-    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert len(list((done.run_dir / "checkpoints").glob("top_epoch_*.pt"))) == 2
+    state = torch.load(done.run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["trainer"]["ema"] is not None and len(state["run"]["top"]) == 2
     c = _client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
@@ -230,11 +217,9 @@ def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_
     assert "precision float32 (cpu without native bf16)" in caplog.text
 
 
-def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(tmp_path, monkeypatch):
+def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(train, monkeypatch):
     from cifar_exp.loop import Trainer
-    from cifar_exp.run import run
 
-    monkeypatch.chdir(tmp_path)
     seen, evaluate = [], Trainer.evaluate
 
     def recording(self, loader, num_classes, tta=True):
@@ -244,8 +229,8 @@ def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(tmp_path, m
     monkeypatch.setattr(Trainer, "evaluate", recording)
     small = ["dataset=synthetic", "dataset.train_size=64", "dataset.test_size=32", "mlflow.enabled=false"]
     small += ["trainer.progress=false", "trainer.eval_flip=true", "epochs=3"]
-    run(compose_cfg(*small))
+    train(*small)
     assert seen == [False, False, True]  # one test evaluation an epoch
     seen.clear()
-    run(compose_cfg(*small, "trainer.tta_every_eval=true", "hydra.run.dir=every"))
+    train(*small, "trainer.tta_every_eval=true", run_dir="every")
     assert seen == [True, True, True]

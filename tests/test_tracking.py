@@ -98,11 +98,10 @@ def test_the_writes_of_a_run_the_store_no_longer_has_go_in_one_line(workdir, cap
     assert "has no run 0123456789abcdef0123456789abcdef" in line and "its 2 queued writes are dropped" in line
 
 
-def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cli, workdir):
-
+def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(train, workdir):
     classes = ("T-shirt (top)", "dog's", "x" * 241)
     png_tree(workdir / "imgs", per_class=4, classes=classes)
-    result = cli(
+    done = train(
         "dataset=image_folder",
         f"dataset.root={workdir / 'imgs'}",
         "dataset.batch_size=4",
@@ -111,14 +110,12 @@ def test_odd_class_names_and_a_refused_tag_key_end_finished_with_every_metric(cl
         "+mlflow.tags={a+b:v}",
         "objective='test/acc_class/T-shirt (top)'",
     )
-    assert result.returncode == 0, result.output
-    assert "unreachable" not in result.output and "refused" not in result.output
-    assert "it is logged as 'test/acc_class/T-shirt _top_'" in result.output
+    assert "unreachable" not in done.log and "refused" not in done.log
+    assert "it is logged as 'test/acc_class/T-shirt _top_'" in done.log
     c, run = only_run(workdir)
     assert run.info.status == "FINISHED" and run.data.tags["a_b"] == "v"
     assert {"train/loss", "test/acc", "test/loss", "epoch", "test/acc_class/T-shirt _top_"} <= set(run.data.metrics)
-    [run_dir] = run_dirs(workdir)
-    assert not (run_dir / "mlflow_outbox.json").exists()
+    assert not (done.run_dir / "mlflow_outbox.json").exists()
     table = c.download_artifacts(run.info.run_id, "per_class_accuracy.csv")
     assert "T-shirt (top)" in open(table).read()  # the original names where a user reads them
 
@@ -209,9 +206,9 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
         assert torch.equal(loaded(x), reference.eval()(x))
 
 
-def test_a_raising_run_ends_failed_with_its_metrics(cli, workdir):
-    result = cli(*FAST, "model=exploding_cnn", "trainer.log_every_n_steps=1", module="testing_cli")
-    assert result.returncode != 0
+def test_a_raising_run_ends_failed_with_its_metrics(train, workdir):
+    with pytest.raises(RuntimeError, match="boom at step 5"):
+        train(*FAST, "model=exploding_cnn", "trainer.log_every_n_steps=1")
     c, run = only_run(workdir)
     assert run.info.status == "FAILED"
     assert "boom at step 5" in run.data.tags["error"]

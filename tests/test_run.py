@@ -192,14 +192,10 @@ def test_a_model_initialized_from_data_sees_every_class_of_a_class_sorted_folder
     assert torch.equal(picked, init_images(images, seed=0))  # the same for the same seed
 
 
-def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_path, monkeypatch, caplog):
-    import logging
-
+def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(train, workdir, monkeypatch):
     from cifar_exp import runtime
     from cifar_exp.errors import UserError
-    from cifar_exp.run import run
 
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
     small = [
         "dataset=synthetic",
@@ -210,11 +206,9 @@ def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(tmp_
         "trainer.device=cpu",
     ]
     with pytest.raises(UserError, match="trainer.amp=true is invalid on cpu"):
-        run(compose_cfg(*small, "trainer.amp=true"))
-    assert not (tmp_path / "checkpoints").exists()
-    with caplog.at_level(logging.INFO, logger="cifar_exp"):
-        run(compose_cfg(*small))
-    assert "precision float32 (cpu without native bf16)" in caplog.text
+        train(*small, "trainer.amp=true")
+    assert not (workdir / "run/checkpoints").exists()
+    assert "precision float32 (cpu without native bf16)" in train(*small).log
 
 
 def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(train, monkeypatch):

@@ -27,7 +27,7 @@ from cifar_exp.policies import EarlyStopping, Policies, Pruning, Signals
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.registry import flatten
 from cifar_exp.results import report
-from cifar_exp.runtime import Precision, pick_device, pick_precision, seed_everything
+from cifar_exp.runtime import Precision, compiles, pick_device, pick_precision, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, open_store, open_tracker
 from cifar_exp.validation import check_loaded, monitor_mode, validate
@@ -187,7 +187,7 @@ def build_trainer(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if t.compile:
+    if compiles(t.compile, device)[0]:
         model = torch.compile(model)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     return Trainer(model, optimizer, scheduler, loss_fn, device, trainer_settings(t), precision.dtype, total_steps)
@@ -260,6 +260,8 @@ def log_start(
         f" | mlflow run {tracker.run_id}" if tracker.run_id else "",
     )
     log.info("precision %s (%s)", precision.name, precision.reason)
+    compiled, why = compiles(cfg.trainer.compile, device)
+    log.info("torch.compile %s (%s)", "on" if compiled else "off", why)
     mode = monitor_mode(cfg)
     log.info(
         "objective %s; checkpoint.monitor %s, %s%s",

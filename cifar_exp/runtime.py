@@ -100,3 +100,13 @@ def pick_precision(amp: str, device: torch.device, deterministic: bool = False) 
         )
         raise UserError(f"trainer.amp=true is invalid on {device}: {where}; use trainer.amp=auto or false")
     return Precision(None, f"{device.type} without native bf16")
+
+
+def compiles(setting: str, device: torch.device) -> tuple[bool, str]:
+    """trainer.compile: `auto` compiles on CUDA only. On CPU inductor's first step costs
+    ~30 s, and later steps were no faster (speed_net_cpu) or slower (airbench94 in bf16,
+    8 s per epoch); benchmarks/README.md has the figures."""
+    setting = str(setting).lower()
+    if setting != "auto":
+        return setting == "true", f"trainer.compile={setting}"
+    return device.type == "cuda", f"auto on {device.type}"

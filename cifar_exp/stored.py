@@ -26,11 +26,14 @@ def from_stored(stored: Any, origin: str) -> DictConfig:
 def _migrated(stored: dict) -> dict:
     """Older stored configs in today's keys. trainer.amp was a bool whose true meant
     "autocast where the device has it" (then CUDA only): that is `auto`, and false `false`.
+    trainer.compile was a bool too: true and false keep their meaning as strings.
     The trainer had no name (its options share one schema): the default's schema holds any
     of its stored values."""
     trainer = stored.get("trainer")
     if isinstance(trainer, dict) and isinstance(trainer.get("amp"), bool):
         trainer = {**trainer, "amp": "auto" if trainer["amp"] else "false"}
+    if isinstance(trainer, dict) and isinstance(trainer.get("compile"), bool):
+        trainer = {**trainer, "compile": str(trainer["compile"]).lower()}
     if isinstance(trainer, dict) and "name" not in trainer:
         trainer = {"name": "default", **trainer}
     return {**stored, "trainer": trainer} if trainer is not None else stored

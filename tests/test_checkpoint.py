@@ -606,7 +606,6 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
         "model.widths=[8,16,16]",
         "model.whiten_bias_epochs=1",
         "dataset.batch_size=128",
-        "trainer.compile=false",
         "trainer.max_steps=20",
         "epochs=4",
         "mlflow.log_model=false",
@@ -634,10 +633,14 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
     assert [s for s, _ in ref["test/acc"]] == [7, 14, 20]  # two full epochs of 7 batches, then 6
 
 
-@pytest.mark.parametrize("stored, now", [(True, "auto"), (False, "false")])
-def test_a_stored_bool_amp_reads_as_what_it_meant(stored, now):
+@pytest.mark.parametrize(
+    "key, stored, now",
+    [("amp", True, "auto"), ("amp", False, "false"), ("compile", True, "true"), ("compile", False, "false")],
+)
+def test_a_stored_bool_reads_as_what_it_meant(key, stored, now):
     """trainer.amp was a bool: true meant autocast where the device has it (then CUDA
-    only), which is today's auto; a checkpoint of then must resume as it ran."""
+    only), which is today's auto; trainer.compile was a bool too. A checkpoint of then must
+    resume as it ran."""
     from omegaconf import OmegaConf
 
     from cifar_exp.stored import from_stored
@@ -645,5 +648,5 @@ def test_a_stored_bool_amp_reads_as_what_it_meant(stored, now):
     from helpers import compose_cfg
 
     config = OmegaConf.to_container(compose_cfg("dataset=synthetic"), resolve=True)
-    config["trainer"]["amp"] = stored
-    assert from_stored(config, "test").trainer.amp == now
+    config["trainer"][key] = stored
+    assert from_stored(config, "test").trainer[key] == now

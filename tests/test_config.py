@@ -134,6 +134,8 @@ BAD_INPUTS = {
     "trainer.ema_decay=1.5": "trainer.ema_decay",
     "trainer.early_stopping_patience=-1": "trainer.early_stopping_patience",
     "trainer.eval_every_n_epochs=0": "trainer.eval_every_n_epochs",
+    "trainer.compile=maybe": "trainer.compile",
+    "trainer.amp=fp8": "trainer.amp",
     "trainer.overfit_batches=2 trainer.limit_train_batches=3": "trainer.overfit_batches",
     "dataset.cutout=-1": "dataset.cutout",
     "dataset.mixup_alpha=-0.5": "dataset.mixup_alpha",

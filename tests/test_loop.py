@@ -184,6 +184,16 @@ def test_amp_auto_true_false_on_the_cpu(amp, native, deterministic, expected, mo
         assert runtime.pick_precision(amp, CPU, deterministic).name == expected
 
 
+@pytest.mark.parametrize(
+    "setting,device,expected",
+    [("auto", "cpu", False), ("auto", "cuda", True), ("True", "cpu", True), ("false", "cuda", False)],
+)
+def test_compile_auto_is_on_for_cuda_only(setting, device, expected):
+    from cifar_exp import runtime
+
+    assert runtime.compiles(setting, torch.device(device))[0] is expected
+
+
 def test_this_machines_cpu_flags_decide_auto():
     from pathlib import Path
 

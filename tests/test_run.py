@@ -192,7 +192,7 @@ def test_a_model_initialized_from_data_sees_every_class_of_a_class_sorted_folder
     assert torch.equal(picked, init_images(images, seed=0))  # the same for the same seed
 
 
-def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(train, workdir, monkeypatch):
+def test_a_run_says_its_precision_and_compile_and_refuses_forced_bf16_without_the_units(train, workdir, monkeypatch):
     from cifar_exp import runtime
     from cifar_exp.errors import UserError
 
@@ -208,7 +208,9 @@ def test_a_run_says_its_precision_and_refuses_forced_bf16_without_the_units(trai
     with pytest.raises(UserError, match="trainer.amp=true is invalid on cpu"):
         train(*small, "trainer.amp=true")
     assert not (workdir / "run/checkpoints").exists()
-    assert "precision float32 (cpu without native bf16)" in train(*small).log
+    log = train(*small, "trainer.compile=auto").log
+    assert "precision float32 (cpu without native bf16)" in log
+    assert "torch.compile off (auto on cpu)" in log
 
 
 def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(train, monkeypatch):

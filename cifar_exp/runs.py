@@ -65,25 +65,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--deliver",
         metavar="RUN_DIR",
-        help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away",
+        help="deliver the writes a run kept in RUN_DIR/mlflow_outbox.json while its store was away, to the "
+        "store of --tracking-uri (the file never chooses it)",
     )
     args = parser.parse_args(argv)
 
     from cifar_exp.errors import UserError, exit_with
+    from cifar_exp.terminal import show
     from cifar_exp.tracking import deliver_outbox, search_runs, tracking_uri
 
     uri = tracking_uri(args.tracking_uri)
     try:
         if args.deliver:
-            print(deliver_outbox(Path(args.deliver)))
+            show(deliver_outbox(Path(args.deliver), uri))
             return
         runs = search_runs(uri, args.experiment, args.sort, args.ascending, args.limit)
     except UserError as e:
         exit_with(str(e), prog=PROG)
     if not runs:
-        print(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
+        show(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
         raise SystemExit(1)
-    print(table(runs, args.metrics))
+    show(table(runs, args.metrics))
 
 
 if __name__ == "__main__":

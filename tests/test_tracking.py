@@ -545,10 +545,11 @@ def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, m
         proc = _outage_run(workdir, serve_url(serve), run_dir, epochs=3)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]  # the training itself succeeded
-    assert f"python -m cifar_exp.runs --deliver {run_dir}" in out
+    # the store to deliver to is this run's, in the command the run prints; never the file's
+    assert f"python -m cifar_exp.runs --deliver {run_dir} --tracking-uri {serve_url(serve)}" in out
     assert (run_dir / "mlflow_outbox.json").exists() and (run_dir / "checkpoints/last.pt").exists()
     with serve_mlflow(**serve) as url:
-        delivered = run_cli("--deliver", str(run_dir), cwd=workdir, module="cifar_exp.runs")
+        delivered = run_cli("--deliver", str(run_dir), "--tracking-uri", url, cwd=workdir, module="cifar_exp.runs")
         assert delivered.returncode == 0 and "delivered" in delivered.stdout, delivered.output
         _complete(url, 3)
     assert not (run_dir / "mlflow_outbox.json").exists()
@@ -696,7 +697,7 @@ def test_sigterm_while_the_store_hangs_mid_run_is_honoured_within_10_s(workdir, 
         proxy.hang.clear()  # the server answers again
         proxy.release.set()
         delivered = subprocess.run(
-            [sys.executable, "-m", "cifar_exp.runs", "--deliver", str(run_dir)],
+            [sys.executable, "-m", "cifar_exp.runs", "--deliver", str(run_dir), "--tracking-uri", mlflow_server],
             cwd=workdir,
             env=cli_env(),
             capture_output=True,

@@ -14,9 +14,9 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from cifar_exp.errors import reason
+from cifar_exp.errors import UserError, reason
 from cifar_exp.tracking.keys import rounded, valid_keys
-from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox
+from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
 from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri
 
 log = logging.getLogger("cifar_exp")
@@ -166,13 +166,22 @@ class MlflowTracker:
             return None
 
     def _take_over(self, path: Optional[Path]) -> None:
-        """Writes an earlier segment could not deliver go first."""
-        if path is not None and path.is_file():
-            earlier = Outbox.read(path)
-            if earlier.run_id == self.run_id:
-                self.outbox.ops = earlier.ops
-                log.info("delivering %d writes an earlier segment kept in %s", len(earlier.ops), path)
-                self.flush()
+        """Writes an earlier segment could not deliver go first: those that are valid writes
+        of this run from its run dir; the rest are set aside in one line."""
+        if path is None or not path.is_file():
+            return
+        try:
+            earlier, refusals = Outbox.read(path, self.uri)
+        except UserError as e:
+            earlier, refusals = Outbox(path, self.uri, self.run_id), [str(e)]
+        if earlier.run_id != self.run_id:
+            earlier.ops, refusals = [], [f"all of it: it is for run {earlier.run_id}"]
+        if refusals:
+            earlier.set_aside(refusals, path)
+        self.outbox.ops = earlier.ops
+        if earlier.ops:
+            log.info("delivering %d writes an earlier segment kept in %s", len(earlier.ops), path)
+        self.flush()
 
     def _last_steps(self) -> dict[str, int]:
         keys = self.client.get_run(self.run_id).data.metrics
@@ -331,13 +340,12 @@ class MlflowTracker:
         if self.outbox.ops:
             log.warning(
                 "warning: the MLflow store %s is still unreachable: %d writes (the final status "
-                "%s among them) are kept in %s; deliver them with: python -m cifar_exp.runs "
-                "--deliver %s",
+                "%s among them) are kept in %s; deliver them with: %s",
                 self.uri,
                 len(self.outbox.ops),
                 status,
                 self.outbox.path,
-                self.outbox.path.parent if self.outbox.path else "",
+                deliver_command(self.outbox.path.parent if self.outbox.path else Path(), self.uri),
             )
 
 

@@ -11,6 +11,7 @@ from omegaconf import MISSING
 
 from cifar_exp.config import require
 from cifar_exp.errors import UserError
+from cifar_exp.terminal import show
 from cifar_exp.tool_cli import check_device, run_tool
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
@@ -55,11 +56,13 @@ def evaluate(args) -> dict:
     from cifar_exp.config import trainer_settings
     from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
+    from cifar_exp.resume import own_choices
     from cifar_exp.runtime import pick_device
     from cifar_exp.validation import validate
 
-    ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    ck = checkpoint.find(args.checkpoint, log=lambda m: show(m, file=sys.stderr))
     cfg = ck.config
+    own_choices(cfg)  # the stored root is read from; the cache and any download are this tool's
     if args.dataset_root:
         cfg.dataset.root = args.dataset_root
     validate(cfg, origin=f"checkpoint {ck.path}")
@@ -73,9 +76,9 @@ def evaluate(args) -> dict:
         model, torch.optim.SGD(model.parameters(), lr=0), None, torch.nn.CrossEntropyLoss(), device, settings
     )
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size), data.num_classes)
-    print(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
-    print(result.report(data.classes))
-    print(confusion_table(result.confusion, data.classes))
+    show(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
+    show(result.report(data.classes))
+    show(confusion_table(result.confusion, data.classes))
     if args.plot:
         try:
             plots.confusion_matrix(result.confusion, data.classes, args.plot)

@@ -15,7 +15,7 @@ from cifar_exp import checkpoint
 from cifar_exp.checkpoint import Checkpoint
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
-from cifar_exp.registry import flatten
+from cifar_exp.registry import flatten, schema
 from cifar_exp.validation import validate
 
 log = logging.getLogger("cifar_exp")
@@ -126,8 +126,7 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
                 f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
                 f"mlflow.* and dataset paths may change. Start a new run instead"
             )
-    # where the run is tracked is this job's choice (its command and environment), never the file's
-    merged.mlflow.tracking_uri = cfg.mlflow.tracking_uri
+    own_choices(merged, cfg)
     if merged.epochs != saved.epochs and merged.scheduler.name != "none":
         raise UserError(
             f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
@@ -136,11 +135,26 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
     return merged
 
 
+def own_choices(stored: DictConfig, cfg: Optional[DictConfig] = None) -> None:
+    """Where a job sends or writes anything is its own choice (its command, environment and
+    defaults), never a stored config's: the tracking store, the decoded-image cache, and a
+    download, which goes only into a dataset root this job names. `cfg` None: a tool's job,
+    which has the dataset option's defaults."""
+    name = stored.dataset.name
+    own = cfg.dataset if cfg is not None and cfg.dataset.name == name else schema("dataset", name)()
+    if cfg is not None:
+        stored.mlflow.tracking_uri = cfg.mlflow.tracking_uri
+    stored.dataset.cache_dir = own.cache_dir
+    if "download" in stored.dataset:
+        stored.dataset.download = bool(own.download) and stored.dataset.root == own.root
+
+
 def restore(trainer, policies, ck: Checkpoint) -> None:
     """The checkpoint's weights, optimizer and schedule state into the run's trainer, its stop
     policies' state, and the RNG states; a state that does not fit (other shapes, missing
     entries) is a UserError, not a traceback."""
     policies.load_state_dict(ck.policies)
+    checkpoint.check_fits(ck.trainer, trainer.state_dict(), f"checkpoint {ck.path}")
     try:
         trainer.load_state_dict(ck.trainer)
     except UserError:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import __version__
 from cifar_exp.config import image_size
 from cifar_exp.errors import UserError, reason
-from cifar_exp.stored import from_stored
+from cifar_exp.stored import check_depth, from_stored
 from cifar_exp.validation import monitor_mode, validate
 
 FORMAT_VERSION = 3
@@ -237,6 +237,7 @@ def _read(path: Path) -> dict:
         ) from None
     if not isinstance(raw, dict) or "format_version" not in raw:
         raise UserError(f"{path} is not a cifar_exp checkpoint")
+    check_depth(raw, f"checkpoint {path}")
     # files written before checksums have none: torch's own checks are all they get
     if "sha256" in raw and raw["sha256"] != digest({k: v for k, v in raw.items() if k != "sha256"}):
         raise UserError(f"checkpoint {path} is damaged: its contents do not match its checksum")
@@ -262,13 +263,52 @@ def _check_state(run: dict, origin: str) -> None:
     best = run.get("best")
     if best is not None and (type(best) not in (int, float) or not np.isfinite(best)):
         raise bad("best", "a finite number or null")
-    if not isinstance(run.get("history", []), list) or not all(isinstance(h, dict) for h in run.get("history", [])):
-        raise bad("history", "a list of per-epoch metric mappings")
+    history = run.get("history", [])
+    if not isinstance(history, list) or not all(_metrics(h) for h in history):
+        raise bad("history", "a list of per-epoch mappings of metric names to numbers")
     if run.get("run_id") is not None and not isinstance(run["run_id"], str):
         raise bad("run_id", "a run id or null")
     top = run.get("top", [])
-    if not isinstance(top, list) or not all(isinstance(t, list) and len(t) == 2 for t in top):
-        raise bad("top", "a list of [score, epoch] pairs")
+    epochs = [t[1] for t in top if isinstance(t, list) and len(t) == 2]
+    if (
+        not isinstance(top, list)
+        or len(epochs) != len(top)
+        or not all(_number(t[0]) and np.isfinite(t[0]) for t in top)
+        or not all(type(e) is int and 1 <= e <= run.get("epoch", 0) for e in epochs)
+        or len(set(epochs)) != len(epochs)
+    ):
+        raise bad("top", "a list of [score, epoch] pairs, one per finished epoch")
+
+
+def _number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _metrics(entry: Any) -> bool:
+    return isinstance(entry, dict) and all(isinstance(k, str) and _number(v) for k, v in entry.items())
+
+
+def check_fits(stored: Any, fresh: Any, origin: str, where: str = "trainer") -> None:
+    """A stored trainer state has the kinds of values this run's own trainer state has, key
+    by key (a number where a number is, a tensor where a tensor is): a type-confused file is
+    refused before training, not partway through it. Keys only one side has are left to
+    load_state_dict, which names them."""
+    kinds = (torch.Tensor, bool, str, dict, (list, tuple))
+    if fresh is None:  # an unset option (foreach=None) may be stored as anything plain
+        return
+    if _number(fresh):
+        ok = _number(stored)
+    else:
+        kind = next((k for k in kinds if isinstance(fresh, k)), None)
+        ok = kind is None or isinstance(stored, kind)
+    if not ok:
+        raise UserError(f"{origin}: {where} is a {type(stored).__name__} where this run has a {type(fresh).__name__}")
+    if isinstance(fresh, dict):
+        for key in fresh.keys() & stored.keys():
+            check_fits(stored[key], fresh[key], origin, f"{where}.{key}")
+    elif isinstance(fresh, (list, tuple)):
+        for i, (a, b) in enumerate(zip(stored, fresh)):
+            check_fits(a, b, origin, f"{where}.{i}")
 
 
 def _check_rng(rng: Any, origin: str) -> None:

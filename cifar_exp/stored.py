@@ -14,11 +14,33 @@ from cifar_exp.registry import on_schemas
 
 CODE_KEYS = ("_target_", "_partial_", "_args_", "_recursive_", "_convert_")
 
+# far deeper than anything this project writes (a checkpoint nests about 6 deep), far
+# shallower than what overflows a recursive reader
+MAX_DEPTH = 64
+
+
+def check_depth(tree: Any, origin: str) -> None:
+    """Refuse containers nested deeper than MAX_DEPTH, walked without recursion, before any
+    recursive reader (a checksum, OmegaConf) meets them."""
+    stack = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, (list, tuple, set, frozenset)):
+            children = node
+        else:
+            continue
+        if depth > MAX_DEPTH:
+            raise UserError(f"{origin}: its contents nest deeper than {MAX_DEPTH} levels (no file of ours does)")
+        stack.extend((child, depth + 1) for child in children)
+
 
 def from_stored(stored: Any, origin: str) -> DictConfig:
     """`stored` rebuilt on the schemas; any problem is a UserError naming `origin` and the key."""
     if not isinstance(stored, dict):
         raise UserError(f"{origin}: the stored config is not a mapping")
+    check_depth(stored, origin)
     _refuse_code(stored, origin, "")
     return on_schemas(_migrated(stored), origin)
 

@@ -20,7 +20,7 @@ from cifar_exp import checkpoint
 from cifar_exp.errors import UserError
 from cifar_exp.policies import Policies
 
-from helpers import FAST, cli_env, cli_process
+from helpers import FAST, cli_env, cli_process, png_tree
 
 # --- the file format -----------------------------------------------------------------------
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -126,6 +126,76 @@ def test_a_poisoned_checkpoint_is_refused_in_one_line(tmp_path, kind):
     message = str(err.value)
     assert str(path) in message and "\n" not in message and "weights_only=False" not in message
     assert not (tmp_path / "x").exists() and not Path("/tmp/should-not-exist").exists()
+
+
+def _nested(depth: int):
+    tree: list = []
+    for _ in range(depth):
+        tree = [tree]
+    return tree
+
+
+def _v2_state(tmp_path, config_tags=None, **state) -> Path:
+    """A format-2 checkpoint whose run state has `state` in it (and `config_tags` as its mlflow.tags)."""
+    path = _v2_with(tmp_path, "optimizer", {"name": "sgd", "lr": 0.05})
+    raw = torch.load(path, weights_only=True)
+    raw["run"].update(state)
+    if config_tags is not None:
+        raw["config"]["mlflow"] = {"tags": config_tags}
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)  # pickling a deep list recurses; reading it back does not
+    try:
+        torch.save(raw, path)
+    finally:
+        sys.setrecursionlimit(limit)
+    return path
+
+
+MALFORMED_STATE = {
+    "history nested 5,000 deep": (lambda t: _v2_state(t, history=[{"x": _nested(5000)}]), "nest deeper than 64"),
+    "config nested 5,000 deep": (lambda t: _v2_state(t, config_tags={"a": _nested(5000)}), "nest deeper than 64"),
+    "string history value": (lambda t: _v2_state(t, history=[{"train/loss": "0.5"}]), "run.history"),
+    "top with a name": (lambda t: _v2_state(t, top=[["a", 1]]), "run.top"),
+    "top with a path for an epoch": (lambda t: _v2_state(t, top=[[0.99, "../../x"]]), "run.top"),
+    "top with an epoch not run": (lambda t: _v2_state(t, top=[[0.99, 7]]), "run.top"),
+    "top with one epoch twice": (lambda t: _v2_state(t, epoch=2, top=[[0.9, 1], [0.8, 1]]), "run.top"),
+    "top with an infinite score": (lambda t: _v2_state(t, top=[[float("inf"), 1]]), "run.top"),
+}
+
+
+@pytest.mark.parametrize("kind", MALFORMED_STATE)
+def test_malformed_state_is_refused_at_load_in_one_line(tmp_path, kind):
+    make, needle = MALFORMED_STATE[kind]
+    path = make(tmp_path)
+    with pytest.raises(UserError, match=re.escape(needle)) as err:
+        checkpoint.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "where, value",
+    [
+        (("optimizer", "param_groups", 0, "lr"), "0.1"),
+        (("optimizer", "param_groups", 0, "momentum"), [0.9]),
+        (("optimizer", "param_groups", 0, "nesterov"), "yes"),
+        (("model", "weight"), [[1.0]]),
+    ],
+)
+def test_a_type_confused_trainer_state_is_refused_before_training(where, value):
+    """Checked against the run's own freshly built trainer state, key by key."""
+    import copy
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    fresh = {"model": model.state_dict(), "optimizer": opt.state_dict()}
+    checkpoint.check_fits(copy.deepcopy(fresh), fresh, "checkpoint c.pt")  # its own state fits
+    stored = copy.deepcopy(fresh)
+    node = stored
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    with pytest.raises(UserError, match="trainer." + ".".join(map(str, where))):
+        checkpoint.check_fits(stored, fresh, "checkpoint c.pt")
 
 
 @pytest.mark.parametrize(
@@ -383,6 +453,41 @@ def test_resume_refuses_a_change_of_model_or_optimizer(cli, workdir):
         result = cli(f"resume={first}", "epochs=2", override, "mlflow.enabled=false")
         assert result.returncode == 2, result.output
         assert f"cannot change {key}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def _resigned(path: Path, edit) -> Path:
+    """The checkpoint with `edit` applied to its payload and a valid checksum again, as
+    anyone can make one: the checksum has no key."""
+    raw = torch.load(path, weights_only=True)
+    edit(raw)
+    raw.pop("sha256")
+    raw["sha256"] = checkpoint.digest(raw)
+    torch.save(raw, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_stored_cache_dir_or_store_never_chooses_where_a_job_writes(train, workdir, capsys):
+    """A re-signed checkpoint names a cache dir and a tracking store of its own: evaluate and
+    a resume read its images where it says, but write the cache where this job says."""
+    from cifar_exp import evaluate
+
+    png_tree(workdir / "imgs")
+    data = ["dataset=image_folder", f"dataset.root={workdir / 'imgs'}", *FAST[1:]]
+    run = train(*data, "dataset.cache_dir=cache")
+    last = run.run_dir / "checkpoints" / "last.pt"
+
+    def plant(raw):
+        raw["config"]["dataset"]["cache_dir"] = str(workdir / "planted" / "deep")
+        raw["config"]["mlflow"]["tracking_uri"] = f"sqlite:///{workdir / 'planted.db'}"
+
+    _resigned(last, plant)
+    evaluate.main([f"checkpoint={last}", "device=cpu"])
+    assert "confusion matrix" in capsys.readouterr().out
+    assert Path("data/cache").is_dir()  # the tool's own default, in its launch dir
+    train(f"resume={run.run_dir}", "epochs=2", "dataset.cache_dir=mine", *data, run_dir="again")
+    assert (workdir / "again" / "mine").is_dir()
+    assert not (workdir / "planted").exists() and not (workdir / "planted.db").exists()
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
 from cifar_exp.registry import register_configs
 from cifar_exp.signals import ignore_stop_signals
+from cifar_exp.terminal import show
 
 register_configs()
 
@@ -55,7 +56,7 @@ def _exit_for(e: Exception) -> NoReturn:
     if isinstance(e, Interrupted):
         stopping.append(e)
         ignore_stop_signals()
-        print(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
+        show(f"cifar-exp: {e}; resume with:\n  {e.resume_hint}", file=sys.stderr)
         sys.exit(128 + e.signum)
     exit_with(str(e))
 
@@ -76,7 +77,7 @@ def main() -> None:
         _exit_for(e)
     except (HydraException, OmegaConfBaseException) as e:
         stopping.append(e)
-        print(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
+        show(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt as e:  # a second stop signal: out at once, from the last checkpoint
         stopping.append(e)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from typing import NoReturn
 
+from cifar_exp.terminal import printable
+
 EXIT_USAGE = 2
 
 
@@ -27,7 +29,7 @@ stopping: list[BaseException] = []
 
 def exit_with(message: str, prog: str = "cifar-exp") -> NoReturn:
     """One line on stderr, exit code 2. SystemExit passes through Hydra's error handling."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {printable(message)}", file=sys.stderr)
     stopping.append(UserError(message))
     raise SystemExit(EXIT_USAGE)
 

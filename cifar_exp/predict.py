@@ -12,6 +12,7 @@ from omegaconf import MISSING
 
 from cifar_exp.config import require
 from cifar_exp.errors import UserError
+from cifar_exp.terminal import show
 from cifar_exp.tool_cli import check_device, run_tool
 
 
@@ -54,7 +55,7 @@ def predict(args) -> list[list[tuple[str, float]]]:
 
     images = args.images
     device = pick_device(args.device)
-    ck = checkpoint.find(args.checkpoint, log=lambda m: print(m, file=sys.stderr))
+    ck = checkpoint.find(args.checkpoint, log=lambda m: show(m, file=sys.stderr))
     cfg = ck.config.dataset
     size = validate(ck.config, paths=False, origin=f"checkpoint {ck.path}").dataset.pixels
     # decode_image gives PIL's read-only view: torch.tensor copies it (from_numpy warns)
@@ -68,7 +69,7 @@ def predict(args) -> list[list[tuple[str, float]]]:
         top = p.topk(k)
         ranked = [(classes[i], float(v)) for v, i in zip(top.values, top.indices)]
         results.append(ranked)
-        print(f"{image}: {ranked[0][0]}  (" + ", ".join(f"{c} {100 * v:.1f}%" for c, v in ranked) + ")")
+        show(f"{image}: {ranked[0][0]}  (" + ", ".join(f"{c} {100 * v:.1f}%" for c, v in ranked) + ")")
     return results
 
 

@@ -755,3 +755,27 @@ def test_a_stored_bool_reads_as_what_it_meant(key, stored, now):
     config = OmegaConf.to_container(compose_cfg("dataset=synthetic"), resolve=True)
     config["trainer"][key] = stored
     assert from_stored(config, "test").trainer[key] == now
+
+
+def test_class_names_from_a_file_reach_the_terminal_escaped(tmp_path, capsys):
+    """A class name (a folder name, a stored string) holding an ANSI sequence is shown, not obeyed."""
+    from PIL import Image
+
+    from cifar_exp import predict
+
+    names = ["\x1b[2J\x1b[31mred", "car\rriage", *(f"class{i}" for i in range(2, 10))]
+    path = _v1_with(tmp_path, classes=names)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    predict.main([f"checkpoint={path}", f"images=[{tmp_path / 'a.png'}]", "device=cpu", "top=10"])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out
+    assert "\\x1b[2J\\x1b[31mred" in out and "car\\rriage" in out
+
+
+def test_the_console_log_escapes_what_the_run_log_keeps():
+    import logging
+
+    from cifar_exp.terminal import ConsoleFormatter
+
+    record = logging.LogRecord("cifar_exp", logging.INFO, __file__, 1, "class %s\nnext", ("\x1b[31mcat",), None)
+    assert ConsoleFormatter("%(message)s").format(record) == "class \\x1b[31mcat\nnext"

@@ -228,11 +228,89 @@ def serve_mlflow(backend_uri: str, artifacts: Path, cwd: Path, timeout: float = 
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server and every worker it started
+        stop_session(proc)  # the server and every worker it started
+
+
+def stop_session(proc: subprocess.Popen, grace: float = 30) -> None:
+    """Stop a process started with start_new_session=True and everything in its session's
+    process group: SIGTERM, then SIGKILL for whatever is left after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+            break
+    with contextlib.suppress(ProcessLookupError):  # workers that outlived the leader
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphans of this process's descendants come back to it
+
+
+def _children() -> dict[int, list[int]]:
+    """ppid -> pids, read from /proc."""
+    tree: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                # the command name may hold spaces and parentheses: fields follow the last ')'
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                tree.setdefault(ppid, []).append(int(entry.name))
+    return tree
+
+
+def descendants(pid: int) -> set[int]:
+    tree, found, todo = _children(), set(), [pid]
+    while todo:
+        for child in tree.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+class OwnedProcesses:
+    """The processes a fixture starts, and everything they start, known by parentage: this
+    process is made a child subreaper (prctl), so a daemon's orphaned children (a job
+    step's slurmstepd) are re-parented to it instead of to init. On exit, every descendant
+    that appeared inside the block is stopped and reaped, and none may be left; no other
+    process on the machine is ever signalled, whatever its name."""
+
+    def __enter__(self) -> "OwnedProcesses":
+        import ctypes
+
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        self.before = descendants(os.getpid())
+        self.started: list[subprocess.Popen] = []
+        return self
+
+    def start(self, command: list[str], env: dict, log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def mine(self) -> set[int]:
+        return descendants(os.getpid()) - self.before
+
+    def __exit__(self, *exc) -> None:
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            for proc in reversed(self.started):  # newest first: slurmd before slurmctld before munged
+                stop_session(proc, grace=20)
+            deadline = time.monotonic() + 20
+            while self.mine() and time.monotonic() < deadline:
+                for pid in self.mine():
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGTERM if time.monotonic() < deadline - 10 else signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(pid, os.WNOHANG)  # an adopted orphan is ours to reap
+                time.sleep(0.2)
+            left = self.mine()
+        finally:
+            self._libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
+        assert not left, f"processes this fixture started outlived it: {sorted(left)}"
 
 
 def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
@@ -247,7 +325,20 @@ def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
         "trainer.strategy=ddp",
         *args,
     ]
-    return subprocess.run(cmd, cwd=cwd, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=cli_env(OMP_NUM_THREADS="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        stop_session(proc, grace=10)  # the agent's workers too, whether it ended or timed out
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32) -> None:

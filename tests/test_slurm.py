@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import cli_env, free_port
+from helpers import OwnedProcesses, cli_env, free_port
 
-# one cluster per module, and its leftover-process check scans the whole machine: one worker
+# one cluster for the module's tests, on one worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
@@ -72,7 +72,10 @@ PartitionName=cpu Nodes=localnode Default=YES MaxTime=INFINITE State=UP
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """A running one-node cluster; yields the environment its commands need (SLURM_CONF)."""
+    """A running one-node cluster; yields the environment its commands need (SLURM_CONF).
+    Its daemons run in the foreground as this process's children, and this process adopts
+    whatever they leave orphaned (a job step's slurmstepd), so at the end it stops exactly
+    the processes it started, and checks that those are gone."""
     if not all(map(_daemon, DAEMONS)) or not shutil.which("sbatch"):
         pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; .ci/run installs them)")
     if os.geteuid() != 0:
@@ -90,87 +93,63 @@ def slurm(tmp_path_factory):
     )
     env = {"SLURM_CONF": str(d / "slurm.conf")}
     daemon_env = {**os.environ, **env}
-    started = []
-    try:
-        subprocess.run(
-            [
-                _daemon("munged"),
-                "--force",
-                f"--socket={d}/munge.sock",
-                f"--key-file={d}/munge.key",
-                f"--log-file={d}/munged.log",
-                f"--pid-file={d}/munged.pid",
-                f"--seed-file={d}/munge.seed",
-            ],
-            check=True,
-            capture_output=True,
-        )
-        started.append(d / "munged.pid")
-        subprocess.run([_daemon("slurmctld"), "-f", env["SLURM_CONF"]], check=True, env=daemon_env, capture_output=True)
-        started.append(d / "slurmctld.pid")
-        subprocess.run(
-            [_daemon("slurmd"), "-f", env["SLURM_CONF"], "-N", "localnode"],
-            check=True,
-            env=daemon_env,
-            capture_output=True,
-        )
-        started.append(d / "slurmd.pid")
-        deadline = time.monotonic() + 60
-        while (
-            "idle"
-            not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=daemon_env, capture_output=True, text=True).stdout
-        ):
-            if time.monotonic() > deadline:
-                pytest.fail("the SLURM node never became idle:\n" + (d / "slurmctld.log").read_text()[-2000:])
-            time.sleep(0.5)
-        yield env
-    finally:
-        if started:
-            _drain(daemon_env)
-        _stop(started)
-        left = _slurm_processes()
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        assert not left, f"SLURM processes outlived the cluster: {left}"
-
-
-def _drain(env: dict) -> None:
-    """Cancel every job, each step's processes included, and wait until none is left: a
-    job step's slurmstepd outlives the daemons otherwise, holding its job script and srun."""
-    subprocess.run(["scancel", "--full", "--partition=cpu"], env=env, capture_output=True)
-    deadline = time.monotonic() + 60
-    while subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True).stdout.strip():
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    while _slurm_processes(("slurmstepd",)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-
-
-def _stop(pid_files: list) -> None:
-    """SIGTERM each daemon, newest first, and wait for it to exit."""
-    for pid_file in reversed(pid_files):
+    munge = [f"--socket={d}/munge.sock", f"--key-file={d}/munge.key", f"--log-file={d}/munged.log"]
+    commands = [
+        [_daemon("munged"), "--foreground", "--force", *munge, f"--pid-file={d}/munged.pid", f"--seed-file={d}/seed"],
+        [_daemon("slurmctld"), "-D", "-f", env["SLURM_CONF"]],
+        [_daemon("slurmd"), "-D", "-f", env["SLURM_CONF"], "-N", "localnode"],
+    ]
+    with OwnedProcesses() as owned:
         try:
-            pid = int(pid_file.read_text())
-            os.kill(pid, signal.SIGTERM)
-        except (OSError, ValueError):
-            continue
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-            time.sleep(0.2)
+            for command in commands:
+                owned.start(command, env=daemon_env, log=d / f"{Path(command[0]).name}.out")
+                time.sleep(0.5)  # munged's socket before slurmctld, slurmctld before slurmd
+            _wait_idle(daemon_env, d)
+            yield env
+        finally:
+            _cancel_jobs(daemon_env)
 
 
-def _slurm_processes(names=("slurmstepd", "slurmctld", "slurmd", "munged")) -> list[int]:
-    """Pids of this machine's SLURM processes, and of srun."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
+def _wait_idle(env: dict, d: Path) -> None:
+    deadline = time.monotonic() + 60
+    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
+        if time.monotonic() > deadline:
+            pytest.fail("the SLURM node never became idle:\n" + (d / "slurmctld.log").read_text()[-2000:])
+        time.sleep(0.5)
+
+
+def _cancel_jobs(env: dict) -> None:
+    """Cancel this cluster's jobs, each step's processes included, and wait (bounded) until
+    its queue is empty; what is still running after that is stopped with the daemons."""
+    subprocess.run(["scancel", "--full", "--partition=cpu"], env=env, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h"], env=env, capture_output=True, text=True, timeout=30)
+        if queue.returncode != 0 or not queue.stdout.strip():
+            return
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def launched(args: list[str], cwd: Path, env: dict):
+    """`python -m cifar_exp ...` in a session of its own; however the test ends, that session
+    (the launcher and anything it started) is stopped before the cluster is."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cifar_exp", *args],
+        cwd=cwd,
+        env=cli_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
             with contextlib.suppress(OSError):
-                comm = (proc / "comm").read_text().strip()
-                if comm in names or comm == "srun" and "slurmstepd" in names:
-                    found.append(int(proc.name))
-    return found
+                os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
 
 
 def children_of_one_parent(workdir: Path) -> tuple:
@@ -183,15 +162,10 @@ def children_of_one_parent(workdir: Path) -> tuple:
 
 
 def test_a_sweep_through_the_slurm_launcher(slurm, workdir):
-    result = subprocess.run(
-        [sys.executable, "-m", "cifar_exp", "--multirun", *CPU_JOBS, *RUN, "epochs=1", "optimizer.lr=0.01,0.05"],
-        cwd=workdir,
-        env=cli_env(**slurm),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    args = ["--multirun", *CPU_JOBS, *RUN, "epochs=1", "optimizer.lr=0.01,0.05"]
+    with launched(args, workdir, slurm) as proc:
+        out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
     _, parent, children = children_of_one_parent(workdir)
     assert parent.info.status == "FINISHED" and len(children) == 2
     assert all(c.info.status == "FINISHED" for c in children)
@@ -201,40 +175,36 @@ def test_a_sweep_through_the_slurm_launcher(slurm, workdir):
     assert len(list(workdir.glob("multirun/*/*/.submitit/*/*_log.out"))) == 2
 
 
+# set to make the preemption test fail once its job runs: what a failed test leaves behind
+FAIL_EARLY = "CIFAR_EXP_TEST_SLURM_FAIL_EARLY"
+
+
 def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm, workdir):
     """SLURM's warning signal (the one `--signal=USR2@...` sends before a time limit) reaches
     a job mid-run: it checkpoints, submitit requeues it, and resume=auto finishes it in the
     same MLflow run, every step logged once."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cifar_exp",
-            "--multirun",
-            *CPU_JOBS,
-            *RUN,
-            "resume=auto",
-            "dataset.train_size=3000",
-            "epochs=6",
-            "trainer.log_every_n_steps=1",
-            "checkpoint.every_n_steps=5",
-            "optimizer.lr=0.05",
-        ],
-        cwd=workdir,
-        env=cli_env(**slurm),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 300
-    while not list(workdir.glob("multirun/*/*/0/checkpoints/last.pt")):  # mid-run, with a checkpoint
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.2)
-    [job_id] = subprocess.run(
-        ["squeue", "-h", "-o", "%i"], env={**os.environ, **slurm}, capture_output=True, text=True, check=True
-    ).stdout.split()
-    subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
-    out, _ = proc.communicate(timeout=600)
+    args = [
+        "--multirun",
+        *CPU_JOBS,
+        *RUN,
+        "resume=auto",
+        "dataset.train_size=3000",
+        "epochs=6",
+        "trainer.log_every_n_steps=1",
+        "checkpoint.every_n_steps=5",
+        "optimizer.lr=0.05",
+    ]
+    squeue = ["squeue", "-h", "-o", "%i"]
+    with launched(args, workdir, slurm) as proc:
+        deadline = time.monotonic() + 300
+        while not list(workdir.glob("multirun/*/*/0/checkpoints/last.pt")):  # mid-run, with a checkpoint
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        if os.environ.get(FAIL_EARLY):
+            pytest.fail(f"failed on purpose ({FAIL_EARLY} is set), with a job running")
+        [job_id] = subprocess.run(squeue, env={**os.environ, **slurm}, capture_output=True, text=True).stdout.split()
+        subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
+        out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
 
     client, parent, [child] = children_of_one_parent(workdir)

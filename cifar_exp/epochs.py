@@ -190,6 +190,7 @@ class EpochLoop:
         self.save(epoch_end=epoch_end, is_best=is_best, score=score)
         if self.world.is_main:
             record_results(self.tracker, self.data, self.state, self.run_dir, self.evaluated)
+        self.signals.ending()
         raise Interrupted(self.signals.signum or signal.SIGTERM, self.resume_hint)
 
     def diverged(self, value: float) -> NoReturn:

@@ -70,6 +70,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             job.log_file,
             state.segment,
             resume_command(run_dir),
+            signals,
         ) as tracker,
         profiler,
     ):
@@ -97,7 +98,7 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
         test = loop.test or trainer.evaluate(evals["test"], data.num_classes)  # every rank takes part
         if world.is_main:
             # a second signal now is heard between the report's steps, not raised inside a library
-            signals.second_raises = False
+            signals.ending()
             report(cfg, trainer, data, tracker, state, run_dir, test, lambda: signals.signum is not None)
         if signals.signum is not None:  # asked to stop while reporting: the run did not finish
             raise Interrupted(signals.signum, resume_command(run_dir))
@@ -216,11 +217,12 @@ def open_run(
 
 
 @contextlib.contextmanager
-def tracked(tracker, log_file, segment: int, resume_hint: str):
+def tracked(tracker, log_file, segment: int, resume_hint: str, signals: StopSignals):
     """Ends the tracked run with a status that tells the truth about how the block exited.
-    The job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a
-    KILLED run is tagged with the command that resumes it. run(cfg) called outside Hydra
-    has no job log to keep."""
+    No stop signal can cut that ending short (each path first says the run is ending). The
+    job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a KILLED
+    run is tagged with the command that resumes it. run(cfg) called outside Hydra has no
+    job log to keep."""
     where = f"resume_{segment}" if segment else None
 
     def keep_log() -> None:
@@ -230,15 +232,18 @@ def tracked(tracker, log_file, segment: int, resume_hint: str):
     try:
         yield tracker
     except (Interrupted, KeyboardInterrupt):
+        signals.ending()
         tracker.stop()
         tracker.set_tags({"cifar_exp.resume_command": resume_hint})
         keep_log()
         tracker.finish("KILLED")
         raise
     except BaseException as e:
+        signals.ending()
         keep_log()
         tracker.finish("FAILED", e)
         raise
+    signals.ending()
     keep_log()
     tracker.finish("KILLED" if tracker.was_cut_short else "FINISHED")
 

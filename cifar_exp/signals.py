@@ -1,5 +1,6 @@
-"""Stop requests: SIGINT, SIGTERM, SIGUSR1 and SIGUSR2 ask the run to stop after the current
-step, so it can write a checkpoint first."""
+"""Stop requests: SIGINT, SIGTERM, SIGHUP (a closed terminal), SIGQUIT (Ctrl-\\), SIGUSR1
+and SIGUSR2 ask the run to stop after the current step, so it can write a checkpoint first
+and end its record as KILLED. Only SIGKILL can leave a record unfinished."""
 
 from __future__ import annotations
 
@@ -12,13 +13,16 @@ from cifar_exp.errors import Interrupted
 T = TypeVar("T")
 
 # SIGUSR2 is what SLURM (via submitit) sends before a timeout or preemption.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class StopSignals:
     """While active, the first stop signal is recorded in `signum`; a second one raises
-    KeyboardInterrupt at once for a user who really wants out. On exit, a handler that was
-    installed before (submitit's requeue handler, say) is given the signal it missed."""
+    KeyboardInterrupt at once for a user who really wants out, but only once, and never
+    after `ending()`: the run's record is then being closed (KILLED, FAILED or FINISHED),
+    and cutting that short would leave it RUNNING. On exit, a handler that was installed
+    before (submitit's requeue handler, say) is given the signal it missed. A signal the
+    process was started with ignored (nohup's SIGHUP) stays ignored."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -30,10 +34,15 @@ class StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None and self.second_raises:
+            self.second_raises = False  # the ending this starts is not cut short in turn
             raise KeyboardInterrupt
         self.signum = self.signum or signum
         if self._at_once is not None:
             raise Interrupted(signum, self._at_once)
+
+    def ending(self) -> None:
+        """The run's record is being closed: from now on a signal is only recorded."""
+        self.second_raises = False
 
     def at_once(self, hint: str, fn: Callable[..., T], *args) -> T:
         """fn(*args), where a stop signal ends the run at once (Interrupted, with `hint` for
@@ -52,7 +61,8 @@ class StopSignals:
         # keeps the process's own handling).
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -359,7 +359,7 @@ def cli_process(module: str, *args: str, cwd: Path, merged: bool = False, **opti
     """`python -m module args` started as a user would, its output read line by line as it
     comes (stderr folded into stdout when `merged`); keyword options other than Popen's
     are environment variables."""
-    popen = {k: options.pop(k) for k in ("start_new_session",) if k in options}
+    popen = {k: options.pop(k) for k in ("start_new_session", "preexec_fn") if k in options}
     return subprocess.Popen(
         [sys.executable, "-m", module, *args],
         cwd=cwd,

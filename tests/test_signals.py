@@ -2,6 +2,8 @@
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 
@@ -40,3 +42,87 @@ def test_an_exiting_process_ignores_further_stop_signals():
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def test_a_second_signal_raises_once_and_never_once_the_run_is_ending():
+    with StopSignals() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # the ending the first one started goes on
+    with StopSignals() as stop:
+        stop.ending()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
+def test_a_closed_terminal_and_ctrl_backslash_are_stop_requests(sig):
+    with StopSignals() as stop:
+        os.kill(os.getpid(), sig)
+        assert stop.signum == sig
+
+
+def test_a_signal_started_ignored_stays_ignored():
+    """Under nohup SIGHUP is ignored: the run keeps going when the terminal closes."""
+    old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGHUP)
+            assert stop.signum is None
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, old)
+
+
+class _SlowTracker:
+    """Records how the run ended; each step of its ending takes a few milliseconds, the
+    time a store takes, so a second signal can land inside it."""
+
+    def __init__(self):
+        self.ended = None
+
+    def _work(self):
+        deadline = time.monotonic() + 0.01
+        while time.monotonic() < deadline:
+            pass
+
+    def stop(self):
+        self._work()
+
+    def set_tags(self, tags):
+        self._work()
+
+    def log_artifact(self, *a):
+        self._work()
+
+    def finish(self, status, error=None):
+        self._work()
+        self.ended = status
+
+
+@pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_fifty_timed_double_signals_each_end_killed(first):
+    """The first signal stops the run (its last results are written, then it raises
+    Interrupted, as the epoch loop does); a second one lands 0-49 ms later, inside that
+    work, the raise, or the record's ending. Every time, the record ends KILLED."""
+    from cifar_exp.errors import Interrupted
+    from cifar_exp.run import tracked
+
+    outcomes = []
+    for offset_ms in range(50):
+        tracker = _SlowTracker()
+        with StopSignals() as stop:
+            try:
+                with tracked(tracker, None, 0, "resume", stop):
+                    os.kill(os.getpid(), first)
+                    threading.Timer(offset_ms / 1000, os.kill, (os.getpid(), first)).start()
+                    tracker._work()  # what the loop writes before it raises (per-class table, checkpoint)
+                    stop.ending()
+                    raise Interrupted(first, "resume")
+            except (Interrupted, KeyboardInterrupt):
+                pass
+            time.sleep(0.06)  # the timer has fired inside this block
+        outcomes.append(tracker.ended)
+    assert outcomes == ["KILLED"] * 50

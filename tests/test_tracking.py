@@ -216,15 +216,25 @@ def test_a_raising_run_ends_failed_with_its_metrics(train, workdir):
     assert "error.txt" in {a.path for a in c.list_artifacts(run.info.run_id)}
 
 
-def test_sigint_ends_killed_with_a_checkpoint(workdir):
-    proc = cli_process("testing_cli", *FAST, "model=slow_cnn", "epochs=50", "trainer.log_every_n_steps=1", cwd=workdir)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGQUIT], ids=lambda s: s.name)
+def test_a_stop_signal_ends_killed_with_a_checkpoint(workdir, sig):
+    """Ctrl-C, a closed terminal (SIGHUP) and Ctrl-\\ (SIGQUIT) all stop at a step's end."""
+    proc = cli_process(
+        "testing_cli",
+        *FAST,
+        "model=slow_cnn",
+        "epochs=50",
+        "trainer.log_every_n_steps=1",
+        cwd=workdir,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # as a terminal starts it
+    )
     for line in proc.stdout:
         if line.startswith("epoch 1/50"):
             break
     time.sleep(0.3)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, err
+    assert proc.returncode == 128 + sig, err
     assert "resume with" in err and "resume=" in err and "Error executing job" not in err
     c, run = only_run(workdir)
     assert run.info.status == "KILLED"

@@ -463,6 +463,9 @@ class Checkpointer:
         """Fail before training, not after an epoch, when checkpoints cannot be written."""
         if not self.enabled:
             return
+        last = self.dir / LAST
+        if last.exists() and not last.is_file() or last.is_symlink() and not last.exists():
+            raise UserError(f"cannot write checkpoints in {self.dir}: {last} is not a file (move it away)")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text("", self.dir / ".write_test")

@@ -240,8 +240,12 @@ def _folder_signature(root: Path) -> str:
 def _read_cache(path: Path, built_from: dict) -> Optional[tuple[Split, Split, list[str]]]:
     """The cached splits, or None (with a line) when the file is not a sound cache of what
     `built_from` says (source, image size, class list): a cache is data, checked on read."""
+    from cifar_exp.checkpoint import digest
+
     try:
         blob = torch.load(path, weights_only=True)
+        if blob.get("sha256") != digest({k: v for k, v in blob.items() if k != "sha256"}):
+            raise ValueError("its contents do not match its checksum (changed in place, or built before checksums)")
         train, test, classes = Split(*blob["train"]), Split(*blob["test"]), list(blob["classes"])
         if blob.get("built_from") != built_from:
             raise ValueError(f"it was built from {blob.get('built_from')}, not {built_from}")
@@ -268,13 +272,12 @@ def _read_cache(path: Path, built_from: dict) -> Optional[tuple[Split, Split, li
 
 def _write_cache(splits: tuple[Split, Split, list[str]], built_from: dict, path: Path) -> None:
     """The cache saves the next run's decoding; a run goes on without it, saying why."""
-    from cifar_exp.checkpoint import atomic_save
+    from cifar_exp.checkpoint import atomic_save, digest
 
     train, test, classes = splits
+    blob = {"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes, "built_from": built_from}
     try:
-        atomic_save(
-            {"train": [train.x, train.y], "test": [test.x, test.y], "classes": classes, "built_from": built_from}, path
-        )
+        atomic_save({**blob, "sha256": digest(blob)}, path)
     except OSError as e:
         log.warning(
             "warning: cannot write the decoded-image cache %s (%s); the run goes on without it (set "

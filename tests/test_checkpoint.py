@@ -615,7 +615,7 @@ def _immutable(path: Path) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["a file in the way", "an immutable dir", "a read-only run dir"])
+@pytest.mark.parametrize("how", ["a file in the way", "an immutable dir", "a read-only run dir", "a folder as last.pt"])
 def test_unwritable_output_is_one_line_before_training(cli, workdir, how):
     run_dir = workdir / "run"
     run_dir.mkdir()
@@ -626,10 +626,13 @@ def test_unwritable_output_is_one_line_before_training(cli, workdir, how):
         target.mkdir()
         if not _immutable(target):
             pytest.skip("chattr +i is not permitted here")
+    elif how == "a folder as last.pt":
+        target = target / "last.pt"
+        target.mkdir(parents=True)
     else:
         run_dir = target = Path("/sys/kernel/cifar_exp_run")  # sysfs refuses new entries, even to root
     try:
-        result = cli(*FAST, f"hydra.run.dir={run_dir}")
+        result = cli(*FAST, f"hydra.run.dir={run_dir}", "resume=auto")
     finally:
         subprocess.run(["chattr", "-i", str(target)], capture_output=True)
     lines = result.stderr.strip().splitlines()

@@ -100,7 +100,15 @@ def test_image_folder_decodes_caches_and_resizes(tmp_path):
     assert len(load_dataset(cfg, CPU).train) == 7  # a changed tree is decoded again
 
 
-@pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure"])
+def _changed_in_place(cache, part: int) -> None:
+    """The cache's labels (part 1) or pixels (part 0) overwritten, its size and checksum kept."""
+    blob = torch.load(cache, weights_only=True)
+    tensor = blob["train"][part]
+    tensor.copy_(tensor.flip(0))
+    torch.save(blob, cache)
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure", "labels", "pixels"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
     png_tree(tmp_path / "imgs")
     cfg = OmegaConf.merge(
@@ -112,6 +120,8 @@ def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
         cache.write_bytes(cache.read_bytes()[:200])
     elif content == "wrong structure":
         torch.save({"train": [torch.zeros(3)], "classes": "x"}, cache)
+    elif content in ("labels", "pixels"):
+        _changed_in_place(cache, 1 if content == "labels" else 0)
     else:
         cache.write_bytes(content)
     with caplog.at_level("WARNING", logger="cifar_exp"):

@@ -56,6 +56,14 @@ class RunState:
     run_id: Optional[str] = None
     segment: int = 0  # how many times the run was resumed
     top: list = field(default_factory=list)  # [value, epoch] of the kept top-k checkpoints
+    # how far the store's step axis runs ahead of global_step: format 2 counted batches, so
+    # a run it migrates logs after the steps its store already holds (see _migrate_v2)
+    step_offset: int = 0
+
+    @property
+    def logged_step(self) -> int:
+        """The step the run's metrics are logged at."""
+        return self.global_step + self.step_offset
 
     def advance(self, stepped: bool) -> None:
         """One batch done; `stepped`: it completed an optimizer step."""
@@ -221,6 +229,8 @@ def _migrate_v2(raw: dict) -> dict:
     if type(k) is int and k > 1 and all(type(n) is int and n >= 0 for n in (epoch, step, batches)):
         per_epoch = (batches - step) // epoch if epoch else 0
         run["global_step"] = epoch * -(-per_epoch // k) + step // k
+        # its metrics were logged at batch counts: what the run logs next goes after them
+        run["step_offset"] = batches - run["global_step"]
     policies = {"early_stopping": {"bad_epochs": run.pop("bad_epochs", 0)}}
     return {**raw, "format_version": FORMAT_VERSION, "run": run, "policies": policies}
 
@@ -244,7 +254,7 @@ def _read(path: Path) -> dict:
     return raw
 
 
-COUNTS = ("epoch", "step", "global_step", "segment")
+COUNTS = ("epoch", "step", "global_step", "segment", "step_offset")
 
 
 def _check_state(run: dict, origin: str) -> None:

@@ -114,7 +114,7 @@ class EpochLoop:
         point = {"train/loss": loss, "lr": self.trainer.lr()}
         if self.trainer.grad_norm is not None:  # gradient clipping on: the norm before it
             point["train/grad_norm"] = float(self.trainer.grad_norm)
-        self.tracker.log_metrics(point, step=s.global_step)
+        self.tracker.log_metrics(point, step=s.logged_step)
         if not math.isfinite(loss):
             self.diverged(loss)
         return loss
@@ -138,7 +138,7 @@ class EpochLoop:
         if last or (epoch + 1) % cfg.trainer.eval_every_n_epochs == 0:
             self.test = self.evaluated = self.evaluate(metrics, tta=last or cfg.trainer.tta_every_eval)
         metrics.update(timing)
-        self.tracker.log_metrics(logged(metrics, {cfg.objective, cfg.checkpoint.monitor}), step=state.global_step)
+        self.tracker.log_metrics(logged(metrics, {cfg.objective, cfg.checkpoint.monitor}), step=state.logged_step)
         log_epoch(metrics, cfg.epochs)
         for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
             if not math.isfinite(loss):

@@ -690,6 +690,28 @@ def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
     assert [step for step, _ in ref["train/loss"]] == list(range(1, 10))  # one point per optimizer step
 
 
+@pytest.mark.slow
+def test_a_format_2_run_with_accumulation_logs_every_later_metric(cli, workdir):
+    """Format 2 logged at batch counts: its store holds steps up to 8 after one epoch of 8
+    batches. Resumed, the run counts optimizer steps (3 an epoch) and logs them after the
+    steps the store holds; not one later point is dropped."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run_dir = workdir / "old"
+    features = [*EXACT, "trainer.accumulate_grad_batches=3", "mlflow.log_model=false"]
+    assert cli(*features, "epochs=1", "mlflow.experiment_name=old", f"hydra.run.dir={run_dir}").returncode == 0
+    c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = c.search_runs([c.get_experiment_by_name("old").experiment_id])
+    rid = run.info.run_id
+    c.log_batch(rid, metrics=[Metric("train/loss", 1.0, 0, step) for step in range(4, 9)])  # batch units, as then
+    as_format_2(run_dir / "checkpoints/last.pt", batches_per_epoch=8)
+    assert cli(f"resume={run_dir}", "epochs=3", "trainer.progress=false").returncode == 0
+    logged = [m.step for m in sorted(c.get_metric_history(rid, "train/loss"), key=lambda m: m.step)]
+    assert logged == list(range(1, 9)) + list(range(9, 15))  # 6 more optimizer steps, after step 8
+    assert [m.step for m in c.get_metric_history(rid, "epoch")][-2:] == [11, 14]
+
+
 def as_format_2(path: Path, batches_per_epoch: int) -> None:
     """Rewrite a checkpoint as format 2 wrote it: batches as global_step, early stopping's
     count in the run state, no policies."""

@@ -146,6 +146,7 @@ class MlflowTracker:
             self.set_tags(tags)
         # (key -> last step) already in the store: a resume never logs a step twice
         self._logged_until = self._last_steps() if self.resumed else {}
+        self._said_held = False
         self._monitor = self._system_metrics(cfg.mlflow.system_metrics_every_s)
 
     def _system_metrics(self, every_s: float):
@@ -227,11 +228,16 @@ class MlflowTracker:
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
-        points = [
-            [k, rounded(k, v), ts, step]
-            for k, v in valid_keys(metrics, "metric").items()
-            if step > self._logged_until.get(k, -1)
-        ]
+        valid = valid_keys(metrics, "metric")
+        points = [[k, rounded(k, v), ts, step] for k, v in valid.items() if step > self._logged_until.get(k, -1)]
+        if len(points) < len(valid) and not self._said_held:
+            self._said_held = True
+            log.info(
+                "the MLflow run already holds step %d of %s (logged before the checkpoint this run resumed "
+                "from was written): such points are not logged twice",
+                step,
+                ", ".join(sorted(set(valid) - {p[0] for p in points})[:3]),
+            )
         self._buffer.extend(points)
         self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:

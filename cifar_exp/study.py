@@ -136,18 +136,27 @@ _LEASES: dict[str, Any] = {}
 
 def take_lease(storage: str, name: str, command: str) -> None:
     """One sweep per study: the running sweep holds a lease on it, and a second sweep of the
-    same study is refused in one line naming the first. SQLite: a lock on a file beside the
-    database; PostgreSQL: a session advisory lock; other stores: no lease, said once."""
-    key = hashlib.sha1(f"{storage}#{name}".encode()).hexdigest()[:16]
-    if key in _LEASES:
-        return
+    same study is refused in one line naming the first. The lease is keyed on the study's
+    identity, not on how the URL spells it. SQLite: a lock on a file beside the database,
+    keyed on its resolved path (`./`, a linked folder and `?timeout=` reach one file);
+    PostgreSQL: a session advisory lock, which the server scopes to the database the session
+    is in (`localhost` and `127.0.0.1` reach one lock); other stores: no lease, said once."""
     if storage.startswith("sqlite:///"):
-        _LEASES[key] = _file_lease(Path(storage[len("sqlite:///") :].split("?")[0]), key, name, command)
+        db = Path(storage[len("sqlite:///") :].split("?")[0]).expanduser().resolve()
+        key = _lease_key(f"sqlite:{db}", name)
+        if key not in _LEASES:
+            _LEASES[key] = _file_lease(db, key, name, command)
     elif storage.startswith(("postgresql", "postgres")):
-        _LEASES[key] = _advisory_lease(storage, key, name)
-    else:
+        key = _lease_key("postgresql", name)
+        if key not in _LEASES:
+            _LEASES[key] = _advisory_lease(storage, key, name)
+    elif storage not in _LEASES:
         log.warning("warning: no sweep lease on %s: make sure no other sweep runs study %r", storage, name)
-        _LEASES[key] = None
+        _LEASES[storage] = None
+
+
+def _lease_key(where: str, name: str) -> str:
+    return hashlib.sha1(f"{where}#{name}".encode()).hexdigest()[:16]
 
 
 def _running(name: str, holder: str) -> UserError:

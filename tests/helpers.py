@@ -383,3 +383,26 @@ def tensor_loader(split, batch_size: int, normalize, **keys):
     sampling, augmentation = take(Sampling), take(Augmentation)
     assert not keys, f"neither sampling nor augmentation: {sorted(keys)}"
     return TensorLoader(split, batch_size, normalize, sampling, augmentation)
+
+
+@contextlib.contextmanager
+def lease_held_elsewhere(storage: str, name: str):
+    """Another process holding the sweep lease of study `name` on `storage`, until the block ends."""
+    code = (
+        "import sys; from cifar_exp import study; "
+        "study.take_lease(sys.argv[1], sys.argv[2], 'the first sweep'); print('held', flush=True); sys.stdin.read()"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, storage, name],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+        start_new_session=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "held", "the lease was not taken"
+        yield proc
+    finally:
+        proc.stdin.close()
+        stop_session(proc, grace=10)

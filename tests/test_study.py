@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from cifar_exp import study
+from cifar_exp.errors import UserError
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
 
-from helpers import cli_process, run_cli
+from helpers import cli_process, lease_held_elsewhere, run_cli
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -254,6 +255,23 @@ def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
         if line.startswith("run dir"):
             return proc
     pytest.fail(f"the sweep ended before its first trial: {proc.wait()}")
+
+
+@pytest.mark.parametrize("alias", ["dot", "linked folder", "query"])
+def test_the_lease_is_one_per_sqlite_file_however_it_is_spelled(tmp_path, alias):
+    """A second sweep reaching the same file by another spelling meets the first's lease."""
+    (tmp_path / "studies").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "studies")
+    first = f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}"
+    second = {
+        "dot": f"sqlite:///{tmp_path / 'studies' / '.' / 'optuna.db'}",
+        "linked folder": f"sqlite:///{tmp_path / 'link' / 'optuna.db'}",
+        "query": f"sqlite:///{tmp_path / 'studies' / 'optuna.db'}?timeout=20",
+    }[alias]
+    with lease_held_elsewhere(first, "lr_search"):
+        with pytest.raises(UserError, match=r"is being run by another sweep \(pid \d+ .*: the first sweep\)"):
+            study.take_lease(second, "lr_search", "the second sweep")
+        study.take_lease(second, "another_study", "a sweep of another study")  # other studies are free
 
 
 def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):

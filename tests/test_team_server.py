@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import free_port, run_cli, serve_mlflow
+from helpers import free_port, lease_held_elsewhere, run_cli, serve_mlflow
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +102,15 @@ def test_parallel_sweep_into_a_postgres_backed_server(tmp_path, postgres, monkey
         assert len(summary.read_text().strip().splitlines()) == 5
         plots = {a.path for a in c.list_artifacts(children[0].info.run_id, "plots")}
         assert "plots/learning_curves.png" in plots
+
+
+def test_the_lease_is_one_per_study_on_a_server_however_it_is_reached(postgres):
+    """localhost and 127.0.0.1 reach one server: one lease for the study on it."""
+    from cifar_exp import study
+    from cifar_exp.errors import UserError
+
+    by_address = postgres.replace("postgresql://", "postgresql+psycopg://")
+    by_name = by_address.replace("@127.0.0.1:", "@localhost:")
+    with lease_held_elsewhere(by_address, "lr_search"):
+        with pytest.raises(UserError, match="is being run by another sweep"):
+            study.take_lease(by_name, "lr_search", "the second sweep")

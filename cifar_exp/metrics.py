@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from cifar_exp.errors import UserError
+
 MIN, MAX = "min", "max"
 CLASS_PREFIX = "test/acc_class/"
 
@@ -21,22 +23,41 @@ class Metric:
     per_epoch: bool = True
 
 
+# which way each per-epoch metric is better: a fact the catalogue holds for each metric,
+# never read off how its name is spelled (images_per_s rises, a class called "floss" is an
+# accuracy)
+EPOCH_GOALS = {
+    "train/loss_epoch": MIN,
+    "train/acc": MAX,
+    "time/epoch_s": MIN,
+    "time/images_per_s": MAX,
+    "test/loss": MIN,
+    "test/acc": MAX,
+}
+VAL_GOALS = {"val/loss": MIN, "val/acc": MAX}
+
+
 def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
     """Every metric a run with `cfg` logs; `classes` None when only loading the data tells
     (then test/acc_class/<name> is taken on trust until the data is loaded)."""
     steps = ["train/loss", "lr"] + (["train/grad_norm"] if cfg.trainer.gradient_clip_val > 0 else [])
-    epochs = ["train/loss_epoch", "train/acc", "time/epoch_s", "time/images_per_s", "test/loss", "test/acc"]
+    epochs = dict(EPOCH_GOALS)
     if cfg.dataset.val_size > 0 or cfg.dataset.val_fraction > 0:
-        epochs += ["val/loss", "val/acc"]
-    epochs += [f"{CLASS_PREFIX}{c}" for c in classes or []]
+        epochs.update(VAL_GOALS)
+    epochs.update({f"{CLASS_PREFIX}{c}": MAX for c in classes or []})
     metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric("epoch", None)]
-    return {m.name: m for m in metrics + [Metric(n, goal(n)) for n in epochs]}
+    return {m.name: m for m in metrics + [Metric(n, g) for n, g in epochs.items()]}
 
 
 def goal(name: str) -> str:
-    """Which way `name` is better, by the catalogue's naming: losses and times fall,
-    accuracies and throughput rise."""
-    return MIN if name.endswith(("loss", "loss_epoch", "_s")) else MAX
+    """Which way the per-epoch metric `name` is better, as the catalogue records it: every
+    test/acc_class/<class> is an accuracy, whatever the class is called."""
+    if name.startswith(CLASS_PREFIX):
+        return MAX
+    try:
+        return {**EPOCH_GOALS, **VAL_GOALS}[name]
+    except KeyError:
+        raise UserError(f"{name!r} is not a per-epoch metric of this project: {', '.join(EPOCH_GOALS)}") from None
 
 
 def selectable(cfg, classes: Optional[list[str]]) -> list[str]:

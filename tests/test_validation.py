@@ -31,6 +31,9 @@ MODES = [
     (["objective=val/acc", "dataset.val_fraction=0.1"], "max"),
     (["checkpoint.monitor=train/loss_epoch"], "min"),
     (["checkpoint.monitor=time/epoch_s"], "min"),
+    # a direction is the catalogue's fact, not a guess from the name's ending
+    (["checkpoint.monitor=time/images_per_s"], "max"),
+    (["checkpoint.monitor=time/images_per_s", "checkpoint.mode=max"], "max"),
     (["checkpoint.monitor=test/acc_class/class3"], "max"),
     (["objective=test/loss", "checkpoint.mode=min"], "min"),
     ([], "max"),
@@ -59,6 +62,10 @@ def test_a_mode_that_contradicts_its_metric_is_refused(overrides, needle):
 DIRECTIONS = [
     (None, "val/loss", "minimize"),
     (None, "test/acc", "maximize"),
+    (None, "time/images_per_s", "maximize"),
+    (None, "time/epoch_s", "minimize"),
+    (None, "test/acc_class/floss", "maximize"),
+    (None, "test/acc_class/cat_s", "maximize"),
     ("maximize", "val/acc", "maximize"),
     (["minimize"], "test/loss", "minimize"),
     ("maximize", "val/loss", "must be minimize or null"),

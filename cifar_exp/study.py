@@ -123,6 +123,69 @@ def study_name(sweeper: Any, task_overrides: list[str]) -> str:
     return f"cifar_exp {text[:80]} {digest}" if text else f"cifar_exp {digest}"
 
 
+IDENTITY_ATTR = "cifar_exp.search"
+
+
+def check_same_search(study, objective: str, direction: str, space: dict, sampler: str) -> None:
+    """A study is one search: the objective, its direction, the search space and the
+    sampler it was made with are kept in the study; a sweep that names the study with any
+    of them different is refused in one line saying what differs, never silently continued
+    (a study made to maximize val/acc, reused for val/loss, would report the largest loss)."""
+    from optuna.distributions import distribution_to_json
+
+    now = {
+        "objective": objective,
+        "direction": direction,
+        "space": {k: distribution_to_json(d) for k, d in sorted(space.items())},
+        "sampler": sampler,
+    }
+    kept = study.user_attrs.get(IDENTITY_ATTR)
+    if kept is None:  # a new study, or one made before this was kept: its direction is known
+        made = study.direction.name.lower()
+        if study.trials and made != direction:
+            raise _other_search(study.study_name, {"direction": (made, direction)})
+        study.set_user_attr(IDENTITY_ATTR, now)
+        return
+    differ = {k: (kept.get(k), v) for k, v in now.items() if kept.get(k) != v}
+    if differ:
+        raise _other_search(study.study_name, differ)
+
+
+def check_existing_search(storage: str, name: str, objective: str, direction: str, space: dict, sampler: str) -> None:
+    """check_same_search before any job or record: against the study, if the storage has it."""
+    import optuna
+
+    db = Path(storage[len("sqlite:///") :].split("?")[0]) if storage.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        return
+    try:
+        existing = optuna.load_study(study_name=name, storage=connect(storage))
+    except KeyError:  # no such study yet
+        return
+    check_same_search(existing, objective, direction, space, sampler)
+
+
+def _other_search(name: str, differ: dict) -> UserError:
+    said = "; ".join(
+        f"{key} was {_short(was)}, now {_short(now)}" if key != "space" else _space_change(was, now)
+        for key, (was, now) in differ.items()
+    )
+    return UserError(
+        f"the Optuna study {name!r} is another search ({said}); a study is one search: name a new one "
+        f"with hydra.sweeper.study_name, or run it as it was"
+    )
+
+
+def _space_change(was: Optional[dict], now: dict) -> str:
+    was = was or {}
+    changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+    return f"the search space differs in {', '.join(changed)}"
+
+
+def _short(value: Any) -> str:
+    return str(value)[:60]
+
+
 def parent_tags(storage: str, name: str) -> dict[str, str]:
     """The sweep's MLflow parent run's tags for its study (the key: a digest, quote-free)."""
     key = hashlib.sha1(f"{storage}#{name}".encode()).hexdigest()[:16]

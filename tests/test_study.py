@@ -4,6 +4,7 @@ do not end the study, and one MLflow parent run per study."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -67,6 +68,45 @@ def runs(workdir: Path) -> list:
 def test_sweep_syntax_becomes_optuna_distributions(text, expected):
     [override] = OverridesParser.create().parse_overrides([text])
     assert distribution(override) == expected
+
+
+def test_a_value_given_on_the_command_line_fixes_a_searched_key():
+    from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import search_space
+
+    params = {"x": "interval(-5.0, 5.0)", "y": "interval(-5.0, 5.0)"}
+    space, fixed, _ = search_space(params, ["y=0"], grid_search=False)
+    assert list(space) == ["x"] and fixed == ["y=0"]
+    space, fixed, _ = search_space({"y": "0"}, ["y=interval(0.0, 1.0)"], grid_search=False)
+    assert list(space) == ["y"] and fixed == []  # and a search given there opens a fixed one
+
+
+def _made(tmp_path, objective="val/acc", direction="maximize", space=None, sampler="tpe"):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    made = optuna.create_study(study_name="s", storage=storage, direction=direction, load_if_exists=True)
+    space = space or {"optimizer.lr": FloatDistribution(0.01, 0.1)}
+    study.check_same_search(made, objective, direction, space, sampler)
+    made.tell(made.ask(space), 0.5)
+    return storage
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"objective": "val/loss", "direction": "minimize"}, "objective was val/acc, now val/loss; direction was"),
+        ({"space": {"optimizer.lr": FloatDistribution(0.001, 0.1)}}, "the search space differs in optimizer.lr"),
+        ({"space": {"seed": IntDistribution(0, 3)}}, "the search space differs in optimizer.lr, seed"),
+        ({"sampler": "grid"}, "sampler was tpe, now grid"),
+    ],
+)
+def test_a_study_reused_for_another_search_is_refused_in_one_line(tmp_path, change, needle):
+    storage = _made(tmp_path)
+    now = {"objective": "val/acc", "direction": "maximize", "space": {"optimizer.lr": FloatDistribution(0.01, 0.1)}}
+    now = {**now, "sampler": "tpe", **change}
+    with pytest.raises(UserError, match=re.escape(needle)) as err:
+        study.check_existing_search(storage, "s", **now)
+    assert "a study is one search" in str(err.value) and "\n" not in str(err.value)
+    now.update(objective="val/acc", direction="maximize", space={"optimizer.lr": FloatDistribution(0.01, 0.1)})
+    study.check_existing_search(storage, "s", **{**now, "sampler": "tpe"})  # the same search continues
 
 
 def test_the_same_command_names_the_same_study_and_storage(tmp_path):

@@ -64,15 +64,15 @@ def search_space(params: Optional[dict], arguments: list[str], grid_search: bool
     hydra.sweeper.params and the command line's overrides (the command line wins)."""
     from optuna.distributions import FloatDistribution
 
-    space, fixed = {}, []
+    chosen: dict[str, Any] = {}  # key -> its distribution, or its fixed override; the last one given wins
     for override in OverridesParser.create().parse_overrides(
         [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
     ):
-        dist = distribution(override)
-        if dist is None:
-            fixed.append(override.input_line)
-        else:
-            space[override.get_key_element()] = dist
+        key = override.get_key_element()
+        chosen.pop(key, None)
+        chosen[key] = distribution(override) or override.input_line
+    space = {k: v for k, v in chosen.items() if not isinstance(v, str)}
+    fixed = [v for v in chosen.values() if isinstance(v, str)]
     grid = {
         k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
         for k, d in space.items()
@@ -97,9 +97,15 @@ def check(config: DictConfig) -> str:
         typed(part, sweeper[part]).check(f"hydra.sweeper.{part}")
     at_least(sweeper, "hydra.sweeper", 1, "n_trials", "n_jobs")
     settings = OmegaConf.to_container(sweeper, resolve=True)
-    studies.check_storage(studies.storage_url(settings, Path(config.hydra.runtime.cwd)))
-    search_space(settings.get("params"), list(config.hydra.overrides.task), settings["sampler"]["name"] == "grid")
-    return studies.direction(settings.get("direction"), config.objective)
+    storage = studies.storage_url(settings, Path(config.hydra.runtime.cwd))
+    studies.check_storage(storage)
+    overrides = list(config.hydra.overrides.task)
+    sampler = settings["sampler"]["name"]
+    space = search_space(settings.get("params"), overrides, sampler == "grid")[0]
+    direction = studies.direction(settings.get("direction"), config.objective)
+    name = studies.study_name(settings, overrides)
+    studies.check_existing_search(storage, name, config.objective, direction, space, sampler)
+    return direction
 
 
 def _quoted(value: str) -> str:
@@ -152,6 +158,7 @@ class OptunaSweeper(Sweeper):
             sampler=studies.build_sampler(self.settings["sampler"], grid),
             pruner=studies.build_pruner(self.settings["pruner"]),
         )
+        studies.check_same_search(study, self.config.objective, self.direction, space, self.settings["sampler"]["name"])
         self._requeue_left_running(study)
         log.info(
             "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",

@@ -42,6 +42,8 @@ def _hydra_main(cfg: DictConfig) -> float:
 
     from cifar_exp.run import run
 
+    global _job_started
+    _job_started = True
     try:
         metrics = run(cfg)
     except (UserError, Interrupted) as e:
@@ -61,6 +63,26 @@ def _exit_for(e: Exception) -> NoReturn:
     exit_with(str(e))
 
 
+def _config_error(e: BaseException) -> NoReturn:
+    stopping.append(e)
+    show(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+def _raised_composing(e: BaseException) -> bool:
+    """Whether `e` came out of Hydra or OmegaConf composing the command's config (OmegaConf
+    raises plain AttributeErrors for some overrides, e.g. merging into a null mapping):
+    the innermost frame is theirs, and no job of ours had started."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = Path(tb.tb_frame.f_code.co_filename).parts if tb is not None else ()
+    return not _job_started and ("omegaconf" in where or "hydra" in where)
+
+
+_job_started = False
+
+
 def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -76,9 +98,11 @@ def main() -> None:
     except (UserError, Interrupted) as e:
         _exit_for(e)
     except (HydraException, OmegaConfBaseException) as e:
-        stopping.append(e)
-        show(f"cifar-exp: config error: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _config_error(e)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if not _raised_composing(e):
+            raise  # a fault of the run itself keeps its traceback
+        _config_error(e)
     except KeyboardInterrupt as e:  # a second stop signal: out at once, from the last checkpoint
         stopping.append(e)
         ignore_stop_signals()

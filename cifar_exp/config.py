@@ -656,7 +656,22 @@ class MlflowConfig:
     registered_model_name: Optional[str] = None
 
     def check(self, at: str, run: Config) -> None:
+        from cifar_exp.tracking.keys import valid_key
+
         require(bool(self.experiment_name.strip()), f"{at}.experiment_name", "a non-empty name", self.experiment_name)
+        for key in self.tags:
+            require(
+                not key.startswith("mlflow."),
+                f"{at}.tags.{key}",
+                f"a tag of your own: MLflow's mlflow.* tags are the run's (the name is {at}.run_name)",
+                self.tags[key],
+            )
+            require(
+                valid_key(key) == key,
+                f"{at}.tags",
+                "keys MLflow takes: at most 250 letters, digits, _ - . : / and spaces",
+                key if len(key) <= 60 else key[:57] + "...",
+            )
         require(self.flush_every_s > 0, f"{at}.flush_every_s", "a float > 0", self.flush_every_s)
         require(
             self.system_metrics_every_s >= 0,

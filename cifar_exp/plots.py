@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -108,8 +109,7 @@ def learning_curves(history: list[dict], path: Path) -> Path:
         ax.set_ylabel(panel)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path) -> Path:
@@ -138,17 +138,37 @@ def confusion_matrix(confusion: torch.Tensor, classes: Sequence[str], path: Path
                     color="white" if share[i, j] > 0.5 else "black",
                 )
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig, path: Path, tight: bool = False) -> Path:
+    """Lay out (`tight`), write and close the figure. Characters the font cannot draw (a
+    class called 猫 with DejaVu Sans) come out as boxes, said in one line per process
+    instead of one matplotlib warning per glyph and figure."""
+    import warnings
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if tight:
+            fig.tight_layout()
+        fig.savefig(path, dpi=100)
     fig.clf()
     _pyplot().close(fig)
+    missing = {str(w.message) for w in caught if "missing from font" in str(w.message)}
+    for w in caught:
+        if "missing from font" not in str(w.message):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing and not _SAID_GLYPHS:
+        _SAID_GLYPHS.append(True)
+        logging.getLogger("cifar_exp").warning(
+            "warning: the plot font has no glyph for some characters of the class names; they are drawn as boxes"
+        )
     return path
+
+
+_SAID_GLYPHS: list = []
 
 
 def _axis_values(values: list) -> tuple[list, list[str] | None]:
@@ -215,8 +235,7 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
         ax.grid(alpha=0.3)
     if any(_mark(r) != "finished" for r in drawn):
         axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path, tight=True)
 
 
 STUDY_PLOTS = {

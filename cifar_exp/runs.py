@@ -22,14 +22,25 @@ class _OneLineParser(argparse.ArgumentParser):
         exit_with(message, prog=PROG)
 
 
-def positive_int(value: str) -> int:
+MAX_RUNS = 50000  # the most runs one MLflow search returns
+
+
+def run_count(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is invalid: must be an integer >= 1") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{number} is invalid: must be an integer >= 1")
+        number = 0
+    if not 1 <= number <= MAX_RUNS:
+        raise argparse.ArgumentTypeError(f"{value!r} is invalid: must be an integer from 1 to {MAX_RUNS}")
     return number
+
+
+def metric_name(value: str) -> str:
+    from cifar_exp.tracking.keys import valid_key
+
+    if valid_key(value) != value or "`" in value:
+        raise argparse.ArgumentTypeError(f"{value!r} is invalid: must be a metric name (test/acc, train/loss, ...)")
+    return value
 
 
 def metric_names(value: str) -> list[str]:
@@ -56,12 +67,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", default="cifar_exp", help="experiment name (default: cifar_exp)")
     parser.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
-    parser.add_argument("--sort", default="test/acc", help="metric to sort by (default: test/acc)")
+    parser.add_argument("--sort", type=metric_name, default="test/acc", help="metric to sort by (default: test/acc)")
     parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
     parser.add_argument(
         "--metrics", type=metric_names, default="test/acc,test/loss", help="comma-separated metric columns"
     )
-    parser.add_argument("--limit", type=positive_int, default=50, help="at most this many runs (default: 50)")
+    parser.add_argument(
+        "--limit", type=run_count, default=50, help=f"at most this many runs (default: 50; {MAX_RUNS} at most)"
+    )
     parser.add_argument(
         "--deliver",
         metavar="RUN_DIR",

@@ -50,4 +50,9 @@ def parse_cli(argv: list[str], schema: type) -> Any:
     for key in fields:
         if OmegaConf.is_missing(merged, key):
             raise UserError(f"{key}=... is required")
-    return OmegaConf.to_object(merged)
+    try:
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve (${oc.env:UNSET})
+        key = getattr(e, "full_key", None) or "?"
+        raw = OmegaConf.to_container(given, resolve=False).get(str(key))
+        raise UserError(f"{key}={raw!r} is invalid: {reason(e)}") from None

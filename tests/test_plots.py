@@ -26,7 +26,7 @@ def test_learning_curves_draw_train_val_and_test_against_whole_epochs(tmp_path, 
     assert series["loss"]["train"] == ([1, 2, 3], [2.0, 1.0, 2.0 / 3])
     assert series["accuracy"]["test"][0] == [1, 2, 3]
     drawn = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=False: drawn.update(fig=fig) or path)
     plots.learning_curves(history, tmp_path / "c.png")
     panels = {ax.get_ylabel(): ax for ax in drawn["fig"].axes}
     assert sorted(panels) == ["accuracy", "loss"]
@@ -56,7 +56,7 @@ def test_objective_vs_params_plots_every_swept_key_with_the_best_and_pruned_jobs
         for s in (0, 1)
     ]
     drawn = {}
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.update(fig=fig) or path)
+    monkeypatch.setattr(plots, "_save", lambda fig, path, tight=False: drawn.update(fig=fig) or path)
     plots.objective_vs_params(rows, ["optimizer.lr", "seed"], "test/acc", tmp_path / "o.png")
     lr_axis, seed_axis = drawn["fig"].axes
     assert (lr_axis.get_xlabel(), seed_axis.get_xlabel()) == ("optimizer.lr", "seed")
@@ -100,3 +100,18 @@ def test_a_long_class_name_is_cut_where_figures_print_it_and_leaves_room_for_the
     [labels] = ticks
     assert [t.get_text() for t in labels] == ["cat", "x" * 23 + "…"]
     assert plots.short("T-shirt (top)") == "T-shirt (top)"
+
+
+def test_class_names_the_font_cannot_draw_are_said_once_not_per_glyph(tmp_path, caplog):
+    import logging
+    import warnings
+
+    from cifar_exp import plots
+
+    plots._SAID_GLYPHS.clear()
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING, logger="cifar_exp"):
+        warnings.simplefilter("always")
+        for name in ("a.png", "b.png"):
+            plots.confusion_matrix(torch.eye(3), ["猫", "犬", "鳥"], tmp_path / name)
+    assert not [w for w in caught if "missing from font" in str(w.message)]
+    assert len([r for r in caplog.records if "no glyph" in r.getMessage()]) == 1

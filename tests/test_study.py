@@ -109,6 +109,12 @@ def test_a_study_reused_for_another_search_is_refused_in_one_line(tmp_path, chan
     study.check_existing_search(storage, "s", **{**now, "sampler": "tpe"})  # the same search continues
 
 
+def test_a_search_space_that_does_not_parse_is_one_line(workdir):
+    result = run_cli(*SEARCH, '+hydra.sweeper.params={optimizer.lr:"interval(a,b)"}', cwd=workdir)
+    assert result.returncode == 2 and "Traceback" not in result.output, result.output[-2000:]
+    assert "interval(a,b)" in result.stderr.strip().splitlines()[-1]
+
+
 def test_the_same_command_names_the_same_study_and_storage(tmp_path):
     sweeper = {"params": {"optimizer.lr": "interval(0.01, 0.1)"}, "storage": None, "study_name": None}
     a = study.study_name(sweeper, ["epochs=3", "optimizer.lr=0.5", "seed=1,2"])

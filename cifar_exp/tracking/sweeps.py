@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from cifar_exp.errors import UserError
-from cifar_exp.tracking.keys import rounded
+from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded
 from cifar_exp.tracking.store import client_for, connect, sqlite_file
 
 log = logging.getLogger("cifar_exp")
@@ -80,7 +80,8 @@ def start_parent(
             return exp_id, parent_id
     run = client.create_run(exp_id, run_name=name, tags={MLFLOW_RUN_NAME: name, **tags})
     if params:
-        client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+        values = cut(params, MAX_PARAM_VALUE, "param")
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in values.items()])
     return exp_id, run.info.run_id
 
 
@@ -116,7 +117,7 @@ def record_failed_job(
     run = client.create_run(
         experiment_id,
         run_name=name,
-        tags={MLFLOW_RUN_NAME: name, MLFLOW_PARENT_RUN_ID: parent_id, "error": message[:5000], **tags},
+        tags={MLFLOW_RUN_NAME: name, MLFLOW_PARENT_RUN_ID: parent_id, "error": message[:MAX_TAG_VALUE], **tags},
     )
     client.set_terminated(run.info.run_id, "FAILED")
 
@@ -142,7 +143,7 @@ def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: di
     ts = int(time.time() * 1000)
     client.log_batch(
         parent_id,
-        metrics=[Metric(k, rounded(k, v), ts, 0) for k, v in metrics.items()],
+        metrics=[Metric(k, rounded(v), ts, 0) for k, v in metrics.items()],
         tags=[RunTag(k, str(v)) for k, v in tags.items()],
     )
     for f in files:

@@ -15,7 +15,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from cifar_exp.errors import UserError, reason
-from cifar_exp.tracking.keys import rounded, valid_keys
+from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
 from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
 from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri
 
@@ -118,7 +118,7 @@ class MlflowTracker:
         self._latest: dict[str, list] = {}  # key -> its newest point, to link to the logged model
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
-        tags = valid_keys({k: str(v)[:5000] for k, v in tags.items()}, "tag")  # the REST store takes strings only
+        tags = cut(valid_keys(tags, "tag"), MAX_TAG_VALUE, "tag")  # the REST store takes strings only
         self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
         self.resumed = self.recorded_tags is not None
         self.name, self.was_cut_short, self.stopping = run_name, False, False
@@ -201,7 +201,8 @@ class MlflowTracker:
         """Params are write-once in MLflow: a resume logs only those the run does not have
         (what it may change is logged as tags, which a resume updates)."""
         existing = self.client.get_run(self.run_id).data.params if self.resumed else {}
-        values = {k: str(v)[:6000] for k, v in valid_keys(params, "param").items() if k not in existing}
+        new = {k: v for k, v in valid_keys(params, "param").items() if k not in existing}
+        values = cut(new, MAX_PARAM_VALUE, "param")
         self._queue({"op": "params", "items": values})
         self.flush()
 
@@ -223,13 +224,13 @@ class MlflowTracker:
         self.rename(f"[{label}] {self.name}")
 
     def set_tags(self, tags: dict) -> None:
-        self._queue({"op": "tags", "items": {k: str(v)[:5000] for k, v in valid_keys(tags, "tag").items()}})
+        self._queue({"op": "tags", "items": cut(valid_keys(tags, "tag"), MAX_TAG_VALUE, "tag")})
         self.flush()
 
     def log_metrics(self, metrics: dict, step: int) -> None:
         ts = int(time.time() * 1000)
         valid = valid_keys(metrics, "metric")
-        points = [[k, rounded(k, v), ts, step] for k, v in valid.items() if step > self._logged_until.get(k, -1)]
+        points = [[k, rounded(v), ts, step] for k, v in valid.items() if step > self._logged_until.get(k, -1)]
         if len(points) < len(valid) and not self._said_held:
             self._said_held = True
             log.info(
@@ -331,7 +332,7 @@ class MlflowTracker:
 
     def finish(self, status: str, error: Optional[BaseException] = None) -> None:
         if error is not None:
-            self._queue({"op": "tags", "items": {"error": f"{type(error).__name__}: {error}"[:5000]}})
+            self._queue({"op": "tags", "items": {"error": f"{type(error).__name__}: {error}"[:MAX_TAG_VALUE]}})
             self._queue({"op": "text", "text": "".join(traceback.format_exception(error)), "file": "error.txt"})
         elif status == "FINISHED" and self.resumed:
             self._queue({"op": "delete_tag", "key": "error"})  # an earlier segment's failure is over

@@ -165,7 +165,7 @@ class OptunaSweeperConf:
     n_jobs: int = 2
     # the search space in Hydra's sweep syntax: interval(...), tag(log, interval(...)),
     # choice(...), range(...), or a fixed value
-    params: Optional[Dict[str, str]] = None
+    params: Optional[Dict[str, str]] = field(default_factory=dict)
 
 
 SAMPLERS = {

@@ -3,12 +3,14 @@ schedule advances once per optimizer step, so its horizon is the run's step coun
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
 from omegaconf import DictConfig
 
 from cifar_exp.registry import builder, kwargs
+from cifar_exp.validation import warmup_steps
 
 sched = torch.optim.lr_scheduler
 
@@ -57,25 +59,59 @@ def muon(
     out = []
     for (kind, epochs), params in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)):
         if kind == "filters":
-            group = {**muon_rule}
+            group = {**muon_rule, "lr_scale": 1.0}
         else:
             group_lr = aux_lr if kind == "weights" else bias_lr
             decays = decay_norm_and_bias or kind == "weights"
             # the same decay per step (lr x weight_decay) as the other weights
-            group = {**sgd_rule, "lr": group_lr, "weight_decay": weight_decay * aux_lr / group_lr if decays else 0.0}
+            group = {
+                **sgd_rule,
+                "lr": group_lr,
+                "lr_scale": group_lr / lr,
+                "weight_decay": weight_decay * aux_lr / group_lr if decays else 0.0,
+            }
         out.append({**group, "params": params, **({"epochs": epochs} if epochs is not None else {})})
     return Muon(out, ns_steps=ns_steps, ns_eps=ns_eps, ns_bf16=ns_bf16)
 
 
+# Every schedule scales each parameter group's own rate. A group's `lr_scale` says how its
+# rate stands to optimizer.lr (a norm group at norm_lr_scale x lr, Muon's SGD groups at
+# aux_lr / lr and bias_lr / lr): settings given in units of optimizer.lr (eta_min, max_lr)
+# apply to each group at that scale.
+
+
+def _scale(group: dict) -> float:
+    return group.get("lr_scale", 1.0)
+
+
+class GroupCosine(sched.CosineAnnealingLR):
+    """Cosine annealing from each group's rate down to eta_min x its lr_scale (torch's
+    CosineAnnealingLR takes one eta_min for every group, which would anneal a group whose
+    rate is below it upwards). In closed form: the same rate at each step however the run
+    was interrupted and resumed."""
+
+    def __init__(self, optimizer, total_steps: int, eta_min: float):
+        self.eta_mins = [eta_min * _scale(g) for g in optimizer.param_groups]
+        super().__init__(optimizer, T_max=total_steps, eta_min=eta_min)
+
+    def _get_closed_form_lr(self) -> list[float]:
+        progress = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
+        return [eta + (base - eta) * progress for base, eta in zip(self.base_lrs, self.eta_mins)]
+
+    def get_lr(self) -> list[float]:
+        return self._get_closed_form_lr()
+
+
 def cosine(optimizer, total_steps: int, steps_per_epoch: int, eta_min: float) -> sched.LRScheduler:
-    return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=eta_min)
+    return GroupCosine(optimizer, total_steps, eta_min)
 
 
 def onecycle(
     optimizer, total_steps: int, steps_per_epoch: int, max_lr: Optional[float], pct_start: float
 ) -> sched.LRScheduler:
-    peak = max_lr if max_lr is not None else optimizer.param_groups[0]["lr"]
-    return sched.OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=pct_start)
+    """One cycle up to each group's peak: max_lr x its lr_scale, or its own rate (null)."""
+    peaks = [g["lr"] if max_lr is None else max_lr * _scale(g) for g in optimizer.param_groups]
+    return sched.OneCycleLR(optimizer, max_lr=peaks, total_steps=total_steps, pct_start=pct_start)
 
 
 def step(optimizer, total_steps: int, steps_per_epoch: int, step_epochs: int, gamma: float) -> sched.LRScheduler:
@@ -126,6 +162,7 @@ def param_groups(
         {
             "params": params,
             "lr": lr * norm_lr_scale if is_norm else lr,
+            "lr_scale": norm_lr_scale if is_norm else 1.0,
             "weight_decay": (weight_decay / norm_lr_scale if is_norm else weight_decay) if decays else 0.0,
         }
         for (is_norm, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
@@ -253,7 +290,7 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
     """The schedule over `total_steps` optimizer steps, with a linear warmup on top when
     scheduler.warmup_epochs > 0."""
     options = kwargs(cfg)
-    warmup = round(options.pop("warmup_epochs") * steps_per_epoch)
+    warmup = warmup_steps(options.pop("warmup_epochs"), steps_per_epoch)
     make = builder("scheduler", cfg)
     schedule = make(optimizer, total_steps, steps_per_epoch, **options) if make else None
     return Warmup(optimizer, schedule, warmup) if warmup > 0 else schedule

@@ -122,6 +122,11 @@ def monitor_mode(run) -> str:
     return run.checkpoint.mode or metrics.goal(run.checkpoint.monitor)
 
 
+def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
+    """The warm-up's length in optimizer steps, to the nearest step."""
+    return round(warmup_epochs * steps_per_epoch)
+
+
 def optimizer_steps(run: Config, train_images: int) -> tuple[int, int]:
     """(optimizer steps per epoch, optimizer steps in the run) for a split of that size."""
     d, t = run.dataset, run.trainer
@@ -155,7 +160,13 @@ def check_length(run: Config, train_images: int, test_images: int) -> None:
     length = f"the run's {total} optimizer steps ({run.epochs} epochs of {per_epoch}" + (
         f", trainer.max_steps={t.max_steps})" if t.max_steps and t.max_steps < run.epochs * per_epoch else ")"
     )
-    warmup = round(run.scheduler.warmup_epochs * per_epoch)
+    warmup = warmup_steps(run.scheduler.warmup_epochs, per_epoch)
+    require(
+        warmup > 0 or run.scheduler.warmup_epochs == 0,
+        "scheduler.warmup_epochs",
+        f"0 or at least one optimizer step (1/{per_epoch} of an epoch here): it rounds to no warm-up at all",
+        run.scheduler.warmup_epochs,
+    )
     require(
         warmup < total,
         "scheduler.warmup_epochs",

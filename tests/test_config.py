@@ -142,6 +142,8 @@ BAD_INPUTS = {
     "dataset.cutout=-1": "dataset.cutout",
     "dataset.mixup_alpha=-0.5": "dataset.mixup_alpha",
     "scheduler.warmup_epochs=-1": "scheduler.warmup_epochs",
+    # 4 optimizer steps an epoch: 0.1 epochs rounds to no warm-up at all
+    "dataset=synthetic dataset.train_size=512 scheduler.warmup_epochs=0.1": "at least one optimizer step (1/4",
     "checkpoint.save_top_k=-1": "checkpoint.save_top_k",
     "debug=nope": "Could not find 'debug/nope'",
     "dataset=image_folder dataset.root=/no/such/dir": "/no/such/dir",

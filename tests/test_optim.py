@@ -161,3 +161,51 @@ def test_a_group_that_trains_for_fewer_epochs_runs_the_triangle_over_its_own():
     assert rates[39][short] == 0.0
     other = 1 - short if short == 0 else 0
     assert [r[other] / base[other] for r in rates[::20]] == pytest.approx([1.0, 0.75])
+
+
+def _run_schedule(opt, schedule, steps: int) -> list[list[float]]:
+    """Each group's rate at every step."""
+    rates = [[g["lr"] for g in opt.param_groups]]
+    for _ in range(steps - 1):
+        opt.step()
+        schedule.step()
+        rates.append([g["lr"] for g in opt.param_groups])
+    return rates
+
+
+@pytest.mark.parametrize(
+    "max_lr, filters_peak, sgd_peak",
+    [(None, 0.24, 0.01), (0.48, 0.48, 0.02)],
+)
+def test_onecycle_peaks_each_muon_group_at_its_own_rate(max_lr, filters_peak, sgd_peak):
+    """Muon's filters peak at the Muon rate, its SGD groups at theirs (max_lr, given in
+    units of optimizer.lr, scales every group alike)."""
+    model = build_model(OmegaConf.structured(Airbench94Config), 10)
+    opt = _muon(model, lr=0.24, aux_lr=0.01, bias_lr=0.01)
+    schedule = build_scheduler(OmegaConf.structured(OneCycleConfig(max_lr=max_lr, pct_start=0.5)), opt, 20, 10)
+    rates = _run_schedule(opt, schedule, 20)
+    peaks = [max(step[i] for step in rates) for i in range(len(opt.param_groups))]
+    expected = [filters_peak if g["muon"] else sgd_peak for g in opt.param_groups]
+    assert peaks == pytest.approx(expected, rel=1e-3)
+
+
+def test_cosine_anneals_each_group_down_to_its_own_floor():
+    """eta_min=0.1 with Muon at 0.24: the SGD groups at 0.01 fall to 0.1 x 0.01 / 0.24,
+    never rise towards 0.1."""
+    model = build_model(OmegaConf.structured(Airbench94Config), 10)
+    opt = _muon(model, lr=0.24, aux_lr=0.01, bias_lr=0.01)
+    start = [g["lr"] for g in opt.param_groups]
+    rates = _run_schedule(opt, build_scheduler(OmegaConf.structured(CosineConfig(eta_min=0.1)), opt, 50, 10), 51)
+    for i in range(len(opt.param_groups)):
+        series = [step[i] for step in rates]
+        assert max(series) == pytest.approx(start[i]) and series == sorted(series, reverse=True)
+        assert series[-1] == pytest.approx(0.1 * start[i] / 0.24)
+
+
+def test_onecycle_keeps_the_norm_layers_faster_rate():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    opt = build_optimizer(OmegaConf.structured(SGDConfig(lr=0.01, norm_lr_scale=64.0)), model)
+    schedule = build_scheduler(OmegaConf.structured(OneCycleConfig(max_lr=0.1, pct_start=0.5)), opt, 20, 10)
+    rates = _run_schedule(opt, schedule, 20)
+    peaks = sorted(max(step[i] for step in rates) for i in range(len(opt.param_groups)))
+    assert peaks == pytest.approx([0.1, 6.4], rel=1e-3)

@@ -16,7 +16,7 @@ from cifar_exp.checkpoint import Checkpoint
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
 from cifar_exp.registry import flatten, schema
-from cifar_exp.validation import validate
+from cifar_exp.validation import monitor_mode, validate
 
 log = logging.getLogger("cifar_exp")
 
@@ -60,6 +60,7 @@ def plan(cfg: DictConfig, job: Job, run_dir: Path) -> Start:
         return Start(cfg, run_dir)
     merged = resume_config(cfg, ck.config, job.overrides)
     validate(merged, origin=f"resuming {ck.path}")
+    _start_monitor_afresh(ck, merged)
     # a checkpoint inside a run's checkpoints/ continues that run's dir; a loose copy of
     # one continues in this job's dir, never in whatever folder holds the file
     home = checkpoint.run_dir_of(ck.path) or run_dir
@@ -127,12 +128,40 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
                 f"mlflow.* and dataset paths may change. Start a new run instead"
             )
     own_choices(merged, cfg)
-    if merged.epochs != saved.epochs and merged.scheduler.name != "none":
+    spanning = spans_the_run(merged)
+    if merged.epochs != saved.epochs and spanning:
         raise UserError(
-            f"epochs cannot change when resuming with scheduler={merged.scheduler.name}: "
+            f"epochs cannot change when resuming with {' and '.join(spanning)}: "
             f"its schedule spans the original {saved.epochs} epochs"
         )
     return merged
+
+
+def spans_the_run(cfg: DictConfig) -> list[str]:
+    """The settings whose schedule is laid over the run's whole length: a learning-rate
+    schedule, and lookahead's (its slow copy's weight grows with the run's progress)."""
+    spanning = [f"scheduler={cfg.scheduler.name}"] if cfg.scheduler.name != "none" else []
+    if cfg.trainer.lookahead_every:
+        spanning.append(f"trainer.lookahead_every={cfg.trainer.lookahead_every}")
+    return spanning
+
+
+def _start_monitor_afresh(ck: Checkpoint, cfg: DictConfig) -> None:
+    """A resume that monitors another metric, or the same one the other way, does not judge
+    it against the old one's record: the best value, the top-k ranking and early stopping's
+    count start again (an accuracy's best would otherwise stop a loss-monitored run)."""
+    was = (ck.config.checkpoint.monitor, monitor_mode(ck.config))
+    now = (cfg.checkpoint.monitor, monitor_mode(cfg))
+    if was == now:
+        return
+    ck.state.best, ck.state.top = None, []
+    ck.policies.pop("early_stopping", None)
+    log.info(
+        "checkpoint.monitor is now %s (%s), was %s (%s): its best value, top-k ranking and early stopping's "
+        "count start afresh (best.pt is replaced at the next evaluated epoch; earlier top_epoch_*.pt files stay)",
+        *now,
+        *was,
+    )
 
 
 def own_choices(stored: DictConfig, cfg: Optional[DictConfig] = None) -> None:

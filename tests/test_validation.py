@@ -483,3 +483,42 @@ def test_a_new_option_brings_its_own_rules_in_its_own_entry():
             validate(compose_cfg(SYN, "optimizer=rmsprop", "optimizer.momentum=1.5"))
     finally:
         del REGISTRY["optimizer"]["rmsprop"]
+
+
+@pytest.mark.parametrize(
+    "setting, refused",
+    [
+        ("scheduler=cosine", "scheduler=cosine"),
+        ("trainer.lookahead_every=5", "trainer.lookahead_every=5"),
+        ("scheduler=none", None),
+    ],
+)
+def test_one_rule_for_changing_epochs_on_resume(setting, refused):
+    """Any schedule laid over the run's length (a learning-rate schedule or lookahead's)
+    keeps the epochs it was made for."""
+    saved = compose_cfg(SYN, setting, "epochs=2")
+    now = compose_cfg(SYN, setting, "epochs=4")
+    if refused is None:
+        assert resume_config(now, saved, ["epochs=4"]).epochs == 4
+    else:
+        with pytest.raises(UserError, match=f"epochs cannot change when resuming with {refused}"):
+            resume_config(now, saved, ["epochs=4"])
+
+
+@pytest.mark.slow
+def test_a_resume_that_monitors_another_metric_starts_its_record_afresh(train):
+    """Monitored by accuracy, then resumed monitoring the loss with a patience of 1. A run
+    that learns nothing (lr 1e-6) has an accuracy near 0.1 and a loss near 2.3: judged
+    against the accuracy's best, the loss would never improve and stop the run. Instead the
+    first resumed epoch sets the loss's best, and best.pt follows the loss."""
+    import torch
+
+    still = [SYN, "optimizer.lr=1e-6", "trainer.progress=false", "mlflow.enabled=false"]
+    first = train(*still, "epochs=2")
+    ck = first.run_dir / "checkpoints"
+    again = train(
+        *still, "epochs=3", f"resume={first.run_dir}", "checkpoint.monitor=test/loss", "trainer.early_stopping_patience=1"
+    )
+    assert "start afresh" in again.log and "stopping early" not in again.log
+    best = torch.load(ck / "best.pt", weights_only=True)["run"]
+    assert best["epoch"] == 3 and best["best"] == pytest.approx(best["history"][-1]["test/loss"])

@@ -516,9 +516,8 @@ def test_a_resume_that_monitors_another_metric_starts_its_record_afresh(train):
     still = [SYN, "optimizer.lr=1e-6", "trainer.progress=false", "mlflow.enabled=false"]
     first = train(*still, "epochs=2")
     ck = first.run_dir / "checkpoints"
-    again = train(
-        *still, "epochs=3", f"resume={first.run_dir}", "checkpoint.monitor=test/loss", "trainer.early_stopping_patience=1"
-    )
+    patient = ["checkpoint.monitor=test/loss", "trainer.early_stopping_patience=1"]
+    again = train(*still, "epochs=3", f"resume={first.run_dir}", *patient)
     assert "start afresh" in again.log and "stopping early" not in again.log
     best = torch.load(ck / "best.pt", weights_only=True)["run"]
     assert best["epoch"] == 3 and best["best"] == pytest.approx(best["history"][-1]["test/loss"])

@@ -15,6 +15,7 @@ from cifar_exp.terminal import show
 from cifar_exp.tool_cli import check_device, run_tool
 
 PLOT_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
+PRECISIONS = ("run", "float32")
 
 
 @dataclass
@@ -25,9 +26,13 @@ class EvaluateArgs:
     dataset_root: str = ""
     # also draw the confusion matrix to this file ("": no plot)
     plot: str = ""
+    # run: the precision the run's trainer.amp picks on this device (bf16 autocast where the
+    # device has the units, as in training); float32: full precision
+    precision: str = "run"
 
     def check(self) -> None:
         check_device(self.device)
+        require(self.precision in PRECISIONS, "precision", " or ".join(PRECISIONS), self.precision)
         require(
             not self.plot or Path(self.plot).suffix.lower() in PLOT_SUFFIXES,
             "plot",
@@ -38,7 +43,7 @@ class EvaluateArgs:
 
 USAGE = (
     "usage: python -m cifar_exp.evaluate checkpoint=<file or run dir> [device=cpu] "
-    "[dataset_root=<dir>] [plot=<confusion.png>]"
+    "[dataset_root=<dir>] [plot=<confusion.png>] [precision=run|float32]"
 )
 
 
@@ -57,7 +62,7 @@ def evaluate(args) -> dict:
     from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
     from cifar_exp.resume import own_choices
-    from cifar_exp.runtime import pick_device
+    from cifar_exp.runtime import Precision, pick_device, pick_precision
     from cifar_exp.validation import validate
 
     ck = checkpoint.find(args.checkpoint, log=lambda m: show(m, file=sys.stderr))
@@ -72,11 +77,24 @@ def evaluate(args) -> dict:
         raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
     model = checkpoint.restore_model(ck, device)
     settings = trainer_settings(cfg.trainer)
+    precision = (
+        pick_precision(cfg.trainer.amp, device, cfg.trainer.deterministic)
+        if args.precision == "run"
+        else Precision(None, "precision=float32")
+    )
     trainer = Trainer(
-        model, torch.optim.SGD(model.parameters(), lr=0), None, torch.nn.CrossEntropyLoss(), device, settings
+        model,
+        torch.optim.SGD(model.parameters(), lr=0),
+        None,
+        torch.nn.CrossEntropyLoss(),
+        device,
+        settings,
+        precision.dtype,
     )
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size), data.num_classes)
     show(f"checkpoint {ck.path} (epoch {ck.state.epoch}, step {ck.state.global_step})")
+    how = "" if args.precision == "float32" else f"the run's trainer.amp={cfg.trainer.amp} here: "
+    show(f"precision {precision.name} ({how}{precision.reason})")
     show(result.report(data.classes))
     show(confusion_table(result.confusion, data.classes))
     if args.plot:

@@ -804,3 +804,21 @@ def test_the_console_log_escapes_what_the_run_log_keeps():
 
     record = logging.LogRecord("cifar_exp", logging.INFO, __file__, 1, "class %s\nnext", ("\x1b[31mcat",), None)
     assert ConsoleFormatter("%(message)s").format(record) == "class \\x1b[31mcat\nnext"
+
+
+@pytest.mark.slow
+def test_evaluate_uses_the_run_s_precision_and_says_which(train, capsys):
+    """Evaluated as the run evaluated itself (bf16 autocast where this CPU has the units),
+    the test loss is the run's own; precision=float32 is there for full precision."""
+    from cifar_exp import evaluate
+    from cifar_exp.runtime import pick_precision
+    from cifar_exp.tool_cli import parse_cli
+
+    run = train(*FAST, "trainer.amp=auto")
+    last = run.run_dir / "checkpoints" / "last.pt"
+    expected = pick_precision("auto", torch.device("cpu")).name
+    same = evaluate.evaluate(parse_cli([f"checkpoint={last}", "device=cpu"], evaluate.EvaluateArgs))
+    assert same["test/loss"] == pytest.approx(run.metrics["test/loss"], abs=1e-6)
+    assert f"precision {expected} (the run's trainer.amp=auto here: " in capsys.readouterr().out
+    evaluate.evaluate(parse_cli([f"checkpoint={last}", "device=cpu", "precision=float32"], evaluate.EvaluateArgs))
+    assert "precision float32 (precision=float32)" in capsys.readouterr().out

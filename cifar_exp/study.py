@@ -80,11 +80,18 @@ def check_storage(url: str) -> None:
 
     try:
         parsed = make_url(url)
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
     except Exception as e:  # ArgumentError for garbage, NoSuchModuleError for an unknown dialect
         raise UserError(
             f"hydra.sweeper.storage={url!r} is invalid: must be an SQLAlchemy database URL "
             f"such as sqlite:///optuna.db ({reason(e)})"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise UserError(
+            f"hydra.sweeper.storage={url!r} needs its database driver, which is not installed ({reason(e)}); "
+            f"for PostgreSQL: pip install 'psycopg[binary]' and a URL starting postgresql+psycopg://"
         ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database:
         folder = Path(parsed.database).parent
@@ -101,7 +108,10 @@ def _check_sqlite(db: Path) -> None:
         return
     try:
         with contextlib.closing(sqlite3.connect(db, timeout=SQLITE_BUSY_S)) as c:
-            c.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            # the b-trees' structure, every page: a file damaged past its header fails here
+            [verdict] = c.execute("PRAGMA quick_check(1)").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(verdict)
     except sqlite3.DatabaseError as e:
         if "locked" in str(e):
             return  # in use: the sweep waits for it
@@ -287,12 +297,29 @@ SWEEP_WAIT_S, JOB_WAIT_S = 600, 60
 
 
 def connect(storage: str, wait_s: float = SWEEP_WAIT_S):
-    """Optuna's RDB storage, every call of which waits out a lock (bounded, with a line)."""
-    kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}} if storage.startswith("sqlite") else {}
+    """Optuna's RDB storage, every call of which waits out a lock or a server that went away
+    (bounded, with a line). Reaching it the first time is not waited for: a server that is
+    down or a database that does not exist is one line now."""
+    if storage.startswith("sqlite"):
+        kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
+    else:  # a pooled connection the server dropped (a restart) is replaced, not used
+        kwargs = {"pool_pre_ping": True}
     patient = _patient_storage()
-    connected = _waiting(lambda: patient(storage, engine_kwargs=kwargs), storage, wait_s)
+    try:
+        connected = _waiting(lambda: patient(storage, engine_kwargs=kwargs), storage, wait_s, reconnect=False)
+    except UserError:
+        raise
+    except Exception as e:  # refused, unknown host, no such database, bad credentials, damage
+        raise UserError(f"cannot use the Optuna storage {storage}: {_storage_reason(e)}") from None
     connected.wait_s = wait_s
     return connected
+
+
+def _storage_reason(e: BaseException) -> str:
+    """The database's own words: SQLAlchemy wraps them, with a link, around the driver's."""
+    while e.__cause__ is not None or getattr(e, "orig", None) is not None:
+        e = getattr(e, "orig", None) or e.__cause__
+    return reason(e)
 
 
 def _locked(e: Optional[BaseException]) -> bool:
@@ -303,25 +330,45 @@ def _locked(e: Optional[BaseException]) -> bool:
     return False
 
 
-def _waiting(call, storage: str, wait_s: float):
+def _away(e: BaseException) -> bool:
+    """A server that stopped answering (restarting, a dropped connection): SQLAlchemy's
+    OperationalError or InterfaceError flagged as a lost connection, or raised while connecting."""
+    from sqlalchemy.exc import DBAPIError
+
+    return isinstance(e, DBAPIError) and (e.connection_invalidated or "connect" in str(e).lower())
+
+
+def _damaged(e: BaseException) -> bool:
+    return any(w in str(e) for w in ("malformed", "not a database", "disk I/O error"))
+
+
+def _waiting(call, storage: str, wait_s: float, reconnect: bool = True):
     deadline = None
     while True:
         try:
             return call()
         except Exception as e:
-            if not _locked(e):
+            if _damaged(e):
+                raise UserError(
+                    f"the Optuna storage {storage} is damaged ({_storage_reason(e)}); move it away (the study "
+                    f"starts afresh) or point hydra.sweeper.storage elsewhere"
+                ) from None
+            waits = _locked(e) or reconnect and _away(e)
+            if not waits:
                 raise
             if deadline is None:
                 deadline = time.monotonic() + wait_s
                 log.warning(
-                    "warning: the Optuna storage %s is locked by another process; waiting for it (up to %d s)",
+                    "warning: the Optuna storage %s is %s; waiting for it (up to %d s)",
                     storage,
+                    "locked by another process" if _locked(e) else f"not answering ({_storage_reason(e)})",
                     wait_s,
                 )
             if time.monotonic() >= deadline:
                 raise UserError(
-                    f"the Optuna storage {storage} stayed locked for {wait_s:.0f} s; find what holds "
-                    f"it (another sweep, a backup) and run the same command again"
+                    f"the Optuna storage {storage} stayed {'locked' if _locked(e) else 'unreachable'} for "
+                    f"{wait_s:.0f} s; bring it back (or find what holds it) and run the same command again: "
+                    f"the study resumes"
                 ) from None
             time.sleep(1)
 

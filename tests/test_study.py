@@ -373,8 +373,23 @@ def test_a_locked_study_storage_is_waited_for_with_a_line(workdir):
     assert [t.state.name for t in trials(workdir)] == ["COMPLETE", "COMPLETE"]
 
 
-def test_a_corrupt_study_storage_is_one_line_before_anything_runs(cli, workdir):
-    (workdir / "optuna.db").write_bytes(b"not a database " * 100)
+def _damaged_past_its_header(db: Path) -> None:
+    """A real study file whose pages after the first are overwritten (a disk fault, a copy
+    cut short): its header and schema still read."""
+    made = optuna.create_study(study_name="s", storage=f"sqlite:///{db}")
+    for _ in range(20):
+        made.tell(made.ask({"x": FloatDistribution(0, 1)}), 0.5)
+    data = bytearray(db.read_bytes())
+    data[4096 * 2 :] = b"\xff" * (len(data) - 4096 * 2)
+    db.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["not a database", "damaged past its header"])
+def test_a_corrupt_study_storage_is_one_line_before_anything_runs(cli, workdir, damage):
+    if damage == "not a database":
+        (workdir / "optuna.db").write_bytes(b"not a database " * 100)
+    else:
+        _damaged_past_its_header(workdir / "optuna.db")
     result = cli(*SEARCH, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.01, 0.1)")
     assert result.returncode == 2
     [line] = result.stderr.strip().splitlines()
@@ -401,3 +416,16 @@ def test_a_crashed_sweep_s_parent_is_failed_and_says_why(cli, workdir):
     [parent] = [r for r in runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
     assert parent.info.status == "FAILED"
     assert "3 trials failed" in parent.data.tags["cifar_exp.sweep_end"]
+
+
+def test_a_storage_damaged_mid_sweep_is_one_line(tmp_path):
+    """The file is damaged while the sweep holds it: its next call is refused in one line."""
+    db = tmp_path / "optuna.db"
+    _damaged_past_its_header(db)
+    with pytest.raises(UserError, match="is damaged .*move it away"):
+        optuna.load_study(study_name="s", storage=study.connect(f"sqlite:///{db}")).get_trials()
+
+
+def test_a_storage_whose_driver_is_missing_is_one_line():
+    with pytest.raises(UserError, match="needs its database driver"):
+        study.check_storage("postgresql+pg8000://user@127.0.0.1:5432/db")

@@ -7,7 +7,9 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -25,8 +27,20 @@ def _as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd="/", **kw)
 
 
+@dataclass
+class PgServer:
+    url: str
+    restart: Callable[[], None]
+
+
 @pytest.fixture
-def postgres(tmp_path):
+def postgres(pg_server) -> str:
+    return pg_server.url
+
+
+@pytest.fixture
+def pg_server(tmp_path):
+    """A private PostgreSQL server on a free loopback port, its database `mlflow` created."""
     if not PG_BIN:
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql; .ci/run installs it)")
     pytest.importorskip("psycopg", reason="psycopg is missing (pip install -e .[dev])")
@@ -47,25 +61,18 @@ def postgres(tmp_path):
         shutil.chown(data, "postgres")
     port = free_port()
     _as_postgres([str(bindir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres"])
-    _as_postgres(
-        [
-            str(bindir / "pg_ctl"),
-            "-D",
-            str(data),
-            "-w",
-            "-l",
-            str(sock / "log"),
-            "-o",
-            f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}",
-            "start",
-        ]
-    )
+    pg_ctl = [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(sock / "log")]
+    options = ["-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {sock}"]
+    _as_postgres([*pg_ctl, *options, "start"])
     try:
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as conn:
             conn.execute("CREATE DATABASE mlflow")
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+        yield PgServer(
+            f"postgresql://postgres@127.0.0.1:{port}/mlflow",
+            lambda: _as_postgres([*pg_ctl, *options, "-m", "fast", "restart"]),
+        )
     finally:
         _as_postgres([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"])
         shutil.rmtree(base, ignore_errors=True)
@@ -114,3 +121,30 @@ def test_the_lease_is_one_per_study_on_a_server_however_it_is_reached(postgres):
     with lease_held_elsewhere(by_address, "lr_search"):
         with pytest.raises(UserError, match="is being run by another sweep"):
             study.take_lease(by_name, "lr_search", "the second sweep")
+
+
+def test_a_server_restarted_mid_sweep_is_waited_for_and_the_study_goes_on(pg_server, caplog):
+    """The study's server restarts between two of the sweep's calls: the dropped pooled
+    connection is replaced and the call goes through, with a line if it had to wait."""
+    import optuna
+
+    from cifar_exp import study
+
+    storage = pg_server.url.replace("postgresql://", "postgresql+psycopg://")
+    made = optuna.create_study(study_name="s", storage=study.connect(storage, wait_s=60), direction="maximize")
+    made.tell(made.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
+    pg_server.restart()
+    made.tell(made.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.7)
+    assert [t.value for t in made.get_trials()] == [0.5, 0.7]
+
+
+def test_a_storage_that_cannot_be_reached_is_one_line_at_once(pg_server):
+    from cifar_exp import study
+    from cifar_exp.errors import UserError
+
+    missing = pg_server.url.replace("postgresql://", "postgresql+psycopg://").replace("/mlflow", "/nope")
+    with pytest.raises(UserError, match='cannot use the Optuna storage .*database "nope" does not exist'):
+        study.connect(missing)
+    down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/mlflow"
+    with pytest.raises(UserError, match="cannot use the Optuna storage .*(refused|failed)"):
+        study.connect(down)

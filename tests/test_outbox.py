@@ -157,3 +157,23 @@ def test_a_resume_delivers_the_valid_writes_and_sets_aside_the_rest(train, workd
     [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "outbox" in r.getMessage()]
     assert "1 entries" in line and "entry 2" in line and "does not take writes" not in resumed.log
     assert (first.run_dir / (OUTBOX + ".refused")).is_file() and not (first.run_dir / OUTBOX).exists()
+
+
+def test_an_artifact_from_outside_the_run_dir_is_copied_in_before_it_is_saved(workdir, store):
+    """A resume's job log lives in that job's own output dir: while it waits in the outbox it
+    is kept inside the run dir, so the saved outbox names nothing outside it."""
+    from cifar_exp.tracking import Outbox
+
+    client, uri, run_dir, run_id, _ = store
+    elsewhere = workdir / "outputs" / "resume"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "cifar_exp.log").write_text("the resume's log")
+    box = Outbox(run_dir / OUTBOX, uri, run_id)
+    box.ops = [{"op": "artifact", "path": str(elsewhere / "cifar_exp.log"), "dest": "resume_1"}]
+    box.save()
+    (elsewhere / "cifar_exp.log").write_text("changed later")
+    saved = json.loads((run_dir / OUTBOX).read_text())["ops"][0]["path"]
+    assert not Path(saved).is_absolute() and (run_dir / saved).read_text() == "the resume's log"
+    assert "delivered 1 writes" in deliver_outbox(run_dir, uri)
+    assert [a.path for a in client.list_artifacts(run_id, "resume_1")] == ["resume_1/cifar_exp.log"]
+    assert not (run_dir / OUTBOX).exists() and not (run_dir / "mlflow_outbox_files").exists()

@@ -9,6 +9,7 @@ import logging
 import re
 import shlex
 import shutil
+import uuid
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -132,19 +133,19 @@ class Outbox:
             return
         from cifar_exp.checkpoint import atomic_write_text
 
-        ops = [self._portable(i, op) if op["op"] == "artifact" else op for i, op in enumerate(self.ops)]
+        ops = [self._portable(op) if op["op"] == "artifact" else op for op in self.ops]
         atomic_write_text(json.dumps({"uri": self.uri, "run_id": self.run_id, "ops": ops}), self.path)
 
-    def _portable(self, i: int, op: dict) -> dict:
+    def _portable(self, op: dict) -> dict:
         """An artifact as a path relative to the run dir: one from outside it (a resume's job
         log, its Hydra files) is copied in first, since a reader takes artifacts from the run
         dir only."""
         home = self.path.parent.resolve()
         source = home / op["path"]
         if not _inside(source, home):
-            copy = home / FILES / f"{i}-{source.name}"
-            if not copy.exists() and source.exists():
-                copy.parent.mkdir(parents=True, exist_ok=True)
+            copy = home / FILES / uuid.uuid4().hex[:12] / source.name
+            if source.exists():
+                copy.parent.mkdir(parents=True)
                 (shutil.copytree if source.is_dir() else shutil.copy2)(source, copy)
             op["path"], source = str(copy), copy
         return {**op, "path": str(source.resolve().relative_to(home))}

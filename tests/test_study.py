@@ -61,13 +61,33 @@ def runs(workdir: Path) -> list:
         ("x=tag(int, log, interval(1, 64))", IntDistribution(1, 64, log=True)),
         ("x=choice(64, 128)", CategoricalDistribution([64, 128])),
         ("x=a,b", CategoricalDistribution(["a", "b"])),
-        ("x=range(2, 10, 2)", IntDistribution(2, 8, step=2)),
+        # as hydra-optuna-sweeper reads them: a range includes its stop
+        ("x=range(2, 10, 2)", IntDistribution(2, 10, step=2)),
+        ("x=range(1,3)", IntDistribution(1, 3)),
+        ("x=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 5.5, step=1)),
+        ("x=interval(1, 5)", FloatDistribution(1, 5)),
+        ("x=tag(log, int(interval(1, 5)))", IntDistribution(1, 5, log=True)),
+        ("x=choice(true, false)", CategoricalDistribution([True, False])),
         ("x=3", None),
     ],
 )
 def test_sweep_syntax_becomes_optuna_distributions(text, expected):
     [override] = OverridesParser.create().parse_overrides([text])
     assert distribution(override) == expected
+
+
+def test_a_shuffled_range_is_a_choice_of_its_values_every_time():
+    for _ in range(200):
+        [override] = OverridesParser.create().parse_overrides(["x=shuffle(range(1,4))"])
+        dist = distribution(override)
+        assert isinstance(dist, CategoricalDistribution) and sorted(dist.choices) == [1, 2, 3]
+
+
+def test_a_grid_takes_every_value_of_a_range_its_stop_included():
+    from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import search_space
+
+    _, _, grid = search_space({"a": "range(1,3)", "b": "range(0.5, 1.5, step=0.5)", "c": "x,y"}, [], True)
+    assert grid == {"a": [1, 2, 3], "b": [0.5, 1.0, 1.5], "c": ["x", "y"]}
 
 
 def test_a_value_given_on_the_command_line_fixes_a_searched_key():

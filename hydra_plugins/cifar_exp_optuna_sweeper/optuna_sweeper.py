@@ -39,13 +39,16 @@ def distribution(override: Override):
         return None
     sweep = override.value()
     log_scale = "log" in getattr(sweep, "tags", set())
-    if isinstance(sweep, ChoiceSweep):
+    if isinstance(sweep, ChoiceSweep) or isinstance(sweep, RangeSweep) and sweep.shuffle:
         return CategoricalDistribution(list(override.sweep_iterator(transformer=lambda x: x)))
     if isinstance(sweep, RangeSweep):
-        values = list(override.sweep_iterator(transformer=lambda x: x))
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(values[0], values[-1], step=int(sweep.step), log=log_scale)
-        return CategoricalDistribution(values)
+        # as hydra-optuna-sweeper reads it: from start to stop, both included, by step
+        start, stop, step = sweep.start, sweep.stop, sweep.step
+        if not (step > 0 and start <= stop):
+            raise UserError(f"{override.input_line} is invalid: a range needs start <= stop and a step > 0")
+        if all(isinstance(v, int) for v in (start, stop, step)):
+            return IntDistribution(start, stop, step=step, log=log_scale and step == 1)
+        return FloatDistribution(start, stop, step=step)
     if isinstance(sweep, IntervalSweep):  # int(interval(1, 8)) or tag(int, interval(1, 8)): integers
         if not (math.isfinite(sweep.start) and math.isfinite(sweep.end) and sweep.start < sweep.end):
             raise UserError(f"{override.input_line} is invalid: an interval needs finite bounds, low < high")
@@ -59,11 +62,18 @@ def distribution(override: Override):
     )
 
 
+def _grid_values(dist) -> Optional[list]:
+    """Every value of a choice or a range, as a grid takes them; None for an interval."""
+    if hasattr(dist, "choices"):
+        return list(dist.choices)
+    if dist.step is None:
+        return None
+    return [dist.low + i * dist.step for i in range(round((dist.high - dist.low) / dist.step) + 1)]
+
+
 def search_space(params: Optional[dict], arguments: list[str], grid_search: bool) -> tuple[dict, list[str], dict]:
     """(distribution per searched key, the fixed overrides, the grid's values per key) of
     hydra.sweeper.params and the command line's overrides (the command line wins)."""
-    from optuna.distributions import FloatDistribution
-
     chosen: dict[str, Any] = {}  # key -> its distribution, or its fixed override; the last one given wins
     for override in OverridesParser.create().parse_overrides(
         [f"{k}={v}" for k, v in (params or {}).items()] + list(arguments)
@@ -73,11 +83,7 @@ def search_space(params: Optional[dict], arguments: list[str], grid_search: bool
         chosen[key] = distribution(override) or override.input_line
     space = {k: v for k, v in chosen.items() if not isinstance(v, str)}
     fixed = [v for v in chosen.values() if isinstance(v, str)]
-    grid = {
-        k: list(d.choices) if hasattr(d, "choices") else list(range(d.low, d.high + 1, d.step))
-        for k, d in space.items()
-        if not isinstance(d, FloatDistribution)
-    }
+    grid = {k: values for k, d in space.items() if (values := _grid_values(d)) is not None}
     if grid_search and len(grid) < len(space):
         raise UserError(
             "hydra.sweeper.sampler=grid needs choice(...) or range(...) for every searched key, "

@@ -31,6 +31,8 @@ SAMPLERS = {
     "qmc": "QMCSampler",
     "nsgaii": "NSGAIISampler",
 }
+# packages a sampler needs beyond Optuna's own (Optuna imports them only when it samples)
+SAMPLER_PACKAGES = {"cmaes": "cmaes", "qmc": "scipy"}
 PRUNERS = {
     "none": "NopPruner",
     "median": "MedianPruner",
@@ -397,6 +399,19 @@ def _build(module, registry: dict, name: str, kind: str, kwargs: dict):
     if name not in registry:
         raise UserError(f"unknown {kind} {name!r}; expected one of {', '.join(registry)}")
     return getattr(module, registry[name])(**kwargs)
+
+
+def check_sampler_packages(name: str) -> None:
+    """A sampler whose package is missing is refused now, not after the first trial ran
+    (Optuna imports it only when it samples)."""
+    import importlib.util
+
+    package = SAMPLER_PACKAGES.get(name)
+    if package and importlib.util.find_spec(package) is None:
+        raise UserError(
+            f"hydra/sweeper/sampler={name} needs the {package} package: pip install {package} "
+            f"(pip install -e '.[sweep]' brings it)"
+        )
 
 
 def build_sampler(cfg: dict, search_space: Optional[dict] = None):

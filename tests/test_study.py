@@ -449,3 +449,19 @@ def test_a_storage_damaged_mid_sweep_is_one_line(tmp_path):
 def test_a_storage_whose_driver_is_missing_is_one_line():
     with pytest.raises(UserError, match="needs its database driver"):
         study.check_storage("postgresql+pg8000://user@127.0.0.1:5432/db")
+
+
+def test_a_sampler_whose_package_is_missing_is_refused_before_any_job(monkeypatch):
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "cmaes" else find(name, *a))
+    with pytest.raises(UserError, match="sampler=cmaes needs the cmaes package"):
+        study.check_sampler_packages("cmaes")
+    study.check_sampler_packages("tpe")
+
+
+def test_the_cmaes_sampler_runs_a_sweep(cli, workdir):
+    result = cli(*SEARCH, "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.01, 0.1)")
+    assert result.returncode == 0, result.output[-2000:]
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE"] * 2

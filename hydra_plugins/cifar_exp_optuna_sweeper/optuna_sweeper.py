@@ -107,6 +107,7 @@ def check(config: DictConfig) -> str:
     studies.check_storage(storage)
     overrides = list(config.hydra.overrides.task)
     sampler = settings["sampler"]["name"]
+    studies.check_sampler_packages(sampler)
     space = search_space(settings.get("params"), overrides, sampler == "grid")[0]
     direction = studies.direction(settings.get("direction"), config.objective)
     name = studies.study_name(settings, overrides)

@@ -190,6 +190,10 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     assert {"trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
     assert parents[0].data.metrics["jobs_finished"] + parents[0].data.metrics["jobs_pruned"] == 6
 
+    again = run_cli(*command, cwd=workdir, timeout=600)  # a finished study says so, and how to extend it
+    assert again.returncode == 0 and "already has 6 finished trials" in again.stdout, again.output[-2000:]
+    assert "larger hydra.sweeper.n_trials" in again.stdout and len(trials(workdir)) == len(after)
+
 
 def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     """A learning rate that cannot learn in time is stopped after its first epoch; the run

@@ -180,6 +180,12 @@ class OptunaSweeper(Sweeper):
         identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
         # a grid has as many trials as points
         n_trials = min(self.n_trials, math.prod(map(len, grid.values()))) if grid_search else self.n_trials
+        if self._finished(study) >= n_trials:
+            print(
+                f"the Optuna study {name!r} already has {self._finished(study)} finished trials "
+                f"(hydra.sweeper.n_trials={self.n_trials}{', the whole grid' if grid_search else ''}): nothing to "
+                f"run; to extend it, run the same command with a larger hydra.sweeper.n_trials"
+            )
         failed = 0
         while (done := self._finished(study)) < n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]

@@ -150,6 +150,7 @@ def build_policies(cfg: DictConfig, job: Job, world: distributed.World, signals:
     trial = study.trial_for(job) if world.is_main else None
     if trial is not None:
         tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
+        trial.describe({"mlflow_run_id": tracker.run_id, "run_dir": str(job.output_dir.resolve())})
     return Policies(
         Signals(signals),
         EarlyStopping(cfg.checkpoint.monitor, cfg.trainer.early_stopping_patience),

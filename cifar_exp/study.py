@@ -473,6 +473,18 @@ class TrialLink:
             )
             return False
 
+    def describe(self, attrs: dict) -> None:
+        """Facts of this trial's job (its MLflow run, its run dir) as the trial's user_attrs,
+        for Optuna's own tools; like a report, a storage that fails costs only these."""
+        from optuna.exceptions import StorageInternalError
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            for key, value in attrs.items():
+                self._storage.set_trial_user_attr(self._trial_id, key, value)
+        except (SQLAlchemyError, StorageInternalError, UserError) as e:
+            log.warning("could not describe Optuna trial %d (%s)", self.number, reason(e))
+
     def mark_pruned(self) -> None:
         from optuna.trial import TrialState
 

@@ -40,6 +40,15 @@ SEARCH = [
 ]
 
 
+def _db(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'optuna.db'}"
+
+
+def _only_study(workdir: Path) -> str:
+    [name] = optuna.get_all_study_names(_db(workdir))
+    return name
+
+
 def trials(workdir: Path) -> list[optuna.trial.FrozenTrial]:
     storage = f"sqlite:///{workdir / 'optuna.db'}"
     [name] = optuna.get_all_study_names(storage)
@@ -226,6 +235,11 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     assert best.info.run_name == "[best] lr=0.05" and best.data.tags["optuna.trial"] == str(good.number)
     out = Path(pruned.data.tags["hydra.output_dir"])
     assert (out / "checkpoints" / "last.pt").is_file()
+    # Optuna's own tools see what each trial was: the metric's name, its run and its fixed keys
+    made = optuna.load_study(study_name=_only_study(workdir), storage=_db(workdir))
+    assert made.metric_names == ["val/acc"]
+    assert bad.user_attrs["mlflow_run_id"] == pruned.info.run_id and bad.user_attrs["run_dir"] == str(out)
+    assert "optimizer.momentum=0.9" in bad.user_attrs["fixed_overrides"]
 
 
 def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):

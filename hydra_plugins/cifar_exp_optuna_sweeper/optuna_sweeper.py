@@ -166,6 +166,8 @@ class OptunaSweeper(Sweeper):
             pruner=studies.build_pruner(self.settings["pruner"]),
         )
         studies.check_same_search(study, self.config.objective, self.direction, space, self.settings["sampler"]["name"])
+        if study.metric_names is None:  # Optuna's own tools name the value by it
+            study.set_metric_names([self.config.objective])
         self._requeue_left_running(study)
         log.info(
             "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",
@@ -189,6 +191,8 @@ class OptunaSweeper(Sweeper):
         failed = 0
         while (done := self._finished(study)) < n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
+            for trial in trials:
+                trial.set_user_attr("fixed_overrides", fixed)
             batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             stopped = [ret for ret in returns if isinstance(getattr(ret, "_return_value", None), Interrupted)]

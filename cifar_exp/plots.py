@@ -215,7 +215,7 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
                 rotation=30 if len(categories) > 4 else 0,
                 ha="right" if len(categories) > 4 else "center",
             )
-            ax.set_xlim(-0.5, len(categories) - 0.5)
+            ax.set_xlim(-0.5, max(len(categories), 1) - 0.5)  # no job finished: an empty axis
         elif xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
             # plain numbers at 1, 2 and 5 of each decade (only 1 past three decades): 0.001 0.002 0.005 0.01 ...
             ax.set_xscale("log")

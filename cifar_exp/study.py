@@ -417,7 +417,8 @@ def check_sampler_packages(name: str) -> None:
 def build_sampler(cfg: dict, search_space: Optional[dict] = None):
     import optuna
 
-    kwargs = {k: v for k, v in cfg.items() if k != "name"}
+    # null settings are Optuna's defaults: only what the config sets is passed
+    kwargs = {k: v for k, v in cfg.items() if k not in ("name", "_target_") and v is not None}
     if cfg["name"] == "grid":  # the grid is the sweep's own choice(...) and range(...) values
 
         class SweepGridSampler(optuna.samplers.GridSampler):

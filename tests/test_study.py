@@ -266,6 +266,98 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
     assert parent.info.status == "FINISHED" and parent.data.metrics["jobs_failed"] == 1
 
 
+@pytest.mark.parametrize("rate, stops", [(0.0, True), (1.0, False)])
+def test_max_failure_rate_stops_the_study_as_the_official_plugin_does(cli, workdir, rate, stops):
+    """The same sweep as above: its first batch (one trial) fails. With a rate of 0 the study
+    stops there in one line; with 1 it goes on to its two finished trials."""
+    result = cli(
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.sampler.seed=8",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        f"hydra.sweeper.max_failure_rate={rate}",
+        "model=choice(simple_cnn, exploding_cnn)",
+        "epochs=1",
+        "dataset.batch_size=64",
+        module="testing_cli",
+        timeout=600,
+    )
+    states = [t.state.name for t in trials(workdir)]
+    if stops:
+        assert result.returncode == 2 and states == ["FAIL"], result.output[-2000:]
+        assert "more than hydra.sweeper.max_failure_rate=0.0" in result.stderr.strip().splitlines()[-1]
+    else:
+        assert result.returncode == 0 and states == ["FAIL", "COMPLETE", "COMPLETE"], result.output[-2000:]
+
+
+@pytest.mark.parametrize(
+    "entry, expected",
+    [
+        ({"type": "categorical", "choices": [1, 2, 3]}, CategoricalDistribution([1, 2, 3])),
+        ({"type": "categorical", "choices": ["a", "b c"]}, CategoricalDistribution(["a", "b c"])),
+        ({"type": "int", "low": 0, "high": 10}, IntDistribution(0, 10)),
+        ({"type": "int", "low": 0, "high": 10, "step": 2}, IntDistribution(0, 10, step=2)),
+        ({"type": "int", "low": 1, "high": 100, "log": True}, IntDistribution(1, 100, log=True)),
+        ({"type": "float", "low": 0, "high": 1}, FloatDistribution(0, 1)),
+        ({"type": "float", "low": 0, "high": 10, "step": 2}, FloatDistribution(0, 10, step=2)),
+        ({"type": "float", "low": 1, "high": 100, "log": True}, FloatDistribution(1, 100, log=True)),
+    ],
+)
+def test_the_older_search_space_form_means_what_it_meant(entry, expected):
+    from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import all_params, search_space
+
+    space = search_space(all_params({"search_space": {"key": entry}, "params": {}}), [], False)[0]
+    assert space == {"key": expected}
+
+
+def test_params_win_over_the_older_search_space_form():
+    from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import all_params
+
+    merged = all_params({"search_space": {"x": {"type": "int", "low": 0, "high": 3}}, "params": {"x": "choice(7)"}})
+    assert merged == {"x": "choice(7)"}
+
+
+@pytest.mark.parametrize(
+    "entry, needle",
+    [
+        ({"type": "normal", "low": 0, "high": 1}, "search_space.x.type"),
+        ({"type": "int", "low": 5, "high": 1}, "low < high"),
+        ({"type": "categorical", "choices": []}, "search_space.x.choices"),
+    ],
+)
+def test_a_bad_older_search_space_entry_is_one_line(entry, needle):
+    from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import all_params
+
+    with pytest.raises(UserError, match=re.escape(needle)):
+        all_params({"search_space": {"x": entry}})
+
+
+def test_a_custom_search_space_hook_suggests_more_parameters(cli, workdir):
+    result = cli(
+        *SEARCH,
+        "hydra/sweeper/sampler=random",
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.n_jobs=1",
+        "hydra.sweeper.custom_search_space=testing_cli.suggest_momentum",
+        "optimizer.lr=interval(0.01, 0.1)",
+        module="testing_cli",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.output[-2000:]
+    momenta = sorted(t.params["optimizer.momentum"] for t in trials(workdir))
+    assert len(momenta) == 2 and all(0.5 <= m <= 0.9 for m in momenta)
+    children = [r for r in runs(workdir) if "mlflow.parentRunId" in r.data.tags]
+    logged = sorted(float(r.data.params["optimizer.momentum"]) for r in children)
+    assert logged == pytest.approx(momenta)
+
+
+def test_a_custom_search_space_that_is_not_a_function_is_one_line(cli, workdir):
+    result = cli(*SEARCH, "hydra.sweeper.custom_search_space=no.such.function", "optimizer.lr=interval(0.01, 0.1)")
+    assert result.returncode == 2 and "Traceback" not in result.output
+    assert "custom_search_space='no.such.function' is not a function" in result.stderr.strip().splitlines()[-1]
+
+
 def test_trials_in_joblib_worker_processes_report_to_the_study(cli, workdir):
     """Two trials at once in joblib's worker processes: each reaches its own trial through
     the SQLite storage and reports every epoch."""

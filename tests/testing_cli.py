@@ -23,6 +23,12 @@ def _count_all_reduces() -> None:
     atexit.register(lambda: print(f"all_reduce calls: {calls[0]}", flush=True))
 
 
+def suggest_momentum(cfg, trial) -> None:
+    """A custom_search_space hook, as the official plugin's example has: a parameter whose
+    range depends on the config."""
+    trial.suggest_float("optimizer.momentum", 0.5, cfg.get("max_momentum", 0.9))
+
+
 if __name__ == "__main__":
     import os
 

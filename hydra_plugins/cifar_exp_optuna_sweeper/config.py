@@ -10,12 +10,19 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from cifar_exp.config import SEED_LIMIT, at_least, require
+from cifar_exp.study import SAMPLERS as OPTUNA_SAMPLERS
 
 
 @dataclass
 class SamplerConf:
+    """A sampler's settings. Keys of the official plugin's sampler configs that Optuna still
+    takes are here too, null (Optuna's default) unless set; set, they are passed as given
+    (Optuna says which it deprecates). `_target_` may name the sampler's own Optuna class,
+    as the official configs do; nothing else."""
+
     name: str = "tpe"
     seed: Optional[int] = None
+    _target_: Optional[str] = None
 
     def check(self, at: str) -> None:
         require(
@@ -23,6 +30,13 @@ class SamplerConf:
             f"{at}.seed",
             f"an integer in [0, {SEED_LIMIT}) or null",
             self.seed,
+        )
+        own = f"optuna.samplers.{OPTUNA_SAMPLERS[self.name]}"
+        require(
+            self._target_ in (None, own),
+            f"{at}._target_",
+            f"{own} or null (choose another sampler with hydra/sweeper/sampler=<name>)",
+            self._target_,
         )
 
 
@@ -32,11 +46,20 @@ class TPESamplerConf(SamplerConf):
     n_startup_trials: int = 10
     n_ei_candidates: int = 24
     multivariate: bool = False
+    consider_prior: Optional[bool] = None
+    prior_weight: Optional[float] = None
+    consider_magic_clip: Optional[bool] = None
+    consider_endpoints: Optional[bool] = None
+    warn_independent_sampling: Optional[bool] = None
+    constant_liar: Optional[bool] = None
 
     def check(self, at: str) -> None:
         super().check(at)
         at_least(self, at, 0, "n_startup_trials")
         at_least(self, at, 1, "n_ei_candidates")
+        require(
+            self.prior_weight is None or self.prior_weight > 0, f"{at}.prior_weight", "a float > 0", self.prior_weight
+        )
 
 
 @dataclass
@@ -49,11 +72,25 @@ class CmaEsSamplerConf(SamplerConf):
     name: str = "cmaes"
     sigma0: Optional[float] = None
     n_startup_trials: int = 1
+    x0: Optional[Dict[str, Any]] = None
+    warn_independent_sampling: Optional[bool] = None
+    consider_pruned_trials: Optional[bool] = None
+    restart_strategy: Optional[str] = None
+    popsize: Optional[int] = None
+    inc_popsize: Optional[int] = None
+    use_separable_cma: Optional[bool] = None
+    with_margin: Optional[bool] = None
+    lr_adapt: Optional[bool] = None
 
     def check(self, at: str) -> None:
         super().check(at)
         require(self.sigma0 is None or self.sigma0 > 0, f"{at}.sigma0", "a float > 0 or null", self.sigma0)
         at_least(self, at, 0, "n_startup_trials")
+        strategy = self.restart_strategy
+        require(strategy in (None, "ipop", "bipop"), f"{at}.restart_strategy", "ipop, bipop or null", strategy)
+        for key in ("popsize", "inc_popsize"):
+            value = getattr(self, key)
+            require(value is None or value >= 1, f"{at}.{key}", "an integer >= 1 or null", value)
 
 
 @dataclass
@@ -67,6 +104,9 @@ class GridSamplerConf(SamplerConf):
 class QMCSamplerConf(SamplerConf):
     name: str = "qmc"
     qmc_type: str = "sobol"
+    scramble: Optional[bool] = None
+    warn_independent_sampling: Optional[bool] = None
+    warn_asynchronous_seeding: Optional[bool] = None
 
     def check(self, at: str) -> None:
         super().check(at)
@@ -77,10 +117,16 @@ class QMCSamplerConf(SamplerConf):
 class NSGAIISamplerConf(SamplerConf):
     name: str = "nsgaii"
     population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: Optional[float] = None
+    swapping_prob: Optional[float] = None
 
     def check(self, at: str) -> None:
         super().check(at)
         at_least(self, at, 2, "population_size")
+        for key in ("mutation_prob", "crossover_prob", "swapping_prob"):
+            value = getattr(self, key)
+            require(value is None or 0 <= value <= 1, f"{at}.{key}", "a float in [0, 1] or null", value)
 
 
 @dataclass
@@ -148,6 +194,9 @@ class SuccessiveHalvingPrunerConf(PrunerConf):
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+    # the sampler's and pruner's settings reach the sweeper as settings: it builds them from
+    # their registered names (a sampler's `_target_` is checked, never instantiated)
+    _recursive_: bool = False
     defaults: List[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     # chosen in the defaults: hydra/sweeper/sampler=random, hydra/sweeper/pruner=median, ...
     sampler: SamplerConf = MISSING
@@ -166,6 +215,15 @@ class OptunaSweeperConf:
     # the search space in Hydra's sweep syntax: interval(...), tag(log, interval(...)),
     # choice(...), range(...), or a fixed value
     params: Optional[Dict[str, str]] = field(default_factory=dict)
+    # the official plugin's older form of the search space, key -> {type: int|float|
+    # categorical, low, high, step, log, choices}; params win where both name a key
+    search_space: Optional[Dict[str, Any]] = None
+    # the official plugin's hook: module.function(cfg, trial) that suggests further
+    # parameters on each trial (their values join the trial's overrides)
+    custom_search_space: Optional[str] = None
+    # null: the sweep stops after max(n_trials, 3) failed trials; a share in [0, 1] (the
+    # official plugin's rule): it stops when more than that share of a batch failed
+    max_failure_rate: Optional[float] = None
 
 
 SAMPLERS = {

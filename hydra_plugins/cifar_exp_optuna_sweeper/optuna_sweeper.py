@@ -23,8 +23,8 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import at_least
-from cifar_exp.errors import Interrupted, UserError
+from cifar_exp.config import at_least, require
+from cifar_exp.errors import Interrupted, UserError, reason
 from hydra_plugins.cifar_exp_optuna_sweeper.config import typed
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,51 @@ def search_space(params: Optional[dict], arguments: list[str], grid_search: bool
     return space, fixed, grid
 
 
+def all_params(settings: dict) -> dict:
+    """hydra.sweeper.params with the official plugin's older `search_space` form read into
+    the same sweep syntax; params win for a key both name."""
+    older = {k: _sweep_syntax(k, v) for k, v in (settings.get("search_space") or {}).items()}
+    return {**older, **(settings.get("params") or {})}
+
+
+def _sweep_syntax(key: str, entry: Any) -> str:
+    """One `search_space` entry ({type, low, high, step, log, choices}) in sweep syntax,
+    meaning what the official plugin made of it."""
+    at = f"hydra.sweeper.search_space.{key}"
+    kind = entry.get("type") if isinstance(entry, dict) else None
+    if kind == "categorical":
+        choices = entry.get("choices")
+        require(isinstance(choices, list) and bool(choices), f"{at}.choices", "a non-empty list", choices)
+        return "choice(" + ", ".join(_quoted(str(c)) if isinstance(c, str) else str(c) for c in choices) + ")"
+    require(kind in ("int", "float"), f"{at}.type", "int, float or categorical", kind)
+    low, high, step, log_scale = entry.get("low"), entry.get("high"), entry.get("step"), entry.get("log", False)
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high))
+    require(numbers and low < high, f"{at}", "low < high, both numbers", f"{low}..{high}")
+    if kind == "int":
+        low, high = int(low), int(high)
+        if log_scale:
+            return f"tag(log, int(interval({low}, {high})))"
+        return f"range({low}, {high}, {int(step or 1)})"
+    if log_scale:
+        return f"tag(log, interval({float(low)}, {float(high)}))"
+    if step is not None:
+        return f"range({float(low)}, {float(high)}, step={float(step)})"
+    return f"interval({float(low)}, {float(high)})"
+
+
+def custom_search(path: Optional[str]):
+    """The official plugin's `custom_search_space` hook, module.function(cfg, trial), taken
+    from the sweep's own config (the command line or its config files, never a stored run)."""
+    if not path:
+        return None
+    from hydra.utils import get_method
+
+    try:
+        return get_method(path)
+    except Exception as e:
+        raise UserError(f"hydra.sweeper.custom_search_space={path!r} is not a function to call: {reason(e)}") from None
+
+
 def check(config: DictConfig) -> str:
     """The sweeper's own settings, before any job starts: the sampler's and pruner's values,
     the trial counts, the storage, the search space, and the direction against the run's
@@ -108,7 +153,10 @@ def check(config: DictConfig) -> str:
     overrides = list(config.hydra.overrides.task)
     sampler = settings["sampler"]["name"]
     studies.check_sampler_packages(sampler)
-    space = search_space(settings.get("params"), overrides, sampler == "grid")[0]
+    space = search_space(all_params(settings), overrides, sampler == "grid")[0]
+    rate = settings.get("max_failure_rate")
+    require(rate is None or 0 <= rate <= 1, "hydra.sweeper.max_failure_rate", "a share in [0, 1] or null", rate)
+    custom_search(settings.get("custom_search_space"))
     direction = studies.direction(settings.get("direction"), config.objective)
     name = studies.study_name(settings, overrides)
     studies.check_existing_search(storage, name, config.objective, direction, space, sampler)
@@ -130,18 +178,21 @@ class OptunaSweeper(Sweeper):
         n_trials: int,
         n_jobs: int,
         params: Optional[dict],
+        search_space: Optional[dict] = None,
+        custom_search_space: Optional[str] = None,
+        max_failure_rate: Optional[float] = None,
     ) -> None:
+        settings = {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name}
         self.settings = OmegaConf.to_container(
-            OmegaConf.create(
-                {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name, "params": params}
-            ),
-            resolve=True,
+            OmegaConf.create({**settings, "params": params, "search_space": search_space}), resolve=True
         )
-        self.n_trials, self.n_jobs = n_trials, n_jobs
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.custom_search_space = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.direction = check(config)
+        self.extend = custom_search(self.custom_search_space)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
@@ -153,7 +204,7 @@ class OptunaSweeper(Sweeper):
         from cifar_exp import study as studies
 
         grid_search = self.settings["sampler"]["name"] == "grid"
-        space, fixed, grid = search_space(self.settings["params"], arguments, grid_search)
+        space, fixed, grid = search_space(all_params(self.settings), arguments, grid_search)
         storage = studies.storage_url(self.settings, Path(self.config.hydra.runtime.cwd))
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
         studies.take_lease(storage, name, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
@@ -193,17 +244,24 @@ class OptunaSweeper(Sweeper):
             trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
             for trial in trials:
                 trial.set_user_attr("fixed_overrides", fixed)
+                if self.extend is not None:  # the official hook: it suggests further parameters
+                    self.extend(self.config, trial)
             batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             stopped = [ret for ret in returns if isinstance(getattr(ret, "_return_value", None), Interrupted)]
-            for trial, ret in zip(trials, returns):
-                if ret not in stopped:
-                    failed += not self._tell(study, trial, ret)
+            failed_now = sum(not self._tell(study, t, ret) for t, ret in zip(trials, returns) if ret not in stopped)
+            failed += failed_now
             if stopped:  # Ctrl-C or SIGTERM: the study stops; its stopped trials run again next time
                 raise Interrupted(
                     stopped[0]._return_value.signum, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])])
                 )
-            if failed >= max(n_trials, 3):
+            rate = self.max_failure_rate
+            if rate is not None and failed_now / len(trials) > rate:
+                raise UserError(
+                    f"the study stops: {failed_now} of {len(trials)} trials of a batch failed, more than "
+                    f"hydra.sweeper.max_failure_rate={rate}; see their logs in {self.sweep_dir}"
+                )
+            if rate is None and failed >= max(n_trials, 3):
                 raise UserError(
                     f"the study stops: {failed} trials failed in this sweep; see their logs in {self.sweep_dir}"
                 )

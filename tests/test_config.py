@@ -130,7 +130,7 @@ BAD_INPUTS = {
     "model=speed_net model.widths=[]": "model.widths",
     "mlflow.flush_every_s=0": "mlflow.flush_every_s",
     "+mlflow.tags={mlflow.runName:evil}": "mlflow.tags.mlflow.runName",
-    "+mlflow.tags={" + "k" * 300 + ":v}": "keys MLflow takes",
+    "+mlflow.tags={" + "k" * 300 + ":v}": "keys of at most 250 characters",
     "trainer.accumulate_grad_batches=0": "trainer.accumulate_grad_batches",
     "trainer.gradient_clip_val=-1": "trainer.gradient_clip_val",
     "trainer.ema_decay=1.5": "trainer.ema_decay",

@@ -75,10 +75,8 @@ def test_metric_values_carry_only_the_digits_they_have(finished):
     c, run = finished
     for key in run.data.metrics:
         for m in c.get_metric_history(run.info.run_id, key):
-            if not key.startswith("system/"):
+            if not key.startswith("system/"):  # float32's 7 significant digits, whatever the name
                 assert m.value == tracking.rounded(m.value), (key, m.value)
-            if key.endswith("_s"):
-                assert m.value == round(m.value, 3), (key, m.value)
 
 
 @pytest.mark.slow

@@ -441,8 +441,10 @@ TOOLS = [
     ("predict", ["checkpoint=x", "images=[a.png]", "top=abc"], "top='abc' is invalid"),
     ("predict", ["checkpoint=x", "images=[a.png]", "top=1.5"], "top=1.5 is invalid"),
     ("predict", ["checkpoint=x"], "images=... is required"),
-    ("runs", ["--limit", "0"], "--limit: 0 is invalid: must be an integer >= 1"),
-    ("runs", ["--limit", "-1"], "--limit: -1 is invalid"),
+    ("runs", ["--limit", "0"], "--limit: '0' is invalid: must be an integer from 1 to 50000"),
+    ("runs", ["--limit", "-1"], "--limit: '-1' is invalid"),
+    ("runs", ["--limit", "1000000"], "--limit: '1000000' is invalid: must be an integer from 1 to 50000"),
+    ("runs", ["--sort", "a`b"], "--sort: 'a`b' is invalid: must be a metric name"),
     ("runs", ["--limit", "abc"], "--limit: 'abc' is invalid"),
     ("runs", ["--metrics", ""], "--metrics: '' is invalid"),
 ]

@@ -22,19 +22,6 @@ from cifar_exp.terminal import show
 register_configs()
 
 
-def _expose_checkout_plugins() -> None:
-    """Hydra finds sweepers by listing the `hydra_plugins` namespace with pkgutil, which
-    cannot list what setuptools' editable installs map (pip install -e). From a checkout,
-    its root joins sys.path, so the namespace holds hydra_plugins/cifar_exp_optuna_sweeper;
-    an installed wheel needs nothing."""
-    root = Path(__file__).resolve().parents[1]
-    if (root / "hydra_plugins" / "cifar_exp_optuna_sweeper").is_dir() and str(root) not in sys.path:
-        sys.path.append(str(root))
-
-
-_expose_checkout_plugins()
-
-
 @hydra.main(version_base="1.3", config_path="pkg://cifar_exp.conf", config_name="config")
 def _hydra_main(cfg: DictConfig) -> float:
     from hydra.core.hydra_config import HydraConfig

@@ -161,7 +161,8 @@ class SweepTracking(Callback):
         summary = sweep_summary(children, p["objective"], p["swept"], completed, errors.stopping[-1:])
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
         files = [write_csv(summary["rows"], out / "sweep_summary.csv", p["swept"])]
-        files += sorted((p["sweep_dir"] / "optuna").glob("*.*"))  # the Optuna sweeper's study record
+        sweep_dir = p["sweep_dir"]  # the Optuna sweeper's study record
+        files += sorted(sweep_dir.glob("optimization_results.yaml")) + sorted((sweep_dir / "optuna").glob("*.*"))
         if summary["seed_groups"]:
             files.append(write_csv(summary["seed_groups"], out / "sweep_seeds.csv"))
         if p["swept"] and summary["rows"]:

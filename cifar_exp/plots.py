@@ -246,6 +246,15 @@ STUDY_PLOTS = {
 }
 
 
+def _study_plots(study) -> dict[str, str]:
+    """The plots this study can show: several objectives get their Pareto front (Optuna's
+    history and importances take one), and per-epoch values only where trials reported them."""
+    if len(study.directions) > 1:
+        return {"pareto_front": "plot_pareto_front"}
+    reported = any(t.intermediate_values for t in study.get_trials(deepcopy=False))
+    return {k: v for k, v in STUDY_PLOTS.items() if reported or k != "intermediate_values"}
+
+
 def study_plots(study, out: Path) -> list[Path]:
     """Optuna's own figures (its matplotlib backend) of a study. A figure the study cannot
     have yet (importances need two finished trials and a searched param) is left out."""
@@ -257,7 +266,7 @@ def study_plots(study, out: Path) -> list[Path]:
 
     plt = _pyplot()
     saved = []
-    for name, fn in STUDY_PLOTS.items():
+    for name, fn in _study_plots(study).items():
         # Optuna sets its ggplot style for the whole process: it stays inside this block
         with plt.rc_context(), warnings.catch_warnings():
             # Optuna marks this backend experimental, and warns of what a small study cannot show

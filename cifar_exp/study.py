@@ -48,10 +48,15 @@ def is_optuna(sweeper: Any) -> bool:
     return sweeper is not None and sweeper.get("_target_") == SWEEPER_TARGET
 
 
-def storage_url(sweeper: Any, launch_dir: Path) -> str:
+MEMORY = ":memory:"  # a study kept in the sweep's own memory, gone when it ends
+
+
+def storage_url(sweeper: Any, launch_dir: Path, memory_by_default: bool = False) -> str:
     """`storage` as given, a relative SQLite path made absolute (jobs may run elsewhere),
-    or the default SQLite file in the launch dir."""
-    url = sweeper.get("storage") or f"sqlite:///{DEFAULT_STORAGE}"
+    or by default the SQLite file in the launch dir (a cifar_exp sweep: its jobs report to
+    the study, and the same command resumes it) or memory (any other app, as the official
+    plugin does: its jobs only return a value)."""
+    url = sweeper.get("storage") or (MEMORY if memory_by_default else f"sqlite:///{DEFAULT_STORAGE}")
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
         url = prefix + str((launch_dir / url[len(prefix) :]).resolve())
@@ -79,6 +84,9 @@ def direction(configured: Any, objective: str) -> str:
 def check_storage(url: str) -> None:
     """An SQLAlchemy URL whose dialect is installed; an SQLite file's folder must exist."""
     from sqlalchemy.engine import make_url
+
+    if url == MEMORY:
+        return
 
     try:
         parsed = make_url(url)
@@ -138,7 +146,7 @@ def study_name(sweeper: Any, task_overrides: list[str]) -> str:
 IDENTITY_ATTR = "cifar_exp.search"
 
 
-def check_same_search(study, objective: str, direction: str, space: dict, sampler: str) -> None:
+def check_same_search(study, objective: str, directions: list[str], space: dict, sampler: str) -> None:
     """A study is one search: the objective, its direction, the search space and the
     sampler it was made with are kept in the study; a sweep that names the study with any
     of them different is refused in one line saying what differs, never silently continued
@@ -147,15 +155,15 @@ def check_same_search(study, objective: str, direction: str, space: dict, sample
 
     now = {
         "objective": objective,
-        "direction": direction,
+        "direction": ",".join(directions),
         "space": {k: distribution_to_json(d) for k, d in sorted(space.items())},
         "sampler": sampler,
     }
     kept = study.user_attrs.get(IDENTITY_ATTR)
-    if kept is None:  # a new study, or one made before this was kept: its direction is known
-        made = study.direction.name.lower()
-        if study.trials and made != direction:
-            raise _other_search(study.study_name, {"direction": (made, direction)})
+    if kept is None:  # a new study, or one made before this was kept: its directions are known
+        made = ",".join(d.name.lower() for d in study.directions)
+        if study.trials and made != now["direction"]:
+            raise _other_search(study.study_name, {"direction": (made, now["direction"])})
         study.set_user_attr(IDENTITY_ATTR, now)
         return
     differ = {k: (kept.get(k), v) for k, v in now.items() if kept.get(k) != v}
@@ -163,18 +171,18 @@ def check_same_search(study, objective: str, direction: str, space: dict, sample
         raise _other_search(study.study_name, differ)
 
 
-def check_existing_search(storage: str, name: str, objective: str, direction: str, space: dict, sampler: str) -> None:
+def check_existing_search(storage: str, name: str, objective: str, directions: list, space: dict, sampler: str) -> None:
     """check_same_search before any job or record: against the study, if the storage has it."""
     import optuna
 
     db = Path(storage[len("sqlite:///") :].split("?")[0]) if storage.startswith("sqlite:///") else None
-    if db is not None and not db.is_file():
+    if storage == MEMORY or db is not None and not db.is_file():
         return
     try:
         existing = optuna.load_study(study_name=name, storage=connect(storage))
     except KeyError:  # no such study yet
         return
-    check_same_search(existing, objective, direction, space, sampler)
+    check_same_search(existing, objective, directions, space, sampler)
 
 
 def _other_search(name: str, differ: dict) -> UserError:
@@ -216,6 +224,8 @@ def take_lease(storage: str, name: str, command: str) -> None:
     keyed on its resolved path (`./`, a linked folder and `?timeout=` reach one file);
     PostgreSQL: a session advisory lock, which the server scopes to the database the session
     is in (`localhost` and `127.0.0.1` reach one lock); other stores: no lease, said once."""
+    if storage == MEMORY:  # no other process can reach this study
+        return
     if storage.startswith("sqlite:///"):
         db = Path(storage[len("sqlite:///") :].split("?")[0]).expanduser().resolve()
         key = _lease_key(f"sqlite:{db}", name)
@@ -302,6 +312,10 @@ def connect(storage: str, wait_s: float = SWEEP_WAIT_S):
     """Optuna's RDB storage, every call of which waits out a lock or a server that went away
     (bounded, with a line). Reaching it the first time is not waited for: a server that is
     down or a database that does not exist is one line now."""
+    if storage == MEMORY:
+        import optuna
+
+        return optuna.storages.InMemoryStorage()
     if storage.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
     else:  # a pooled connection the server dropped (a restart) is replaced, not used
@@ -494,6 +508,6 @@ class TrialLink:
 
 def trial_for(job: Job) -> Optional[TrialLink]:
     """This job's trial when it runs in a sweep of the project's Optuna sweeper."""
-    if job.num is None or not is_optuna(job.sweeper):
-        return None
+    if job.num is None or not is_optuna(job.sweeper) or job.sweeper["storage"] == MEMORY:
+        return None  # a study in the sweep's memory hears only what the job returns
     return TrialLink(job.sweeper["storage"], job.sweeper["study_name"], job.num, dict(job.sweeper["pruner"]))

@@ -29,6 +29,7 @@ from hydra_plugins.cifar_exp_optuna_sweeper.config import typed
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
+RESULTS = "optimization_results.yaml"
 
 
 def distribution(override: Override):
@@ -132,6 +133,8 @@ def custom_search(path: Optional[str]):
     from hydra.utils import get_method
 
     try:
+        if path.startswith("."):  # .<script>.<function>: a function of the app's own script
+            return getattr(sys.modules["__main__"], path.rsplit(".", 1)[-1])
         return get_method(path)
     except Exception as e:
         raise UserError(f"hydra.sweeper.custom_search_space={path!r} is not a function to call: {reason(e)}") from None
@@ -148,8 +151,16 @@ def check(config: DictConfig) -> str:
         typed(part, sweeper[part]).check(f"hydra.sweeper.{part}")
     at_least(sweeper, "hydra.sweeper", 1, "n_trials", "n_jobs")
     settings = OmegaConf.to_container(sweeper, resolve=True)
-    storage = studies.storage_url(settings, Path(config.hydra.runtime.cwd))
+    objective = config.get("objective")
+    storage = studies.storage_url(settings, Path(config.hydra.runtime.cwd), memory_by_default=objective is None)
     studies.check_storage(storage)
+    pruned = settings["pruner"]["name"] != "none"
+    require(
+        not (pruned and (objective is None or storage == studies.MEMORY)),
+        "hydra/sweeper/pruner",
+        "none: a pruner needs a cifar_exp run's per-epoch reports, through a storage its jobs reach",
+        settings["pruner"]["name"],
+    )
     overrides = list(config.hydra.overrides.task)
     sampler = settings["sampler"]["name"]
     studies.check_sampler_packages(sampler)
@@ -157,10 +168,37 @@ def check(config: DictConfig) -> str:
     rate = settings.get("max_failure_rate")
     require(rate is None or 0 <= rate <= 1, "hydra.sweeper.max_failure_rate", "a share in [0, 1] or null", rate)
     custom_search(settings.get("custom_search_space"))
-    direction = studies.direction(settings.get("direction"), config.objective)
+    directions = app_directions(settings.get("direction"), objective)
     name = studies.study_name(settings, overrides)
-    studies.check_existing_search(storage, name, config.objective, direction, space, sampler)
-    return direction
+    studies.check_existing_search(storage, name, objective or RETURNED, directions, space, sampler)
+    return directions
+
+
+RETURNED = "the task's return value"
+
+
+def app_directions(configured: Any, objective: Optional[str]) -> list[str]:
+    """The study's directions. A cifar_exp run optimizes its `objective`, whose direction
+    the metric catalogue knows. Any other Hydra app optimizes what its task function returns,
+    as with the official plugin: `direction` (default minimize), or a list of them for a
+    task that returns that many values (multi-objective)."""
+    if objective is not None:
+        return [studies_direction(configured, objective)]
+    given = list(configured) if isinstance(configured, (list, tuple)) else [configured or "minimize"]
+    for d in given:
+        require(d in ("minimize", "maximize"), "hydra.sweeper.direction", "minimize or maximize (or a list)", d)
+    return given
+
+
+def studies_direction(configured: Any, objective: str) -> str:
+    from cifar_exp import study as studies
+
+    return studies.direction(configured, objective)
+
+
+def _command() -> str:
+    """The command this sweep was started with, as the user typed it."""
+    return shlex.join(["python", *sys.orig_argv[1:]])
 
 
 def _quoted(value: str) -> str:
@@ -191,7 +229,8 @@ class OptunaSweeper(Sweeper):
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
-        self.direction = check(config)
+        self.directions = check(config)
+        self.objective = config.get("objective")
         self.extend = custom_search(self.custom_search_space)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
@@ -205,20 +244,23 @@ class OptunaSweeper(Sweeper):
 
         grid_search = self.settings["sampler"]["name"] == "grid"
         space, fixed, grid = search_space(all_params(self.settings), arguments, grid_search)
-        storage = studies.storage_url(self.settings, Path(self.config.hydra.runtime.cwd))
+        storage = studies.storage_url(
+            self.settings, Path(self.config.hydra.runtime.cwd), memory_by_default=self.objective is None
+        )
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
-        studies.take_lease(storage, name, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])]))
+        studies.take_lease(storage, name, _command())
         study = optuna.create_study(
             study_name=name,
             storage=studies.connect(storage),
-            direction=self.direction,
+            directions=self.directions,
             load_if_exists=True,
             sampler=studies.build_sampler(self.settings["sampler"], grid),
             pruner=studies.build_pruner(self.settings["pruner"]),
         )
-        studies.check_same_search(study, self.config.objective, self.direction, space, self.settings["sampler"]["name"])
-        if study.metric_names is None:  # Optuna's own tools name the value by it
-            study.set_metric_names([self.config.objective])
+        sampler = self.settings["sampler"]["name"]
+        studies.check_same_search(study, self.objective or RETURNED, self.directions, space, sampler)
+        if study.metric_names is None and self.objective:  # Optuna's own tools name the value by it
+            study.set_metric_names([self.objective])
         self._requeue_left_running(study)
         log.info(
             "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",
@@ -227,8 +269,8 @@ class OptunaSweeper(Sweeper):
             self._finished(study),
             self.n_trials,
             ", ".join(space) or "nothing",
-            self.direction,
-            self.config.objective,
+            "/".join(self.directions),
+            self.objective or RETURNED,
         )
         identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
         # a grid has as many trials as points
@@ -240,7 +282,8 @@ class OptunaSweeper(Sweeper):
                 f"run; to extend it, run the same command with a larger hydra.sweeper.n_trials"
             )
         failed = 0
-        while (done := self._finished(study)) < n_trials:
+        # with max_failure_rate set, failed trials count toward n_trials, as in the official plugin
+        while (done := self._finished(study) + (failed if self.max_failure_rate is not None else 0)) < n_trials:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, n_trials - done))]
             for trial in trials:
                 trial.set_user_attr("fixed_overrides", fixed)
@@ -249,17 +292,19 @@ class OptunaSweeper(Sweeper):
             batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
             returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
             stopped = [ret for ret in returns if isinstance(getattr(ret, "_return_value", None), Interrupted)]
-            failed_now = sum(not self._tell(study, t, ret) for t, ret in zip(trials, returns) if ret not in stopped)
+            n_values = len(self.directions)
+            told = [self._tell(study, t, ret, n_values) for t, ret in zip(trials, returns) if ret not in stopped]
+            failed_now = told.count(False)
             failed += failed_now
             if stopped:  # Ctrl-C or SIGTERM: the study stops; its stopped trials run again next time
-                raise Interrupted(
-                    stopped[0]._return_value.signum, " ".join(["python -m cifar_exp", *map(shlex.quote, sys.argv[1:])])
-                )
+                raise Interrupted(stopped[0]._return_value.signum, _command())
             rate = self.max_failure_rate
             if rate is not None and failed_now / len(trials) > rate:
+                why = next(getattr(r, "_return_value", None) for r, ok in zip(returns, told) if not ok)
+                said = f"{type(why).__name__}: {reason(why)}" if isinstance(why, BaseException) else f"returned {why!r}"
                 raise UserError(
                     f"the study stops: {failed_now} of {len(trials)} trials of a batch failed, more than "
-                    f"hydra.sweeper.max_failure_rate={rate}; see their logs in {self.sweep_dir}"
+                    f"hydra.sweeper.max_failure_rate={rate} (the first: {said}); see their logs in {self.sweep_dir}"
                 )
             if rate is None and failed >= max(n_trials, 3):
                 raise UserError(
@@ -283,42 +328,52 @@ class OptunaSweeper(Sweeper):
             log.info("trial %d was left running by a killed sweep: marked FAIL, its parameters run again", t.number)
 
     @staticmethod
-    def _tell(study, trial, ret) -> bool:
+    def _tell(study, trial, ret, n_values: int) -> bool:
         """Record how a job ended; False for a failed trial. A trial its job pruned stays
-        PRUNED (skip_if_finished)."""
+        PRUNED (skip_if_finished). A multi-objective study takes a list of n_values numbers."""
         from optuna.trial import TrialState
 
         if ret.status == JobStatus.COMPLETED:
             value = ret.return_value
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                study.tell(trial, float(value), skip_if_finished=True)
+            values = list(value) if isinstance(value, (list, tuple)) else [value]
+            numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+            if numbers and len(values) == n_values:
+                told = [float(v) for v in values] if n_values > 1 else float(values[0])
+                study.tell(trial, told, skip_if_finished=True)
                 return True
-            log.warning("trial %d returned %r, not a finite number: marked FAIL", trial.number, value)
+            wanted = "a finite number" if n_values == 1 else f"{n_values} finite numbers, one per direction"
+            log.warning("trial %d returned %r, not %s: marked FAIL", trial.number, value, wanted)
         else:
             log.warning("trial %d failed: %s", trial.number, getattr(ret, "_return_value", "unknown error"))
         study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
         return False
 
     def _report(self, study) -> None:
-        """The study's record in <sweep dir>/optuna/: best trial, trials table, Optuna's
-        plots (the sweep's MLflow parent run gets them as artifacts)."""
+        """The study's record: `optimization_results.yaml` in the sweep dir, where the
+        official plugin writes it (the best trial; for several directions the Pareto front's
+        trials as `solutions`), and in <sweep dir>/optuna/ the trials table and Optuna's
+        plots (the sweep's MLflow parent run gets them all as artifacts)."""
         from cifar_exp.plots import study_plots
 
         out = self.sweep_dir / "optuna"
         out.mkdir(parents=True, exist_ok=True)
         study.trials_dataframe().to_csv(out / "trials.csv", index=False)
         complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        if complete:
+        if complete and len(self.directions) > 1:
+            front = [{"number": t.number, "params": t.params, "values": t.values} for t in study.best_trials]
+            OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": front}), self.sweep_dir / RESULTS)
+            print(f"Pareto front: {len(front)} trials ({', '.join(self.directions)}); study record in {self.sweep_dir}")
+        elif complete:
             best = study.best_trial
             OmegaConf.save(
                 OmegaConf.create(
                     {"name": "optuna", "best_trial": best.number, "best_value": best.value, "best_params": best.params}
                 ),
-                out / "optimization_results.yaml",
+                self.sweep_dir / RESULTS,
             )
             # printed, not logged: the jobs' logging config has replaced the sweep's by now
             print(
-                f"Best trial {best.number}: Best value {best.value} ({self.direction}), "
-                f"Best parameters {best.params}; study record in {out}"
+                f"Best trial {best.number}: Best value {best.value} ({self.directions[0]}), "
+                f"Best parameters {best.params}; study record in {self.sweep_dir}"
             )
         study_plots(study, out)

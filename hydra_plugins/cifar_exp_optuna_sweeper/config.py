@@ -224,6 +224,9 @@ class OptunaSweeperConf:
     # null: the sweep stops after max(n_trials, 3) failed trials; a share in [0, 1] (the
     # official plugin's rule): it stops when more than that share of a batch failed
     max_failure_rate: Optional[float] = None
+    # the official plugin's choice of its own batch loop (OptunaExperimentSequence): this
+    # sweeper runs its own, and says so when the key is set
+    experiment_sequence: Optional[str] = None
 
 
 SAMPLERS = {

@@ -219,7 +219,14 @@ class OptunaSweeper(Sweeper):
         search_space: Optional[dict] = None,
         custom_search_space: Optional[str] = None,
         max_failure_rate: Optional[float] = None,
+        experiment_sequence: Optional[str] = None,
     ) -> None:
+        if experiment_sequence:
+            log.info(
+                "hydra.sweeper.experiment_sequence=%s is the official plugin's batch loop; this sweeper asks "
+                "Optuna for n_jobs trials a batch itself",
+                experiment_sequence,
+            )
         settings = {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name}
         self.settings = OmegaConf.to_container(
             OmegaConf.create({**settings, "params": params, "search_space": search_space}), resolve=True

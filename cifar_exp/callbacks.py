@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp import errors, study, tracking
+from cifar_exp import errors, study, study_storage, tracking
 from cifar_exp.errors import Interrupted, UserError, exit_with, one_line
 from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override, source_tags, sweep_name
 from cifar_exp.metrics import MAX, goal
@@ -70,9 +70,12 @@ class SweepTracking(Callback):
         optuna = None
         if study.is_optuna(config.hydra.sweeper):  # one sweep per study, before anything is recorded
             sweeper = OmegaConf.to_container(config.hydra.sweeper, resolve=True)
-            optuna = (study.storage_url(sweeper, Path(config.hydra.runtime.cwd)), study.study_name(sweeper, overrides))
+            optuna = (
+                study_storage.storage_url(sweeper, Path(config.hydra.runtime.cwd)),
+                study.study_name(sweeper, overrides),
+            )
             try:
-                study.take_lease(*optuna, command)
+                study_storage.take_lease(*optuna, command)
             except UserError as e:
                 exit_with(str(e))
         if not config.mlflow.enabled:

@@ -389,8 +389,8 @@ def tensor_loader(split, batch_size: int, normalize, **keys):
 def lease_held_elsewhere(storage: str, name: str):
     """Another process holding the sweep lease of study `name` on `storage`, until the block ends."""
     code = (
-        "import sys; from cifar_exp import study; "
-        "study.take_lease(sys.argv[1], sys.argv[2], 'the first sweep'); print('held', flush=True); sys.stdin.read()"
+        "import sys; from cifar_exp.study_storage import take_lease; "
+        "take_lease(sys.argv[1], sys.argv[2], 'the first sweep'); print('held', flush=True); sys.stdin.read()"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code, storage, name],

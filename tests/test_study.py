@@ -16,7 +16,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from mlflow.tracking import MlflowClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from cifar_exp import study
+from cifar_exp import study, study_storage
 from cifar_exp.errors import UserError
 from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import distribution
 
@@ -151,8 +151,8 @@ def test_the_same_command_names_the_same_study_and_storage(tmp_path):
     assert a != study.study_name(sweeper, ["epochs=4", "optimizer.lr=0.5", "seed=1,2"])
     # a list value is fixed, not searched: it names the study
     assert study.study_name(sweeper, ["model.widths=[8,16]"]) != study.study_name(sweeper, ["model.widths=[8,32]"])
-    assert study.storage_url(sweeper, tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
-    assert study.storage_url({"storage": "sqlite:////abs/x.db"}, tmp_path) == "sqlite:////abs/x.db"
+    assert study_storage.storage_url(sweeper, tmp_path) == f"sqlite:///{tmp_path.resolve()}/optuna.db"
+    assert study_storage.storage_url({"storage": "sqlite:////abs/x.db"}, tmp_path) == "sqlite:////abs/x.db"
 
 
 def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
@@ -447,8 +447,8 @@ def test_the_lease_is_one_per_sqlite_file_however_it_is_spelled(tmp_path, alias)
     }[alias]
     with lease_held_elsewhere(first, "lr_search"):
         with pytest.raises(UserError, match=r"is being run by another sweep \(pid \d+ .*: the first sweep\)"):
-            study.take_lease(second, "lr_search", "the second sweep")
-        study.take_lease(second, "another_study", "a sweep of another study")  # other studies are free
+            study_storage.take_lease(second, "lr_search", "the second sweep")
+        study_storage.take_lease(second, "another_study", "a sweep of another study")  # other studies are free
 
 
 def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
@@ -495,7 +495,7 @@ def test_a_locked_study_storage_is_waited_for_with_a_line(workdir):
     proc = _start_sweep(workdir, command)
     holder = sqlite3.connect(workdir / "optuna.db", timeout=30)
     holder.execute("BEGIN EXCLUSIVE")
-    time.sleep(study.SQLITE_BUSY_S + 5)
+    time.sleep(study_storage.SQLITE_BUSY_S + 5)
     holder.rollback()
     holder.close()
     out, _ = proc.communicate(timeout=300)
@@ -554,12 +554,12 @@ def test_a_storage_damaged_mid_sweep_is_one_line(tmp_path):
     db = tmp_path / "optuna.db"
     _damaged_past_its_header(db)
     with pytest.raises(UserError, match="is damaged .*move it away"):
-        optuna.load_study(study_name="s", storage=study.connect(f"sqlite:///{db}")).get_trials()
+        optuna.load_study(study_name="s", storage=study_storage.connect(f"sqlite:///{db}")).get_trials()
 
 
 def test_a_storage_whose_driver_is_missing_is_one_line():
     with pytest.raises(UserError, match="needs its database driver"):
-        study.check_storage("postgresql+pg8000://user@127.0.0.1:5432/db")
+        study_storage.check_storage("postgresql+pg8000://user@127.0.0.1:5432/db")
 
 
 def test_a_sampler_whose_package_is_missing_is_refused_before_any_job(monkeypatch):

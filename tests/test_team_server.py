@@ -113,14 +113,14 @@ def test_parallel_sweep_into_a_postgres_backed_server(tmp_path, postgres, monkey
 
 def test_the_lease_is_one_per_study_on_a_server_however_it_is_reached(postgres):
     """localhost and 127.0.0.1 reach one server: one lease for the study on it."""
-    from cifar_exp import study
+    from cifar_exp import study_storage
     from cifar_exp.errors import UserError
 
     by_address = postgres.replace("postgresql://", "postgresql+psycopg://")
     by_name = by_address.replace("@127.0.0.1:", "@localhost:")
     with lease_held_elsewhere(by_address, "lr_search"):
         with pytest.raises(UserError, match="is being run by another sweep"):
-            study.take_lease(by_name, "lr_search", "the second sweep")
+            study_storage.take_lease(by_name, "lr_search", "the second sweep")
 
 
 def test_a_server_restarted_mid_sweep_is_waited_for_and_the_study_goes_on(pg_server, caplog):
@@ -128,10 +128,10 @@ def test_a_server_restarted_mid_sweep_is_waited_for_and_the_study_goes_on(pg_ser
     connection is replaced and the call goes through, with a line if it had to wait."""
     import optuna
 
-    from cifar_exp import study
+    from cifar_exp import study_storage
 
     storage = pg_server.url.replace("postgresql://", "postgresql+psycopg://")
-    made = optuna.create_study(study_name="s", storage=study.connect(storage, wait_s=60), direction="maximize")
+    made = optuna.create_study(study_name="s", storage=study_storage.connect(storage, wait_s=60), direction="maximize")
     made.tell(made.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.5)
     pg_server.restart()
     made.tell(made.ask({"x": optuna.distributions.FloatDistribution(0, 1)}), 0.7)
@@ -139,12 +139,12 @@ def test_a_server_restarted_mid_sweep_is_waited_for_and_the_study_goes_on(pg_ser
 
 
 def test_a_storage_that_cannot_be_reached_is_one_line_at_once(pg_server):
-    from cifar_exp import study
+    from cifar_exp import study_storage
     from cifar_exp.errors import UserError
 
     missing = pg_server.url.replace("postgresql://", "postgresql+psycopg://").replace("/mlflow", "/nope")
     with pytest.raises(UserError, match='cannot use the Optuna storage .*database "nope" does not exist'):
-        study.connect(missing)
+        study_storage.connect(missing)
     down = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/mlflow"
     with pytest.raises(UserError, match="cannot use the Optuna storage .*(refused|failed)"):
-        study.connect(down)
+        study_storage.connect(down)

@@ -145,6 +145,7 @@ def check(config: DictConfig) -> str:
     the trial counts, the storage, the search space, and the direction against the run's
     objective (returned: derived when unset)."""
     from cifar_exp import study as studies
+    from cifar_exp import study_storage
 
     sweeper = config.hydra.sweeper
     for part in ("sampler", "pruner"):
@@ -152,11 +153,11 @@ def check(config: DictConfig) -> str:
     at_least(sweeper, "hydra.sweeper", 1, "n_trials", "n_jobs")
     settings = OmegaConf.to_container(sweeper, resolve=True)
     objective = config.get("objective")
-    storage = studies.storage_url(settings, Path(config.hydra.runtime.cwd), memory_by_default=objective is None)
-    studies.check_storage(storage)
+    storage = study_storage.storage_url(settings, Path(config.hydra.runtime.cwd), memory_by_default=objective is None)
+    study_storage.check_storage(storage)
     pruned = settings["pruner"]["name"] != "none"
     require(
-        not (pruned and (objective is None or storage == studies.MEMORY)),
+        not (pruned and (objective is None or storage == study_storage.MEMORY)),
         "hydra/sweeper/pruner",
         "none: a pruner needs a cifar_exp run's per-epoch reports, through a storage its jobs reach",
         settings["pruner"]["name"],
@@ -248,17 +249,18 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         from cifar_exp import study as studies
+        from cifar_exp import study_storage
 
         grid_search = self.settings["sampler"]["name"] == "grid"
         space, fixed, grid = search_space(all_params(self.settings), arguments, grid_search)
-        storage = studies.storage_url(
+        storage = study_storage.storage_url(
             self.settings, Path(self.config.hydra.runtime.cwd), memory_by_default=self.objective is None
         )
         name = studies.study_name(self.settings, list(self.config.hydra.overrides.task))
-        studies.take_lease(storage, name, _command())
+        study_storage.take_lease(storage, name, _command())
         study = optuna.create_study(
             study_name=name,
-            storage=studies.connect(storage),
+            storage=study_storage.connect(storage),
             directions=self.directions,
             load_if_exists=True,
             sampler=studies.build_sampler(self.settings["sampler"], grid),

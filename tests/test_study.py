@@ -242,20 +242,21 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     assert "optimizer.momentum=0.9" in bad.user_attrs["fixed_overrides"]
 
 
+# random sampler, seed 8: exploding_cnn (raises in its 5th step) first, then simple_cnn
+FAILING_FIRST = [
+    *SEARCH,
+    "hydra/sweeper/sampler=random",
+    "hydra.sweeper.sampler.seed=8",
+    "hydra.sweeper.n_trials=2",
+    "hydra.sweeper.n_jobs=1",
+    "model=choice(simple_cnn, exploding_cnn)",
+    "epochs=1",
+    "dataset.batch_size=64",
+]
+
+
 def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
-    # random sampler, seed 8: exploding_cnn (raises in its 5th step), then simple_cnn twice
-    result = cli(
-        *SEARCH,
-        "hydra/sweeper/sampler=random",
-        "hydra.sweeper.sampler.seed=8",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.n_jobs=1",
-        "model=choice(simple_cnn, exploding_cnn)",
-        "epochs=1",
-        "dataset.batch_size=64",
-        module="testing_cli",
-        timeout=600,
-    )
+    result = cli(*FAILING_FIRST, module="testing_cli", timeout=600)
     assert result.returncode == 0, result.output[-3000:]
     states = [(t.params["model"], t.state.name) for t in trials(workdir)]
     assert states == [("exploding_cnn", "FAIL"), ("simple_cnn", "COMPLETE"), ("simple_cnn", "COMPLETE")]
@@ -271,19 +272,7 @@ def test_max_failure_rate_stops_the_study_as_the_official_plugin_does(cli, workd
     """The same sweep as above: its first batch (one trial) fails. With a rate of 0 the study
     stops there in one line; with 1 it goes on, and (the official rule) the failed trial
     counts toward n_trials."""
-    result = cli(
-        *SEARCH,
-        "hydra/sweeper/sampler=random",
-        "hydra.sweeper.sampler.seed=8",
-        "hydra.sweeper.n_trials=2",
-        "hydra.sweeper.n_jobs=1",
-        f"hydra.sweeper.max_failure_rate={rate}",
-        "model=choice(simple_cnn, exploding_cnn)",
-        "epochs=1",
-        "dataset.batch_size=64",
-        module="testing_cli",
-        timeout=600,
-    )
+    result = cli(*FAILING_FIRST, f"hydra.sweeper.max_failure_rate={rate}", module="testing_cli", timeout=600)
     states = [t.state.name for t in trials(workdir)]
     if stops:
         assert result.returncode == 2 and states == ["FAIL"], result.output[-2000:]

@@ -21,8 +21,8 @@ class StopSignals:
     KeyboardInterrupt at once for a user who really wants out, but only once, and never
     after `ending()`: the run's record is then being closed (KILLED, FAILED or FINISHED),
     and cutting that short would leave it RUNNING. On exit, a handler that was installed
-    before (submitit's requeue handler, say) is given the signal it missed. A signal the
-    process was started with ignored (nohup's SIGHUP) stays ignored."""
+    before (submitit's requeue handler, say) is given the signal it missed. A SIGHUP the
+    process was started with ignored (nohup) stays ignored."""
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
@@ -61,8 +61,9 @@ class StopSignals:
         # keeps the process's own handling).
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self._previous[sig] = signal.signal(sig, self._handle)
+                if sig == signal.SIGHUP and signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # under nohup: the run outlives its terminal, as asked
+                self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:

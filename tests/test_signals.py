@@ -64,7 +64,19 @@ def test_a_closed_terminal_and_ctrl_backslash_are_stop_requests(sig):
         assert stop.signum == sig
 
 
-def test_a_signal_started_ignored_stays_ignored():
+def test_a_sigint_ignored_by_a_background_shell_job_still_stops_the_run():
+    """A shell starts `cmd &` with SIGINT ignored; `kill -INT` must still stop the run."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with StopSignals() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            assert stop.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_a_sighup_started_ignored_stays_ignored():
     """Under nohup SIGHUP is ignored: the run keeps going when the terminal closes."""
     old = signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:

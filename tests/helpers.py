@@ -246,6 +246,7 @@ def stop_session(proc: subprocess.Popen, grace: float = 30) -> None:
 
 
 PR_SET_CHILD_SUBREAPER = 36  # prctl(2): orphans of this process's descendants come back to it
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when its parent dies
 
 
 def _children() -> dict[int, list[int]]:
@@ -287,8 +288,22 @@ class OwnedProcesses:
         return self
 
     def start(self, command: list[str], env: dict, log: Path) -> subprocess.Popen:
+        """`command` in a session of its own, told to stop (SIGTERM) if this process dies
+        first: a test run killed outright leaves no daemon behind either."""
+        libc = self._libc
+
+        def die_with_parent() -> None:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
         with open(log, "ab") as out:
-            proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(
+                command,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
         self.started.append(proc)
         return proc
 

@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from cifar_exp.callbacks import sweep_summary
-from cifar_exp.errors import Interrupted, UserError
-
 pytestmark = pytest.mark.slow
 
 SWEEP = [
@@ -147,39 +144,6 @@ def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir
     assert "Best value" in result.output
     lrs = {r.data.params["optimizer.lr"] for r in children}
     assert len(lrs) == 3 and all(1e-4 <= float(v) <= 0.3 for v in lrs)
-
-
-@pytest.mark.parametrize(
-    "stopped_by, status",
-    [
-        ([], "FAILED"),  # a traceback: nothing said why
-        ([UserError("the Optuna storage x stayed locked for 600 s")], "FAILED"),
-        ([Interrupted(15, "python -m cifar_exp --multirun ...")], "KILLED"),
-    ],
-)
-def test_a_sweep_that_did_not_reach_its_end_is_not_finished(stopped_by, status):
-    s = sweep_summary([], "test/acc", ["optimizer.lr"], completed=False, stopped_by=stopped_by)
-    assert s["status"] == status and s["metrics"]["jobs"] == 0
-    why = s["tags"]["cifar_exp.sweep_end"]
-    assert why.startswith("the sweep stopped before its end") and "0 jobs ran" in why
-    assert all(str(e) in why for e in stopped_by)
-    assert sweep_summary([], "test/acc", [], completed=True)["status"] == "FINISHED"
-
-
-def test_seed_sweep_reports_mean_and_std():
-    children = [
-        {
-            "run_id": str(i),
-            "status": "FINISHED",
-            "metrics": {"test/acc": acc},
-            "tags": {"hydra.job.num": str(i), "hydra.overrides": f"epochs=2 seed={i}"},
-        }
-        for i, acc in enumerate([0.5, 0.7, 0.6])
-    ]
-    s = sweep_summary(children, "test/acc", ["seed"], completed=True)
-    assert s["metrics"]["test/acc_mean"] == pytest.approx(0.6)
-    assert s["metrics"]["test/acc_std"] == pytest.approx(0.1)
-    assert s["tags"]["best_run_id"] == "1" and s["status"] == "FINISHED"
 
 
 def test_jobs_that_fail_before_training_are_recorded(cli, workdir):

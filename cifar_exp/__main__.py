@@ -9,12 +9,13 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import NoReturn, Union
 
 import hydra
 from omegaconf import DictConfig
 
 from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
+from cifar_exp.metrics import objectives
 from cifar_exp.registry import register_configs
 from cifar_exp.signals import ignore_stop_signals
 from cifar_exp.terminal import show
@@ -23,7 +24,7 @@ register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cifar_exp.conf", config_name="config")
-def _hydra_main(cfg: DictConfig) -> float:
+def _hydra_main(cfg: DictConfig) -> Union[float, list[float]]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -38,7 +39,9 @@ def _hydra_main(cfg: DictConfig) -> float:
             raise  # this job fails; the sweep decides what happens to the others
         # a single run exits here, inside the job, so Hydra adds no lines of its own
         _exit_for(e)
-    return metrics.get(cfg.objective, float("nan"))
+    # what a sweeper optimizes: the objective's value, or one value per objective
+    values = [metrics.get(name, float("nan")) for name in objectives(cfg.objective)]
+    return values[0] if len(values) == 1 else values
 
 
 def _exit_for(e: Exception) -> NoReturn:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from cifar_exp import errors, study, study_storage, tracking
 from cifar_exp.errors import UserError, exit_with
 from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override, source_tags, sweep_name
+from cifar_exp.metrics import objectives
 from cifar_exp.sweep_summary import sweep_description, sweep_summary, write_csv
 from cifar_exp.validation import validate
 
@@ -52,9 +53,11 @@ class SweepTracking(Callback):
         self.parent: Optional[dict] = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.objective.startswith("test/"):
+        names = objectives(config.objective)
+        tested = [n for n in names if n.startswith("test/")]
+        if tested:
             print(
-                f"cifar-exp: warning: this sweep selects on objective={config.objective}, a test-set metric; "
+                f"cifar-exp: warning: this sweep selects on {', '.join(tested)}, a test-set metric; "
                 f"select on held-out data instead: dataset.val_fraction=0.1 objective=val/acc",
                 file=sys.stderr,
             )
@@ -111,7 +114,7 @@ class SweepTracking(Callback):
             "experiment_id": exp_id,
             "run_id": parent_id,
             "swept": swept,
-            "objective": config.objective,
+            "objectives": names,
             "sweep_dir": Path(sweep_dir),
             "command": command,
         }
@@ -154,25 +157,33 @@ class SweepTracking(Callback):
         for name in (tracking.PARENT_RUN_ENV, tracking.EXPERIMENT_ENV, SWEPT_ENV):
             os.environ.pop(name, None)
         children = tracking.child_runs(p["uri"], p["experiment_id"], p["run_id"])
-        summary = sweep_summary(children, p["objective"], p["swept"], completed, errors.stopping[-1:])
+        names = p["objectives"]
+        summary = sweep_summary(children, names, p["swept"], completed, errors.stopping[-1:])
         out = Path(tempfile.mkdtemp(prefix="cifar_exp_sweep_"))
         files = [write_csv(summary["rows"], out / "sweep_summary.csv", p["swept"])]
         sweep_dir = p["sweep_dir"]  # the Optuna sweeper's study record
         files += sorted(sweep_dir.glob("optimization_results.yaml")) + sorted((sweep_dir / "optuna").glob("*.*"))
         if summary["seed_groups"]:
             files.append(write_csv(summary["seed_groups"], out / "sweep_seeds.csv"))
-        if p["swept"] and summary["rows"]:
-            from cifar_exp.plots import objective_vs_params
-
-            files.append(
-                objective_vs_params(summary["rows"], p["swept"], p["objective"], out / "objective_vs_params.png")
-            )
+        files += self._plots(summary["rows"], names, p["swept"], out)
         best = summary["best"]
-        tracking.mark_best(p["uri"], children, best and best["run_id"])
+        tracking.mark_jobs(p["uri"], children, {best["run_id"]} if best else set(), tracking.BEST)
+        tracking.mark_jobs(p["uri"], children, {r["run_id"] for r in summary["front"]}, tracking.PARETO)
         tags = {
             **summary["tags"],
             "mlflow.note.content": sweep_description(
-                p["command"], p["sweep_dir"].resolve(), summary, p["objective"], p["swept"]
+                p["command"], p["sweep_dir"].resolve(), summary, names, p["swept"]
             ),
         }
         tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"], tags, files)
+
+    @staticmethod
+    def _plots(rows: list[dict], names: list[str], swept: list[str], out: Path) -> list[Path]:
+        """One objective against each swept key; several objectives against each other."""
+        from cifar_exp import plots
+
+        if not rows:
+            return []
+        if len(names) > 1:
+            return [plots.pareto_front(rows, names, out / "pareto_front.png")]
+        return [plots.objective_vs_params(rows, swept, names[0], out / "objective_vs_params.png")] if swept else []

@@ -21,6 +21,15 @@ from omegaconf import MISSING, OmegaConf
 from cifar_exp.errors import UserError
 
 
+def _first(objective: Any) -> Any:
+    """checkpoint.monitor's default: the objective, or the first of several (an empty list
+    stays one, for the objective's own check to name)."""
+    return objective if isinstance(objective, str) or not objective else str(objective[0])
+
+
+OmegaConf.register_new_resolver("cifar_exp.first", _first, replace=True)
+
+
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
     """The one form of a refused value: the key, the value and what it must be."""
     if not ok:
@@ -707,8 +716,8 @@ class CheckpointConfig:
     save_best: bool = True
     # also keep the k best epoch checkpoints by monitor (0 = off)
     save_top_k: int = 0
-    # follows the run's objective unless set
-    monitor: str = "${objective}"
+    # follows the run's objective (the first of several) unless set
+    monitor: str = "${cifar_exp.first:${objective}}"
     # null: derived from the monitored metric (a loss is minimized, an accuracy maximized);
     # set, it must agree
     mode: Optional[str] = None
@@ -737,8 +746,9 @@ class Config:
     seed: int = 0
     # a checkpoint file, a run output dir, or "auto" (this run's dir if it holds one)
     resume: Optional[str] = None
-    # the metric @hydra.main returns to a sweeper
-    objective: str = "test/acc"
+    # the metric @hydra.main returns to a sweeper, or a list of them for a multi-objective
+    # search: objective=[val/acc,model/params]
+    objective: Any = "test/acc"
 
     GROUPS: ClassVar[tuple[str, ...]] = (
         "dataset",

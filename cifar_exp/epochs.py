@@ -20,7 +20,7 @@ from cifar_exp.checkpoint import Checkpointer, RunState
 from cifar_exp.data import Dataset, TensorLoader
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.loop import Evaluation, Trainer
-from cifar_exp.metrics import logged
+from cifar_exp.metrics import logged, objectives
 from cifar_exp.policies import EpochEnd, Policies, Stop
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
@@ -138,7 +138,8 @@ class EpochLoop:
         if last or (epoch + 1) % cfg.trainer.eval_every_n_epochs == 0:
             self.test = self.evaluated = self.evaluate(metrics, tta=last or cfg.trainer.tta_every_eval)
         metrics.update(timing)
-        self.tracker.log_metrics(logged(metrics, {cfg.objective, cfg.checkpoint.monitor}), step=state.logged_step)
+        selected = {*objectives(cfg.objective), cfg.checkpoint.monitor}
+        self.tracker.log_metrics(logged(metrics, selected), step=state.logged_step)
         log_epoch(metrics, cfg.epochs)
         for loss in (metrics[k] for k in ("train/loss_epoch", "val/loss", "test/loss") if k in metrics):
             if not math.isfinite(loss):
@@ -204,7 +205,12 @@ class EpochLoop:
 def epoch_summary(trainer: Trainer, epoch: int) -> dict:
     """The epoch's training sums."""
     summary = trainer.meter.summary()
-    return {"epoch": epoch, "train/loss_epoch": summary["loss"], "train/acc": summary["acc"]}
+    return {
+        "epoch": epoch,
+        "train/loss_epoch": summary["loss"],
+        "train/acc": summary["acc"],
+        "model/params": trainer.parameter_count,
+    }
 
 
 def log_epoch(m: dict, epochs: int) -> None:

@@ -140,6 +140,7 @@ class Trainer:
         module = getattr(self.model, "_orig_mod", self.model)
         self.ddp = module if isinstance(module, nn.parallel.DistributedDataParallel) else None
         self.module = module.module if self.ddp is not None else module
+        self.parameter_count = sum(p.numel() for p in self.module.parameters() if p.requires_grad)
         # EMA: torch's AveragedModel, averaging BatchNorm's running statistics too
         self.ema = (
             torch.optim.swa_utils.AveragedModel(

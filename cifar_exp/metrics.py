@@ -6,7 +6,7 @@ is refused before anything trains, and a loss is never maximized."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from cifar_exp.errors import UserError
 
@@ -33,6 +33,8 @@ EPOCH_GOALS = {
     "time/images_per_s": MAX,
     "test/loss": MIN,
     "test/acc": MAX,
+    # the model's trainable parameters: the size side of an accuracy-against-size search
+    "model/params": MIN,
 }
 VAL_GOALS = {"val/loss": MIN, "val/acc": MAX}
 
@@ -47,6 +49,12 @@ def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
     epochs.update({f"{CLASS_PREFIX}{c}": MAX for c in classes or []})
     metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric("epoch", None)]
     return {m.name: m for m in metrics + [Metric(n, g) for n, g in epochs.items()]}
+
+
+def objectives(objective: Any) -> list[str]:
+    """The metrics `objective` names: one name, or a list of them for a multi-objective
+    search (each optimized in its catalogue direction)."""
+    return [objective] if isinstance(objective, str) else [str(name) for name in objective]
 
 
 def goal(name: str) -> str:
@@ -77,8 +85,13 @@ def check_selected(cfg, key: str, name: str, classes: Optional[list[str]]) -> Op
     return f"a metric the run logs per epoch: {', '.join(plain)} or {CLASS_PREFIX}<class>{hint}"
 
 
+# metrics a run computes every epoch but logs only when objective or checkpoint.monitor
+# names them: a constant (the parameter count) would be a flat chart in every run
+ON_REQUEST = ("model/params",)
+
+
 def logged(values: dict, selected: set) -> dict:
-    """An epoch's metrics as they go to MLflow: per-class accuracies only where objective or
-    checkpoint.monitor names one. The run's per-class table holds them all; a chart per class
-    (a hundred for CIFAR-100) would bury the loss and accuracy charts."""
-    return {k: v for k, v in values.items() if not k.startswith(CLASS_PREFIX) or k in selected}
+    """An epoch's metrics as they go to MLflow: per-class accuracies and ON_REQUEST ones only
+    where objective or checkpoint.monitor names one. The run's per-class table holds them
+    all; a chart per class (a hundred for CIFAR-100) would bury the loss and accuracy charts."""
+    return {k: v for k, v in values.items() if not (k.startswith(CLASS_PREFIX) or k in ON_REQUEST) or k in selected}

@@ -238,6 +238,36 @@ def objective_vs_params(rows: list[dict], keys: list[str], objective: str, path:
     return _save(fig, path, tight=True)
 
 
+def pareto_front(rows: list[dict], names: Sequence[str], path: Path) -> Path:
+    """A multi-objective sweep's jobs on its first two objectives, each axis in the
+    direction the catalogue gives it: the Pareto front's jobs red stars joined in order,
+    the rest blue dots."""
+    from cifar_exp.metrics import MAX, MIN, goal
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    x, y = names[0], names[1]
+    drawn = [r for r in rows if r.get(x) is not None and r.get(y) is not None and not r.get("pruned")]
+    front = sorted((r for r in drawn if r.get("pareto")), key=lambda r: r[x])
+    rest = [r for r in drawn if not r.get("pareto")]
+    if rest:
+        ax.scatter([r[x] for r in rest], [r[y] for r in rest], label="dominated", **MARKS["finished"])
+    if front:
+        ax.plot([r[x] for r in front], [r[y] for r in front], color="tab:red", alpha=0.4, zorder=2)
+        ax.scatter([r[x] for r in front], [r[y] for r in front], label="Pareto front", **MARKS["best"])
+        for r in front:
+            ax.annotate(f"job {r['job']}", (r[x], r[y]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    better = {MAX: "higher is better", MIN: "lower is better"}
+    ax.set_xlabel(f"{x} ({better[goal(x)]})")
+    ax.set_ylabel(f"{y} ({better[goal(y)]})")
+    if len(names) > 2:
+        ax.set_title(f"the first two of {len(names)} objectives; the front is over all of them", fontsize=9)
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(fontsize=8)
+    return _save(fig, path, tight=True)
+
+
 STUDY_PLOTS = {
     "optimization_history": "plot_optimization_history",
     "param_importances": "plot_param_importances",

@@ -21,6 +21,7 @@ from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job, resume_command
 from cifar_exp.loop import Trainer
+from cifar_exp.metrics import objectives
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.policies import EarlyStopping, Policies, Pruning, Signals
@@ -151,10 +152,12 @@ def build_policies(cfg: DictConfig, job: Job, world: distributed.World, signals:
     if trial is not None:
         tracker.set_tags({"optuna.trial": str(trial.number), "optuna.study": trial.study_name})
         trial.describe({"mlflow_run_id": tracker.run_id, "run_dir": str(job.output_dir.resolve())})
+    names = objectives(cfg.objective)
     return Policies(
         Signals(signals),
         EarlyStopping(cfg.checkpoint.monitor, cfg.trainer.early_stopping_patience),
-        Pruning(trial, cfg.objective),
+        # Optuna prunes single-objective studies only: a multi-objective trial hears no epochs
+        Pruning(trial if len(names) == 1 else None, names[0]),
     )
 
 

@@ -49,19 +49,24 @@ def is_optuna(sweeper: Any) -> bool:
 DIRECTIONS = {metrics.MIN: "minimize", metrics.MAX: "maximize"}
 
 
-def direction(configured: Any, objective: str) -> str:
-    """The study's direction: derived from the objective (a loss is minimized, an accuracy
-    maximized); a configured one (plain: a string or a list) must be that one."""
-    derived = DIRECTIONS[metrics.goal(objective)]
+def directions(configured: Any, objectives: list[str]) -> list[str]:
+    """The study's directions, one per objective: derived from the metric catalogue (a loss
+    is minimized, an accuracy maximized); configured ones (a string or a list) must be those."""
+    derived = [DIRECTIONS[metrics.goal(name)] for name in objectives]
     if configured is None:
         return derived
     given = list(configured) if isinstance(configured, (list, tuple)) else [configured]
-    if given != [derived]:
+    if given != derived:
+        said = ", ".join(f"{name} is {d}d" for name, d in zip(objectives, derived))
         raise UserError(
-            f"hydra.sweeper.direction={configured} is invalid: must be {derived} or null, since "
-            f"objective={objective} is {derived}d (a run returns that one objective)"
+            f"hydra.sweeper.direction={configured} is invalid: must be {_listed(derived)} or null, since {said} "
+            f"(the catalogue knows each metric's direction)"
         )
     return derived
+
+
+def _listed(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else "[" + ",".join(values) + "]"
 
 
 def study_name(sweeper: Any, task_overrides: list[str]) -> str:

@@ -1,10 +1,10 @@
-"""A sweep's results from its MLflow children: a row per job, the best job, seed
-statistics, the parent run's final status, its description and CSV tables."""
+"""A sweep's results from its MLflow children: a row per job, the best job (one objective)
+or the Pareto front (several), seed statistics, the parent run's final status, its
+description and CSV tables."""
 
 from __future__ import annotations
 
 import csv
-import math
 import statistics
 from pathlib import Path
 from typing import Optional, Sequence
@@ -13,6 +13,7 @@ from cifar_exp import study, tracking
 from cifar_exp.errors import Interrupted, one_line
 from cifar_exp.job import parse_override
 from cifar_exp.metrics import MAX, goal
+from cifar_exp.study import DIRECTIONS
 
 
 def _job_params(overrides: str) -> dict[str, str]:
@@ -23,11 +24,11 @@ def sweep_description(
     command: str,
     sweep_dir: Path,
     summary: Optional[dict] = None,
-    objective: str = "",
+    names: Sequence[str] = (),
     swept: Optional[list[str]] = None,
 ) -> str:
     """The sweep parent's description in the MLflow UI (markdown): how it was launched and,
-    once it ends, its best job and the job counts."""
+    once it ends, the job counts and its best job, or its Pareto front's jobs."""
     lines = [
         f"`{command}`",
         "",
@@ -41,59 +42,54 @@ def sweep_description(
         f"- jobs: {m['jobs']}, finished {m['jobs_finished']}, pruned {m['jobs_pruned']}, failed {m['jobs_failed']}"
     )
     if best is not None:
-        values = ", ".join(f"`{k}={best['params'].get(k, '')}`" for k in swept or [])
+        objective, values = names[0], _values(best, swept)
         lines += [
             "",
             f"**Best**: job {best['job']}, {objective} {best[objective]:.4g}: {values} (run `{best['run_id']}`)",
         ]
+    if summary["front"]:
+        wanted = ", ".join(f"{n} {DIRECTIONS[goal(n)]}d" for n in names)
+        lines += ["", f"**Pareto front** ({len(summary['front'])} jobs; {wanted}):", ""]
+        lines += [f"| job | {' | '.join(names)} | values | run |", "|" + " --- |" * (len(names) + 3)]
+        lines += [
+            f"| {r['job']} | {' | '.join(f'{r[n]:.4g}' for n in names)} | {_values(r, swept)} | `{r['run_id']}` |"
+            for r in summary["front"]
+        ]
     return "\n".join(lines)
+
+
+def _values(row: dict, swept: Optional[list[str]]) -> str:
+    return ", ".join(f"`{k}={row['params'].get(k, '')}`" for k in swept or [])
 
 
 def sweep_summary(
     children: list[dict],
-    objective: str,
+    names: Sequence[str],
     swept: list[str],
     completed: bool = False,
     stopped_by: Sequence[BaseException] = (),
 ) -> dict:
-    """Rows per job, the best job, seed statistics and the parent's status: FINISHED for a
+    """Rows per job; for one objective the best job, for several the Pareto front; seed
+    statistics and the parent's status: FINISHED for a
     sweep that ran to its end (an Optuna study goes on past failed trials). One that did
     not is KILLED when a stop signal ended it, else FAILED, and says why in its
     `cifar_exp.sweep_end` tag."""
-    maximize = goal(objective) == MAX
-    rows = []
+    mark = "best" if len(names) == 1 else "pareto"
     # children of a killed sweep whose trials ran again are history, not results
     current = [c for c in children if tracking.SUPERSEDED_TAG not in c["tags"]]
-    for c in sorted(current, key=lambda c: int(c["tags"].get("hydra.job.num", 0))):
-        rows.append(
-            {
-                "job": c["tags"].get("hydra.job.num", ""),
-                "run_id": c["run_id"],
-                "status": c["status"],
-                "overrides": c["tags"].get("hydra.overrides", ""),
-                objective: c["metrics"].get(objective),
-                # selected on val, reported on test: both side by side
-                "val/acc": c["metrics"].get("val/acc"),
-                "val/loss": c["metrics"].get("val/loss"),
-                "test/acc": c["metrics"].get("test/acc"),
-                "test/loss": c["metrics"].get("test/loss"),
-                "output_dir": c["tags"].get("hydra.output_dir", ""),
-                "pruned": c["tags"].get(study.TRIAL_STATE_TAG) == study.PRUNED,
-                "best": False,
-                "params": _job_params(c["tags"].get("hydra.overrides", "")),
-            }
-        )
+    rows = [_row(c, names, mark) for c in sorted(current, key=lambda c: int(c["tags"].get("hydra.job.num", 0)))]
     # a pruned trial's objective is from a shortened run: it cannot be the best
-    done = [r for r in rows if r["status"] == "FINISHED" and r[objective] is not None and not r["pruned"]]
+    done = [r for r in rows if r["status"] == "FINISHED" and all(r[n] is not None for n in names) and not r["pruned"]]
     metrics: dict[str, float] = {
         "jobs": len(rows),
         "jobs_finished": len(done),
         "jobs_pruned": sum(r["pruned"] for r in rows),
     }
     tags: dict[str, str] = {}
-    best = (max if maximize else min)(done, key=lambda r: r[objective]) if done else None
-    if best is not None:
-        metrics[f"best/{objective}"] = best[objective]
+    best, front = None, pareto_front(done, names) if mark == "pareto" else []
+    if mark == "best" and done:
+        best = (max if goal(names[0]) == MAX else min)(done, key=lambda r: r[names[0]])
+        metrics[f"best/{names[0]}"] = best[names[0]]
         tags.update(
             {
                 "best_run_id": best["run_id"],
@@ -102,11 +98,16 @@ def sweep_summary(
                 **{f"best.{k}": best["params"][k] for k in swept if k in best["params"]},
             }
         )
-        best["best"] = True
-    seed_groups = _seed_groups(done, objective)
+    if front:
+        metrics["pareto_front_jobs"] = len(front)
+        tags.update(
+            {"pareto_jobs": " ".join(r["job"] for r in front), "pareto_run_ids": ",".join(r["run_id"] for r in front)}
+        )
+    for r in [best] if best else front:
+        r[mark] = True
+    seed_groups = _seed_groups(done, names)
     if len(seed_groups) == 1:
-        metrics[f"{objective}_mean"] = seed_groups[0]["mean"]
-        metrics[f"{objective}_std"] = seed_groups[0]["std"]
+        metrics.update({k: v for k, v in seed_groups[0].items() if k.endswith(("_mean", "_std"))})
     metrics["jobs_failed"] = sum(r["status"] == "FAILED" for r in rows)
     status = "FINISHED"
     if not completed:
@@ -120,26 +121,63 @@ def sweep_summary(
         tags["cifar_exp.sweep_end"] = (
             f"the sweep stopped before its end{why}; {len(rows)} jobs ran, {len(done)} finished"
         )
-    return {"rows": rows, "metrics": metrics, "tags": tags, "seed_groups": seed_groups, "status": status, "best": best}
+    return {
+        "rows": rows,
+        "metrics": metrics,
+        "tags": tags,
+        "seed_groups": seed_groups,
+        "status": status,
+        "best": best,
+        "front": front,
+    }
 
 
-def _seed_groups(rows: list[dict], objective: str) -> list[dict]:
-    """Jobs that differ only by seed, with the mean and std of the objective across seeds."""
-    groups: dict[str, list[float]] = {}
+def _row(child: dict, names: Sequence[str], mark: str) -> dict:
+    m, tags = child["metrics"], child["tags"]
+    return {
+        "job": tags.get("hydra.job.num", ""),
+        "run_id": child["run_id"],
+        "status": child["status"],
+        "overrides": tags.get("hydra.overrides", ""),
+        **{n: m.get(n) for n in names},
+        # selected on val, reported on test: both side by side
+        **{k: m.get(k) for k in ("val/acc", "val/loss", "test/acc", "test/loss") if k not in names},
+        "output_dir": tags.get("hydra.output_dir", ""),
+        "pruned": tags.get(study.TRIAL_STATE_TAG) == study.PRUNED,
+        mark: False,
+        "params": _job_params(tags.get("hydra.overrides", "")),
+    }
+
+
+def pareto_front(rows: list[dict], names: Sequence[str]) -> list[dict]:
+    """The rows no other row dominates (as good in every objective and better in one),
+    each objective taken in its catalogue direction."""
+    signs = [1.0 if goal(n) == MAX else -1.0 for n in names]
+    scores = [[s * r[n] for s, n in zip(signs, names)] for r in rows]
+
+    def dominated(a: list[float]) -> bool:
+        return any(all(x >= y for x, y in zip(b, a)) and b != a for b in scores)
+
+    return [r for r, score in zip(rows, scores) if not dominated(score)]
+
+
+def _seed_groups(rows: list[dict], names: Sequence[str]) -> list[dict]:
+    """Jobs that differ only by seed, with each objective's mean and std across seeds."""
+    groups: dict[str, list[dict]] = {}
     for r in rows:
         rest = " ".join(o for o in r["overrides"].split() if parse_override(o)[0] != "seed")
         if "seed" in r["params"]:
-            groups.setdefault(rest, []).append(r[objective])
+            groups.setdefault(rest, []).append(r)
     return [
-        {
-            "overrides": k,
-            "seeds": len(v),
-            "mean": statistics.fmean(v),
-            "std": statistics.stdev(v) if len(v) > 1 else math.nan,
-        }
-        for k, v in groups.items()
-        if len(v) > 1
+        {"overrides": k, "seeds": len(group), **{f: v for n in names for f, v in _spread(n, group).items()}}
+        for k, group in groups.items()
+        if len(group) > 1
     ]
+
+
+def _spread(name: str, group: list[dict]) -> dict[str, float]:
+    values = [r[name] for r in group]
+    return {f"{name}_mean": statistics.fmean(values), f"{name}_std": statistics.stdev(values)}
 
 
 def write_csv(rows: list[dict], path: Path, swept: Optional[list[str]] = None) -> Path:

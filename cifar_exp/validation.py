@@ -100,7 +100,9 @@ def check_run(run: Config) -> None:
 def check_metrics(run: Config, classes: Optional[list[str]]) -> None:
     """objective and checkpoint.monitor name per-epoch metrics this run logs; a set
     checkpoint.mode agrees with the monitored metric's direction."""
-    for key, name in (("objective", run.objective), ("checkpoint.monitor", run.checkpoint.monitor)):
+    check_objective(run.objective)
+    named = [("objective", name) for name in metrics.objectives(run.objective)]
+    for key, name in named + [("checkpoint.monitor", run.checkpoint.monitor)]:
         problem = metrics.check_selected(run, key, name, classes)
         require(problem is None, key, problem or "", name)
     monitor, mode = run.checkpoint.monitor, run.checkpoint.mode
@@ -110,6 +112,19 @@ def check_metrics(run: Config, classes: Optional[list[str]]) -> None:
         "checkpoint.mode",
         f"{derived} or null: checkpoint.monitor={monitor} is {_better(derived)}",
         mode,
+    )
+
+
+def check_objective(objective: Any) -> None:
+    """One metric's name, or a list of two or more different ones (a multi-objective search)."""
+    names = [objective] if isinstance(objective, str) else objective
+    require(
+        isinstance(names, (list, tuple))
+        and all(isinstance(n, str) and n for n in names)
+        and (len(names) == 1 or len(set(names)) == len(names) > 1),
+        "objective",
+        "a metric's name, or a list of two or more different ones: objective=[val/acc,model/params]",
+        objective,
     )
 
 

@@ -61,7 +61,7 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     )
     assert result.returncode == 0, result.output[-3000:]
     [warning] = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert "objective=test/acc, a test-set metric" in warning
+    assert "selects on test/acc, a test-set metric" in warning
     c, parents, children = sweep_runs(fresh_store)
     [parent] = parents
     assert parent.info.status == "FINISHED"
@@ -162,3 +162,54 @@ def test_jobs_that_fail_before_training_are_recorded(cli, workdir):
     rows = summary_rows(c, parent)
     assert sorted(r["status"] for r in rows) == ["FAILED", "FAILED", "FINISHED", "FINISHED"]
     assert parent.data.metrics["jobs"] == 4
+
+
+def test_a_multi_objective_study_reports_its_pareto_front(cli, workdir):
+    import optuna
+
+    result = cli(
+        *SWEEP,
+        "hparams_search=optuna_pareto",
+        "hydra.sweeper.n_trials=4",
+        "model=choice(tutorial_net,simple_cnn)",
+    )
+    assert result.returncode == 0, result.output[-3000:]
+    assert "maximize/minimize val/acc,model/params" in result.output
+    c, [parent], children = sweep_runs(workdir)
+    assert len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
+    points = {r.info.run_id: (r.data.metrics["val/acc"], r.data.metrics["model/params"]) for r in children}
+    front = {
+        i
+        for i, (acc, size) in points.items()
+        if not any(a >= acc and s <= size and (a, s) != (acc, size) for a, s in points.values())
+    }
+    assert set(parent.data.tags["pareto_run_ids"].split(",")) == front
+    assert parent.data.metrics["pareto_front_jobs"] == len(front) and "best_run_id" not in parent.data.tags
+    marked = {r.info.run_id for r in children if r.data.tags.get("cifar_exp.pareto") == "true"}
+    assert marked == front and all(r.info.run_name.startswith("[pareto] ") for r in children if r.info.run_id in front)
+    artifacts = {a.path for a in c.list_artifacts(parent.info.run_id)}
+    assert {"sweep_summary.csv", "pareto_front.png", "optimization_results.yaml"} <= artifacts
+    rows = summary_rows(c, parent)
+    assert {r["run_id"] for r in rows if r["pareto"] == "True"} == front
+    assert "**Pareto front**" in parent.data.tags["mlflow.note.content"]
+    # Optuna's own record: both values per trial, named
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{workdir / 'optuna.db'}")
+    assert study.metric_names == ["val/acc", "model/params"]
+    # (MLflow holds 7 significant digits)
+    told, logged = sorted(tuple(t.values) for t in study.trials), sorted(points.values())
+    assert [v for p in told for v in p] == pytest.approx([v for p in logged for v in p], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "extra, said",
+    [
+        (["hydra/sweeper/pruner=median"], "Optuna cannot prune a multi-objective study"),
+        (["hydra.sweeper.direction=[maximize,maximize]"], "model/params is minimized"),
+        (["objective=[val/acc,val/acc]"], "a list of two or more different ones"),
+        (["objective=[val/acc,params]"], "objective='params' is invalid"),
+    ],
+)
+def test_a_multi_objective_study_is_checked_before_any_job(cli, workdir, extra, said):
+    result = cli(*SWEEP, "hparams_search=optuna_pareto", *extra)
+    assert result.returncode != 0 and said in result.stderr, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and not (workdir / "multirun").exists()

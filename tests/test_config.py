@@ -207,9 +207,18 @@ def test_help_and_cfg_do_not_import_torch_or_mlflow(cli):
 
 
 def test_the_search_preset_selects_on_a_validation_split(cli):
-    result = cli("hparams_search=optuna_lr", "--cfg", "job")
+    result = cli("hparams_search=optuna_lr", "--cfg", "job", "--resolve")
     assert result.returncode == 0, result.output
     cfg = yaml.safe_load(result.stdout)
     assert cfg["dataset"]["val_fraction"] == 0.1 and cfg["objective"] == "val/acc"
-    assert cfg["checkpoint"]["monitor"] in ("val/acc", "${objective}")
+    assert cfg["checkpoint"]["monitor"] == "val/acc"
     assert compose_cfg("hparams_search=optuna_lr").checkpoint.monitor == "val/acc"
+
+
+@pytest.mark.parametrize(
+    "objective, monitor",
+    [("val/acc", "val/acc"), ("[val/acc,model/params]", "val/acc"), ("[model/params,val/loss]", "model/params")],
+)
+def test_the_monitor_follows_the_objective_or_the_first_of_several(objective, monitor):
+    cfg = compose_cfg("dataset=synthetic", "dataset.val_size=10", f"objective={objective}")
+    assert cfg.checkpoint.monitor == monitor

@@ -123,10 +123,11 @@ def test_a_deleted_experiment_is_one_line_naming_how_to_restore_it(workdir):
         tracking.connect(f"sqlite:///{workdir / 'mlflow.db'}", "binned")
 
 
-def test_a_per_class_metric_is_logged_only_when_a_run_selects_it():
-    epoch = {"test/acc": 0.5, "test/acc_class/cat": 0.4, "test/acc_class/dog": 0.6}
+def test_a_per_class_metric_or_the_parameter_count_is_logged_only_when_a_run_selects_it():
+    epoch = {"test/acc": 0.5, "test/acc_class/cat": 0.4, "test/acc_class/dog": 0.6, "model/params": 62006}
     assert logged(epoch, {"test/acc"}) == {"test/acc": 0.5}
     assert logged(epoch, {"test/acc_class/cat"}) == {"test/acc": 0.5, "test/acc_class/cat": 0.4}
+    assert logged(epoch, {"test/acc", "model/params"}) == {"test/acc": 0.5, "model/params": 62006}
 
 
 @pytest.mark.slow

@@ -72,16 +72,23 @@ DIRECTIONS = [
     ("minimize", "test/acc", "must be maximize or null"),
     (["minimize", "maximize"], "test/acc", "must be"),
     ("sideways", "test/acc", "must be maximize"),
+    # several objectives: one direction each, from the catalogue
+    (None, ["val/acc", "model/params"], "maximize,minimize"),
+    (None, ["time/epoch_s", "test/acc_class/cat"], "minimize,maximize"),
+    (["maximize", "minimize"], ["val/acc", "model/params"], "maximize,minimize"),
+    ("maximize", ["val/acc", "model/params"], r"must be \[maximize,minimize\] or null"),
+    (["minimize", "minimize"], ["val/acc", "model/params"], "val/acc is maximized, model/params is minimized"),
 ]
 
 
 @pytest.mark.parametrize("configured,objective,expected", DIRECTIONS)
 def test_the_study_direction_is_derived_from_the_objective(configured, objective, expected):
-    if expected.startswith("must"):
+    names = [objective] if isinstance(objective, str) else objective
+    if expected.startswith("must") or " is " in expected:
         with pytest.raises(UserError, match=expected):
-            study.direction(configured, objective)
+            study.directions(configured, names)
     else:
-        assert study.direction(configured, objective) == expected
+        assert study.directions(configured, names) == expected.split(",")
 
 
 def test_a_loss_monitored_run_keeps_the_epoch_with_the_lowest_loss_as_best(tmp_path, monkeypatch):

@@ -46,7 +46,9 @@ SUPERSEDED_TAG = "cifar_exp.superseded"
 
 PRUNED_TAG = ("optuna.state", "PRUNED")
 
-BEST_TAG, BEST_MARK = "cifar_exp.best", "[best] "
+# a sweep's best job, and the jobs on its Pareto front: (tag, name prefix)
+BEST = ("cifar_exp.best", "[best] ")
+PARETO = ("cifar_exp.pareto", "[pareto] ")
 
 
 def start_parent(
@@ -122,18 +124,20 @@ def record_failed_job(
     client.set_terminated(run.info.run_id, "FAILED")
 
 
-def mark_best(uri: str, children: list[dict], best_id: Optional[str]) -> None:
-    """The sweep's best job leads its name with [best] and is tagged; a job that was the
-    best of an earlier pass of a resumed sweep loses the mark."""
+def mark_jobs(uri: str, children: list[dict], marked: set[str], kind: tuple[str, str]) -> None:
+    """The sweep's best job, or its Pareto front's jobs, lead their names with the kind's
+    mark and carry its tag; a job marked by an earlier pass of a resumed sweep that is no
+    longer among them loses both."""
+    tag, mark = kind
     client = client_for(uri)
     for child in children:
-        marked = child["tags"].get(BEST_TAG) == "true"
-        if child["run_id"] == best_id and not marked:
-            client.set_tag(best_id, BEST_TAG, "true")
-            client.update_run(best_id, name=BEST_MARK + child["name"])
-        elif child["run_id"] != best_id and marked:
-            client.delete_tag(child["run_id"], BEST_TAG)
-            client.update_run(child["run_id"], name=child["name"].removeprefix(BEST_MARK))
+        was = child["tags"].get(tag) == "true"
+        if child["run_id"] in marked and not was:
+            client.set_tag(child["run_id"], tag, "true")
+            client.update_run(child["run_id"], name=mark + child["name"])
+        elif child["run_id"] not in marked and was:
+            client.delete_tag(child["run_id"], tag)
+            client.update_run(child["run_id"], name=child["name"].removeprefix(mark))
 
 
 def finish_parent(uri: str, parent_id: str, status: str, metrics: dict, tags: dict, files: list[Path]) -> None:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp.config import at_least, require
 from cifar_exp.errors import Interrupted, UserError, reason
+from cifar_exp.metrics import objectives
 from hydra_plugins.cifar_exp_optuna_sweeper.config import typed
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,12 @@ def check(config: DictConfig) -> str:
         "none: a pruner needs a cifar_exp run's per-epoch reports, through a storage its jobs reach",
         settings["pruner"]["name"],
     )
+    require(
+        not (pruned and objective is not None and len(objectives(objective)) > 1),
+        "hydra/sweeper/pruner",
+        "none: Optuna cannot prune a multi-objective study, and objective names several metrics",
+        settings["pruner"]["name"],
+    )
     overrides = list(config.hydra.overrides.task)
     sampler = settings["sampler"]["name"]
     studies.check_sampler_packages(sampler)
@@ -171,30 +178,31 @@ def check(config: DictConfig) -> str:
     custom_search(settings.get("custom_search_space"))
     directions = app_directions(settings.get("direction"), objective)
     name = studies.study_name(settings, overrides)
-    studies.check_existing_search(storage, name, objective or RETURNED, directions, space, sampler)
+    studies.check_existing_search(storage, name, _objective_name(objective), directions, space, sampler)
     return directions
 
 
 RETURNED = "the task's return value"
 
 
-def app_directions(configured: Any, objective: Optional[str]) -> list[str]:
-    """The study's directions. A cifar_exp run optimizes its `objective`, whose direction
-    the metric catalogue knows. Any other Hydra app optimizes what its task function returns,
-    as with the official plugin: `direction` (default minimize), or a list of them for a
-    task that returns that many values (multi-objective)."""
+def app_directions(configured: Any, objective: Any) -> list[str]:
+    """The study's directions. A cifar_exp run optimizes its `objective` (one metric, or
+    several), whose directions the metric catalogue knows. Any other Hydra app optimizes
+    what its task function returns, as with the official plugin: `direction` (default
+    minimize), or a list of them for a task that returns that many values (multi-objective)."""
     if objective is not None:
-        return [studies_direction(configured, objective)]
+        from cifar_exp import study as studies
+
+        return studies.directions(configured, objectives(objective))
     given = list(configured) if isinstance(configured, (list, tuple)) else [configured or "minimize"]
     for d in given:
         require(d in ("minimize", "maximize"), "hydra.sweeper.direction", "minimize or maximize (or a list)", d)
     return given
 
 
-def studies_direction(configured: Any, objective: str) -> str:
-    from cifar_exp import study as studies
-
-    return studies.direction(configured, objective)
+def _objective_name(objective: Any) -> str:
+    """What the study optimizes, as its identity records it."""
+    return RETURNED if objective is None else ",".join(objectives(objective))
 
 
 def _command() -> str:
@@ -267,9 +275,9 @@ class OptunaSweeper(Sweeper):
             pruner=studies.build_pruner(self.settings["pruner"]),
         )
         sampler = self.settings["sampler"]["name"]
-        studies.check_same_search(study, self.objective or RETURNED, self.directions, space, sampler)
-        if study.metric_names is None and self.objective:  # Optuna's own tools name the value by it
-            study.set_metric_names([self.objective])
+        studies.check_same_search(study, _objective_name(self.objective), self.directions, space, sampler)
+        if study.metric_names is None and self.objective is not None:  # Optuna's own tools name the values by them
+            study.set_metric_names(objectives(self.objective))
         self._requeue_left_running(study)
         log.info(
             "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",
@@ -279,7 +287,7 @@ class OptunaSweeper(Sweeper):
             self.n_trials,
             ", ".join(space) or "nothing",
             "/".join(self.directions),
-            self.objective or RETURNED,
+            _objective_name(self.objective),
         )
         identity = [f"hydra.sweeper.storage={_quoted(storage)}", f"hydra.sweeper.study_name={_quoted(name)}"]
         # a grid has as many trials as points

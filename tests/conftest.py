@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import Result, Trained, compose_cfg, run_cli
+from helpers import TEST_MODELS, Result, Trained, compose_cfg, registry_restored, run_cli
 
 
 def pytest_configure(config):
@@ -43,6 +43,22 @@ def pytest_runtest_setup(item):
             f"install the dev extra's pytest (pip install -e '.[dev]')",
             pytrace=False,
         )
+
+
+@pytest.fixture(autouse=True)
+def _registry_restored():
+    """Whatever a test registers is gone after it (helpers.registry_restored)."""
+    with registry_restored():
+        yield
+
+
+@pytest.fixture
+def test_models():
+    """The test-only models (model=exploding_cnn, slow_cnn, sleepy_cnn) for this test."""
+    from cifar_exp.registry import register
+
+    for model in TEST_MODELS:
+        register("model", model)
 
 
 @pytest.fixture(scope="session")

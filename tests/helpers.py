@@ -1,7 +1,8 @@
 """Shared test helpers: running the real CLI (and torchrun, an MLflow server) as a user
 would, composing the real config in process (as a run or as a sweep), test data, and
-test-only models, registered as options of the model group (model=exploding_cnn,
-model=slow_cnn) for runs launched through `python -m testing_cli` (tests/ is on PYTHONPATH)."""
+test-only models (TEST_MODELS: model=exploding_cnn, slow_cnn, sleepy_cnn), registered by the
+`test_models` fixture in process and by `python -m testing_cli` for a CLI (tests/ is on
+PYTHONPATH), and `registry_restored`, which undoes any test's registrations."""
 
 import contextlib
 import os
@@ -19,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_module
+from hydra.core.config_store import ConfigStore
 from torch import nn
 
 from cifar_exp.config import ModelConfig
 from cifar_exp.models import SimpleCNN
-from cifar_exp.registry import Option, register, register_configs
+from cifar_exp.registry import REGISTRY, Option, register, register_configs
 
 
 class ExplodingCNN(SimpleCNN):
@@ -70,16 +72,35 @@ class SlowCNNConfig(ModelConfig):
     name: str = "slow_cnn"
 
 
-register("model", Option(ExplodingCNNConfig, "helpers:ExplodingCNN"))
-
-
 @dataclass
 class SleepyCNNConfig(ModelConfig):
     name: str = "sleepy_cnn"
 
 
-register("model", Option(SlowCNNConfig, "helpers:SlowCNN"))
-register("model", Option(SleepyCNNConfig, "helpers:SleepyCNN"))
+TEST_MODELS = (
+    Option(ExplodingCNNConfig, "helpers:ExplodingCNN"),
+    Option(SlowCNNConfig, "helpers:SlowCNN"),
+    Option(SleepyCNNConfig, "helpers:SleepyCNN"),
+)
+
+
+@contextlib.contextmanager
+def registry_restored():
+    """The registry (and its Hydra config groups) as it was before the block, whatever the
+    block registered: a test option never outlives its test, nor hides a real one."""
+    saved = {group: dict(options) for group, options in REGISTRY.items()}
+    try:
+        yield
+    finally:
+        repo = ConfigStore.instance().repo
+        for group, options in saved.items():
+            if REGISTRY[group] == options:
+                continue
+            for name in set(REGISTRY[group]) - set(options):
+                repo.get(group, {}).pop(f"{name}.yaml", None)
+            REGISTRY[group].clear()
+            for entry in options.values():
+                register(group, entry)
 
 
 def compose_cfg(*overrides: str):

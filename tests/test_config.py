@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp.errors import UserError, one_line
@@ -222,3 +223,30 @@ def test_the_search_preset_selects_on_a_validation_split(cli):
 def test_the_monitor_follows_the_objective_or_the_first_of_several(objective, monitor):
     cfg = compose_cfg("dataset=synthetic", "dataset.val_size=10", f"objective={objective}")
     assert cfg.checkpoint.monitor == monitor
+
+
+def test_a_test_s_registrations_are_undone_even_over_a_real_option():
+    from dataclasses import dataclass
+
+    from cifar_exp.config import OptimizerConfig, SGDConfig
+    from cifar_exp.registry import REGISTRY, Option, register
+
+    from helpers import registry_restored
+
+    @dataclass
+    class FakeSGD(OptimizerConfig):
+        name: str = "sgd"
+
+    @dataclass
+    class Extra(OptimizerConfig):
+        name: str = "extra"
+
+    real = REGISTRY["optimizer"]["sgd"]
+    with registry_restored():
+        register("optimizer", Option(FakeSGD, "torch.optim:SGD"))
+        register("optimizer", Option(Extra, "torch.optim:SGD"))
+        assert compose_cfg("optimizer=extra").optimizer.name == "extra"
+    assert REGISTRY["optimizer"]["sgd"] is real and "extra" not in REGISTRY["optimizer"]
+    assert OmegaConf.get_type(compose_cfg("optimizer=sgd").optimizer) is SGDConfig
+    with pytest.raises(Exception, match="extra"):
+        compose_cfg("optimizer=extra")

@@ -206,6 +206,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
         assert torch.equal(loaded(x), reference.eval()(x))
 
 
+@pytest.mark.usefixtures("test_models")
 def test_a_raising_run_ends_failed_with_its_metrics(train, workdir):
     with pytest.raises(RuntimeError, match="boom at step 5"):
         train(*FAST, "model=exploding_cnn", "trainer.log_every_n_steps=1")

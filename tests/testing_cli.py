@@ -2,8 +2,9 @@
 helpers.py registered first (a new model is one registry entry, in tests as anywhere)."""
 
 from cifar_exp.__main__ import main
+from cifar_exp.registry import register
 
-import helpers  # noqa: F401  (registers model=exploding_cnn and model=slow_cnn)
+from helpers import TEST_MODELS
 
 
 def _count_all_reduces() -> None:
@@ -34,4 +35,6 @@ if __name__ == "__main__":
 
     if os.environ.get("CIFAR_EXP_TEST_COUNT_COLLECTIVES"):
         _count_all_reduces()
+    for model in TEST_MODELS:
+        register("model", model)
     main()

@@ -15,7 +15,7 @@ import random
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import numpy as np
 import torch
@@ -165,7 +165,7 @@ def _feed(h, obj: Any) -> None:
 
 
 def rng_state() -> dict:
-    np_state = np.random.get_state()
+    np_state = cast(tuple, np.random.get_state())  # the legacy form: a tuple
     return {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Dict, List, Optional
+from typing import Any, ClassVar, Dict, List, Optional, cast
 
 from omegaconf import MISSING, OmegaConf
 
@@ -30,6 +30,14 @@ def _first(objective: Any) -> Any:
 OmegaConf.register_new_resolver("cifar_exp.first", _first, replace=True)
 
 
+def container(node: Any, resolve: bool = True) -> dict[str, Any]:
+    """A config node's keys as plain values, resolved unless told (typed: a mapping, as
+    every node this project reads as one is)."""
+    values = OmegaConf.to_container(node, resolve=resolve)
+    assert isinstance(values, dict), type(values)
+    return cast(Dict[str, Any], values)
+
+
 def require(ok: bool, key: str, allowed: str, value: Any) -> None:
     """The one form of a refused value: the key, the value and what it must be."""
     if not ok:
@@ -40,6 +48,16 @@ def require(ok: bool, key: str, allowed: str, value: Any) -> None:
 def image_size(dataset: Any) -> int:
     """The square side of a dataset config's images (the CIFAR files are 32 px)."""
     return dataset.get("image_size", 32)
+
+
+def within_half_side(obj: Any, at: str, pixels: int, *keys: str) -> None:
+    """Shifts and squares in pixels: at most half the image side, since more leaves mostly
+    border or nothing of the image."""
+    half = pixels // 2
+    for key in keys:
+        value = getattr(obj, key)
+        allowed = f"an integer in [0, {half}] (half the {pixels} px image side; 0: off)"
+        require(0 <= value <= half, f"{at}.{key}", allowed, value)
 
 
 def at_least(obj: Any, at: str, minimum: int, *keys: str) -> None:
@@ -132,20 +150,7 @@ class DatasetConfig:
             require(getattr(self, key) >= 0, f"{at}.{key}", "a float >= 0 (0: off)", getattr(self, key))
         require(self.flip in FLIPS, f"{at}.flip", " or ".join(FLIPS), self.flip)
         require(self.pad_mode in PAD_MODES, f"{at}.pad_mode", " or ".join(PAD_MODES), self.pad_mode)
-        # a shift or square larger than half the image leaves mostly border or nothing
-        half = self.pixels // 2
-        require(
-            0 <= self.crop_padding <= half,
-            f"{at}.crop_padding",
-            f"an integer in [0, {half}] (half the {self.pixels} px image side)",
-            self.crop_padding,
-        )
-        require(
-            self.cutout <= half,
-            f"{at}.cutout",
-            f"an integer in [0, {half}] (half the {self.pixels} px image side; 0: off)",
-            self.cutout,
-        )
+        within_half_side(self, at, self.pixels, "crop_padding", "cutout")
 
 
 @dataclass
@@ -625,13 +630,7 @@ class TrainerConfig:
             f"0 when {at}.limit_train_batches is set (one or the other)",
             self.overfit_batches,
         )
-        half = run.dataset.pixels // 2
-        require(
-            self.eval_translate <= half,
-            f"{at}.eval_translate",
-            f"an integer in [0, {half}] (half the {run.dataset.pixels} px image side; 0: off)",
-            self.eval_translate,
-        )
+        within_half_side(self, at, run.dataset.pixels, "eval_translate")
 
 
 @dataclass
@@ -771,4 +770,4 @@ class Config:
 def trainer_settings(node: Any) -> TrainerConfig:
     """The trainer group's node as its schema's dataclass: typed, and read at every step
     without OmegaConf's per-access cost."""
-    return TrainerConfig(**OmegaConf.to_container(node, resolve=True))
+    return TrainerConfig(**container(node))

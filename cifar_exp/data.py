@@ -12,15 +12,16 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, cast
 
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import IMAGE_SUFFIXES
+from cifar_exp.config import IMAGE_SUFFIXES, DatasetConfig
 from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import builder
+from cifar_exp.steps import batches_per_epoch
 
 log = logging.getLogger("cifar_exp")
 
@@ -199,10 +200,10 @@ def decode_image(path: Path, size: int):
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as f:
+            im = f.convert("RGB")
             if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
+                im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im)
     except Exception as e:  # OSError, PIL's DecompressionBombError, a broken decoder
         raise UserError(f"cannot read image {path}: {e}") from None
@@ -357,7 +358,8 @@ def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = Fa
     """The configured dataset (a registered source, see config.REGISTRY), moved to `device`
     once: the CPU copy is not kept."""
     train, test, classes = builder("dataset", cfg)(cfg)
-    train, val = _hold_out(train, OmegaConf.to_object(cfg).val_count(len(train)))
+    schema = cast(DatasetConfig, OmegaConf.to_object(cfg))
+    train, val = _hold_out(train, schema.val_count(len(train)))
     return Dataset(
         train.to(device),
         test.to(device),
@@ -403,12 +405,7 @@ class TensorLoader:
         self.padded = pad_images(split.x, p, augmentation.pad_mode) if p else split.x
 
     def __len__(self) -> int:
-        full = (
-            len(self.split) // self.batch_size
-            if self.sampling.drop_last
-            else math.ceil(len(self.split) / self.batch_size)
-        )
-        return min(full, self.sampling.limit) if self.sampling.limit else full
+        return batches_per_epoch(len(self.split), self.batch_size, self.sampling.drop_last, self.sampling.limit)
 
     def _crop_flip(self, idx: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         h, w = self.split.x.shape[2:]
@@ -440,7 +437,7 @@ class TensorLoader:
         import numpy as np
 
         rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=g)))
-        steps = math.ceil(n / self.batch_size)
+        steps = batches_per_epoch(n, self.batch_size, drop_last=False)  # every batch a plan, the last partial one too
         mixup_alpha, cutmix_alpha = self.aug.mixup_alpha, self.aug.cutmix_alpha
         share = 0.5 if mixup_alpha and cutmix_alpha else (1.0 if cutmix_alpha else 0.0)
         cutmix = rng.random(steps) < share

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import NoReturn, Optional
 
 from cifar_exp.terminal import printable
 
@@ -43,7 +43,7 @@ def reason(e: BaseException, limit: int = 200) -> str:
 _NOISE = ("full_key:", "object_type=", "reference_type=", "To append to your config")
 
 
-def one_line(exc: BaseException) -> str:
+def one_line(exc: Optional[BaseException]) -> str:
     """Hydra's and OmegaConf's multi-line messages, folded to one readable line."""
     parts: list[str] = []
     options: list[str] = []

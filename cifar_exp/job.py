@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar_exp import __version__
+from cifar_exp.config import container
 
 # Overrides that say nothing about the experiment itself stay out of derived run names.
 RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")
@@ -68,7 +69,7 @@ class Job:
             choices=dict(hc.runtime.choices),
             log_file=out / f"{hc.job.name}.log",
             num=hc.job.num if sweep else None,
-            sweeper=OmegaConf.to_container(hc.sweeper, resolve=True) if sweep else None,
+            sweeper=container(hc.sweeper) if sweep else None,
         )
 
     def run_name(self, cfg: DictConfig, overrides: Optional[list[str]] = None) -> str:

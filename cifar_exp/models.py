@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, cast
 
 import torch
 from omegaconf import DictConfig
@@ -161,7 +161,7 @@ class Airbench94Net(nn.Module):
         self.whiten = nn.Conv2d(3, 2 * 3 * k * k, k, padding=0, bias=True)
         self.whiten.weight.requires_grad = False
         if whiten_bias_init == "zeros":  # else PyTorch's conv init, uniform in +-1/sqrt(12)
-            nn.init.zeros_(self.whiten.bias)
+            nn.init.zeros_(self.whiten_bias)
         c_in, groups = self.whiten.out_channels, []
         for w in widths:
             groups.append(_ConvGroup(c_in, w, bn_momentum))
@@ -187,11 +187,15 @@ class Airbench94Net(nn.Module):
     def begin_epoch(self, epoch: int) -> None:
         """The whitening bias trains for the first epochs only (a parameter without a
         gradient is skipped by the optimizer, momentum and weight decay included)."""
-        self.whiten.bias.requires_grad = epoch < self.whiten_bias_epochs
+        self.whiten_bias.requires_grad = epoch < self.whiten_bias_epochs
 
     def limited_params(self) -> list[tuple[nn.Parameter, int]]:
         """The parameters that train for fewer epochs than the run, with their epochs."""
-        return [(self.whiten.bias, self.whiten_bias_epochs)]
+        return [(self.whiten_bias, self.whiten_bias_epochs)]
+
+    @property
+    def whiten_bias(self) -> nn.Parameter:
+        return cast(nn.Parameter, self.whiten.bias)  # built with bias=True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(self.whiten(x))

@@ -4,12 +4,12 @@ schedule advances once per optimizer step, so its horizon is the run's step coun
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, cast
 
 import torch
 from omegaconf import DictConfig
 
-from cifar_exp.registry import builder, kwargs
+from cifar_exp.registry import builder, builds, kwargs
 from cifar_exp.validation import warmup_steps
 
 sched = torch.optim.lr_scheduler
@@ -94,11 +94,11 @@ class GroupCosine(sched.CosineAnnealingLR):
         self.eta_mins = [eta_min * _scale(g) for g in optimizer.param_groups]
         super().__init__(optimizer, T_max=total_steps, eta_min=eta_min)
 
-    def _get_closed_form_lr(self) -> list[float]:
+    def _get_closed_form_lr(self) -> list[float | torch.Tensor]:
         progress = (1 + math.cos(math.pi * self.last_epoch / self.T_max)) / 2
         return [eta + (base - eta) * progress for base, eta in zip(self.base_lrs, self.eta_mins)]
 
-    def get_lr(self) -> list[float]:
+    def get_lr(self) -> list[float | torch.Tensor]:
         return self._get_closed_form_lr()
 
 
@@ -237,7 +237,8 @@ class Muon(torch.optim.Optimizer):
         return loss
 
     def _momentum(self, p: torch.Tensor, group: dict) -> torch.Tensor:
-        d = p.grad if not group["weight_decay"] else p.grad.add(p, alpha=group["weight_decay"])
+        grad = cast(torch.Tensor, p.grad)  # step() passes parameters with a gradient only
+        d = grad if not group["weight_decay"] else grad.add(p, alpha=group["weight_decay"])
         m = group["momentum"]
         if not m:
             return d
@@ -291,6 +292,9 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_ste
     scheduler.warmup_epochs > 0."""
     options = kwargs(cfg)
     warmup = warmup_steps(options.pop("warmup_epochs"), steps_per_epoch)
-    make = builder("scheduler", cfg)
-    schedule = make(optimizer, total_steps, steps_per_epoch, **options) if make else None
+    schedule = (
+        builder("scheduler", cfg)(optimizer, total_steps, steps_per_epoch, **options)
+        if builds("scheduler", cfg)
+        else None
+    )
     return Warmup(optimizer, schedule, warmup) if warmup > 0 else schedule

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -20,13 +20,13 @@ from cifar_exp.errors import UserError, reason
 
 @dataclass(frozen=True)
 class Option:
-    schema: type
+    schema: type[Any]
     # "module:attribute" of the project function that builds it; None builds nothing
     build: Optional[str] = None
 
     @property
     def name(self) -> str:
-        return self.schema.name
+        return str(self.schema.name)
 
 
 def _options(*options: Option) -> dict[str, Option]:
@@ -101,18 +101,23 @@ def schema(group: str, name: Any) -> type:
     return option(group, name).schema
 
 
-def builder(group: str, node: DictConfig) -> Optional[Callable[..., Any]]:
-    """The project function that builds the option `node` names (None: nothing to build)."""
+def builds(group: str, node: DictConfig) -> bool:
+    """Whether the option `node` names builds anything (the constant schedule does not)."""
+    return option(group, node.name).build is not None
+
+
+def builder(group: str, node: DictConfig) -> Callable[..., Any]:
+    """The project function that builds the option `node` names."""
     target = option(group, node.name).build
     if target is None:
-        return None
+        raise TypeError(f"{group}={node.name} builds nothing")
     module, _, attribute = target.partition(":")
     return getattr(importlib.import_module(module), attribute)
 
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
-    items = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    items = c.container(cfg) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, Any] = {}
     for key, value in items.items():
         name = f"{prefix}{key}"
@@ -125,7 +130,7 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def kwargs(node: DictConfig) -> dict[str, Any]:
     """An option's keys as plain keyword arguments (its `name` excluded)."""
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+    return {k: v for k, v in c.container(node).items() if k != "name"}
 
 
 def on_schemas(plain: dict, origin: str = "") -> DictConfig:
@@ -142,7 +147,7 @@ def on_schemas(plain: dict, origin: str = "") -> DictConfig:
         except UserError as e:
             raise UserError(f"{prefix}{e}") from None
     try:
-        return OmegaConf.merge(base, plain)
+        return cast(DictConfig, OmegaConf.merge(base, plain))
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise UserError(f"{prefix}config key {key} is invalid ({reason(e)})") from None

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp import distributed, plots, resume, study
+from cifar_exp import distributed, plots, resume, steps, study
 from cifar_exp.checkpoint import Checkpointer, RunState
 from cifar_exp.config import image_size, trainer_settings
 from cifar_exp.data import Augmentation, Dataset, Sampling, TensorLoader, load_dataset
@@ -127,7 +126,7 @@ def load_data(cfg: DictConfig, device: torch.device, state: RunState, resumed: b
 def loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> tuple[TensorLoader, dict]:
     """The training loader and the evaluation loaders (val when held out, test), this rank's shard."""
     d, t = cfg.dataset, cfg.trainer
-    shard = {"rank": world.rank, "world_size": world.world_size}
+    shard: dict[str, Any] = {"rank": world.rank, "world_size": world.world_size}
     sampling = Sampling(
         shuffle=True,
         seed=cfg.seed,
@@ -172,15 +171,15 @@ def build_trainer(
     t = cfg.trainer
     precision = precision or pick_precision(t.amp, device, t.deterministic)
     model = build_model(cfg.model, data.num_classes, image_size(cfg.dataset)).to(device)
-    if hasattr(model, "init_from_data"):  # e.g. a whitening layer (a resumed run loads its weights after)
-        model.init_from_data(data.normalize(init_images(data.train.x, cfg.seed)))
+    init_from_data = getattr(model, "init_from_data", None)
+    if init_from_data is not None:  # e.g. a whitening layer (a resumed run loads its weights after)
+        init_from_data(data.normalize(init_images(data.train.x, cfg.seed)))
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg.optimizer, model)
     # schedules count optimizer steps: with accumulation, one per group of batches
-    optimizer_steps = math.ceil(steps_per_epoch / t.accumulate_grad_batches)
-    total_steps = min(cfg.epochs * optimizer_steps, t.max_steps or math.inf)
-    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, optimizer_steps)
+    per_epoch, total_steps = steps.optimizer_steps(steps_per_epoch, t.accumulate_grad_batches, cfg.epochs, t.max_steps)
+    scheduler = build_scheduler(cfg.scheduler, optimizer, total_steps, per_epoch)
     if world.active:
         if t.sync_batchnorm:
             if device.type != "cuda":
@@ -193,7 +192,7 @@ def build_trainer(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
     if compiles(t.compile, device)[0]:
-        model = torch.compile(model)
+        model = cast(torch.nn.Module, torch.compile(model))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
     return Trainer(model, optimizer, scheduler, loss_fn, device, trainer_settings(t), precision.dtype, total_steps)
 
@@ -274,10 +273,10 @@ def log_start(
     mode = monitor_mode(cfg)
     log.info(
         "objective %s; checkpoint.monitor %s, %s%s",
-        cfg.objective,
+        ", ".join(objectives(cfg.objective)),
         cfg.checkpoint.monitor,
         "minimized" if mode == "min" else "maximized",
-        "" if cfg.checkpoint.mode else " (derived from its name)",
+        "" if cfg.checkpoint.mode else " (the metric catalogue's direction)",
     )
     params, compared = resume.record(flatten(cfg))
     tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})

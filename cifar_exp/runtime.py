@@ -74,7 +74,8 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "float32")
+        names = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        return names.get(self.dtype, "float32") if self.dtype is not None else "float32"
 
 
 def pick_precision(amp: str, device: torch.device, deterministic: bool = False) -> Precision:

@@ -5,7 +5,7 @@ environment. The rebuilt config then passes the same checks as the command line'
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from omegaconf import DictConfig
 
@@ -25,6 +25,7 @@ def check_depth(tree: Any, origin: str) -> None:
     stack = [(tree, 1)]
     while stack:
         node, depth = stack.pop()
+        children: Iterable[Any]
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, (list, tuple, set, frozenset)):

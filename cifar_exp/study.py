@@ -10,7 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional, Sequence
 
 from cifar_exp import metrics
 from cifar_exp.errors import UserError, reason
@@ -46,10 +46,11 @@ def is_optuna(sweeper: Any) -> bool:
     return sweeper is not None and sweeper.get("_target_") == SWEEPER_TARGET
 
 
-DIRECTIONS = {metrics.MIN: "minimize", metrics.MAX: "maximize"}
+Direction = Literal["minimize", "maximize"]
+DIRECTIONS: dict[str, Direction] = {metrics.MIN: "minimize", metrics.MAX: "maximize"}
 
 
-def directions(configured: Any, objectives: list[str]) -> list[str]:
+def directions(configured: Any, objectives: list[str]) -> list[Direction]:
     """The study's directions, one per objective: derived from the metric catalogue (a loss
     is minimized, an accuracy maximized); configured ones (a string or a list) must be those."""
     derived = [DIRECTIONS[metrics.goal(name)] for name in objectives]
@@ -65,7 +66,7 @@ def directions(configured: Any, objectives: list[str]) -> list[str]:
     return derived
 
 
-def _listed(values: list[str]) -> str:
+def _listed(values: Sequence[str]) -> str:
     return values[0] if len(values) == 1 else "[" + ",".join(values) + "]"
 
 
@@ -84,7 +85,7 @@ def study_name(sweeper: Any, task_overrides: list[str]) -> str:
 IDENTITY_ATTR = "cifar_exp.search"
 
 
-def check_same_search(study, objective: str, directions: list[str], space: dict, sampler: str) -> None:
+def check_same_search(study, objective: str, directions: Sequence[str], space: dict, sampler: str) -> None:
     """A study is one search: the objective, its direction, the search space and the
     sampler it was made with are kept in the study; a sweep that names the study with any
     of them different is refused in one line saying what differs, never silently continued
@@ -183,7 +184,7 @@ def build_sampler(cfg: dict, search_space: Optional[dict] = None):
             def after_trial(self, study, trial, state, values) -> None:
                 pass
 
-        return SweepGridSampler(search_space, **kwargs)
+        return SweepGridSampler(search_space or {}, **kwargs)
     return _build(optuna.samplers, SAMPLERS, cfg["name"], "sampler", kwargs)
 
 
@@ -249,6 +250,7 @@ class TrialLink:
 
 def trial_for(job: Job) -> Optional[TrialLink]:
     """This job's trial when it runs in a sweep of the project's Optuna sweeper."""
-    if job.num is None or not is_optuna(job.sweeper) or job.sweeper["storage"] == MEMORY:
+    sweeper = job.sweeper
+    if job.num is None or sweeper is None or not is_optuna(sweeper) or sweeper["storage"] == MEMORY:
         return None  # a study in the sweep's memory hears only what the job returns
-    return TrialLink(job.sweeper["storage"], job.sweeper["study_name"], job.num, dict(job.sweeper["pruner"]))
+    return TrialLink(sweeper["storage"], sweeper["study_name"], job.num, dict(sweeper["pruner"]))

@@ -188,6 +188,7 @@ def connect(storage: str, wait_s: float = SWEEP_WAIT_S):
         import optuna
 
         return optuna.storages.InMemoryStorage()
+    kwargs: dict[str, Any]
     if storage.startswith("sqlite"):
         kwargs = {"connect_args": {"timeout": SQLITE_BUSY_S}}
     else:  # a pooled connection the server dropped (a restart) is replaced, not used
@@ -205,8 +206,8 @@ def connect(storage: str, wait_s: float = SWEEP_WAIT_S):
 
 def _storage_reason(e: BaseException) -> str:
     """The database's own words: SQLAlchemy wraps them, with a link, around the driver's."""
-    while e.__cause__ is not None or getattr(e, "orig", None) is not None:
-        e = getattr(e, "orig", None) or e.__cause__
+    while (inner := getattr(e, "orig", None) or e.__cause__) is not None:
+        e = inner
     return reason(e)
 
 

@@ -43,7 +43,8 @@ def trials(config: DictConfig) -> Iterator[list[str]]:
     """Override lists to check: the first trial, then one per other value of each key."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {} if study.is_optuna(config.hydra.sweeper) else {}
     lines = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    fixed, swept = [], {}
+    fixed: list[str] = []
+    swept: dict[str, list[str]] = {}
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element()
         if key.startswith("hydra"):
@@ -53,7 +54,7 @@ def trials(config: DictConfig) -> Iterator[list[str]]:
             if values:
                 swept[key] = [f"{_prefix(override)}{key}={v}" for v in values]
         else:
-            fixed.append(override.input_line)
+            fixed.append(str(override.input_line))
     first = {key: values[0] for key, values in swept.items()}
     yield fixed + list(first.values())
     for key, values in swept.items():

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifar_exp.config import DEVICE, require
+from cifar_exp.config import DEVICE, container, require
 from cifar_exp.errors import UserError, exit_with, reason
 
 
@@ -39,7 +39,7 @@ def parse_cli(argv: list[str], schema: type) -> Any:
     except Exception as e:
         raise UserError(f"cannot parse arguments {argv}: {reason(e)}") from None
     fields = list(OmegaConf.structured(schema))
-    for key in given:
+    for key in map(str, given):
         if key not in fields:
             raise UserError(f"unknown argument {key}=...; expected {', '.join(f'{k}=' for k in fields)}")
     try:
@@ -54,5 +54,5 @@ def parse_cli(argv: list[str], schema: type) -> Any:
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve (${oc.env:UNSET})
         key = getattr(e, "full_key", None) or "?"
-        raw = OmegaConf.to_container(given, resolve=False).get(str(key))
+        raw = container(given, resolve=False).get(str(key))
         raise UserError(f"{key}={raw!r} is invalid: {reason(e)}") from None

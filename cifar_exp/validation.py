@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifar_exp import metrics
+from cifar_exp import metrics, steps
 from cifar_exp.config import Config, require
 from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import REGISTRY, on_schemas, option
@@ -53,7 +53,7 @@ def plain(cfg: DictConfig) -> dict:
 def typed(values: dict) -> Config:
     """Plain values as the schemas' objects: each required value present, each float finite."""
     _walk(values, "")
-    return OmegaConf.to_object(on_schemas(values))
+    return cast(Config, OmegaConf.to_object(on_schemas(values)))
 
 
 def _walk(tree: Any, path: str) -> None:
@@ -145,10 +145,10 @@ def warmup_steps(warmup_epochs: float, steps_per_epoch: int) -> int:
 def optimizer_steps(run: Config, train_images: int) -> tuple[int, int]:
     """(optimizer steps per epoch, optimizer steps in the run) for a split of that size."""
     d, t = run.dataset, run.trainer
-    batches = train_images // d.batch_size if d.drop_last else math.ceil(train_images / d.batch_size)
-    limit = t.limit_train_batches or t.overfit_batches
-    per_epoch = math.ceil((min(batches, limit) if limit else batches) / t.accumulate_grad_batches)
-    return per_epoch, min(run.epochs * per_epoch, t.max_steps or math.inf)
+    batches = steps.batches_per_epoch(
+        train_images, d.batch_size, d.drop_last, t.limit_train_batches or t.overfit_batches
+    )
+    return steps.optimizer_steps(batches, t.accumulate_grad_batches, run.epochs, t.max_steps)
 
 
 def check_length(run: Config, train_images: int, test_images: int) -> None:

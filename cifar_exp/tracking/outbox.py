@@ -11,7 +11,7 @@ import shlex
 import shutil
 import uuid
 from pathlib import Path, PurePosixPath
-from typing import Optional
+from typing import Any, Optional
 
 from cifar_exp.errors import UserError, printable, reason
 from cifar_exp.tracking.store import connect, refused, sqlite_file
@@ -62,7 +62,7 @@ def _deliver(client, run_id: str, op: dict, home: Optional[Path]) -> None:
 def _split(op: dict) -> list[dict]:
     """A batch as one op per item, so a refused item does not take the others with it;
     [] for an op that is one write already."""
-    items = op.get("items")
+    items: Any = op.get("items", ())
     if op["op"] not in ("metrics", "params", "tags") or len(items) < 2:
         return []
     if op["op"] == "metrics":
@@ -133,14 +133,15 @@ class Outbox:
             return
         from cifar_exp.checkpoint import atomic_write_text
 
-        ops = [self._portable(op) if op["op"] == "artifact" else op for op in self.ops]
+        home = self.path.parent.resolve()
+        ops = [self._portable(op, home) if op["op"] == "artifact" else op for op in self.ops]
         atomic_write_text(json.dumps({"uri": self.uri, "run_id": self.run_id, "ops": ops}), self.path)
 
-    def _portable(self, op: dict) -> dict:
+    @staticmethod
+    def _portable(op: dict, home: Path) -> dict:
         """An artifact as a path relative to the run dir: one from outside it (a resume's job
         log, its Hydra files) is copied in first, since a reader takes artifacts from the run
         dir only."""
-        home = self.path.parent.resolve()
         source = home / op["path"]
         if not _inside(source, home):
             copy = home / FILES / uuid.uuid4().hex[:12] / source.name

@@ -122,8 +122,8 @@ class MlflowTracker:
         self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
         self.resumed = self.recorded_tags is not None
         self.name, self.was_cut_short, self.stopping = run_name, False, False
-        if self.resumed:
-            self.run_id = run_id
+        if self.resumed and run_id is not None:
+            self.run_id: str = run_id
             self.client.update_run(run_id, status="RUNNING")
         else:
             if run_id is not None:

@@ -259,8 +259,8 @@ def register() -> None:
     cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="cifar_exp")
     for conf in SAMPLERS.values():
         cs.store(group="hydra/sweeper/sampler", name=conf.name, node=conf, provider="cifar_exp")
-    for conf in PRUNERS.values():
-        cs.store(group="hydra/sweeper/pruner", name=conf.name, node=conf, provider="cifar_exp")
+    for pruner in PRUNERS.values():
+        cs.store(group="hydra/sweeper/pruner", name=pruner.name, node=pruner, provider="cifar_exp")
 
 
 register()

@@ -12,8 +12,9 @@ import logging
 import math
 import shlex
 import sys
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -23,10 +24,13 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import at_least, require
+from cifar_exp.config import at_least, container, require
 from cifar_exp.errors import Interrupted, UserError, reason
 from cifar_exp.metrics import objectives
 from hydra_plugins.cifar_exp_optuna_sweeper.config import typed
+
+if TYPE_CHECKING:
+    from cifar_exp.study import Direction
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
@@ -42,23 +46,24 @@ def distribution(override: Override):
     sweep = override.value()
     log_scale = "log" in getattr(sweep, "tags", set())
     if isinstance(sweep, ChoiceSweep) or isinstance(sweep, RangeSweep) and sweep.shuffle:
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=lambda x: x)))
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=lambda x: x)))  # type: ignore[arg-type]
     if isinstance(sweep, RangeSweep):
         # as hydra-optuna-sweeper reads it: from start to stop, both included, by step
         start, stop, step = sweep.start, sweep.stop, sweep.step
-        if not (step > 0 and start <= stop):
+        if start is None or stop is None or not (step > 0 and start <= stop):
             raise UserError(f"{override.input_line} is invalid: a range needs start <= stop and a step > 0")
-        if all(isinstance(v, int) for v in (start, stop, step)):
+        if isinstance(start, int) and isinstance(stop, int) and isinstance(step, int):
             return IntDistribution(start, stop, step=step, log=log_scale and step == 1)
         return FloatDistribution(start, stop, step=step)
     if isinstance(sweep, IntervalSweep):  # int(interval(1, 8)) or tag(int, interval(1, 8)): integers
-        if not (math.isfinite(sweep.start) and math.isfinite(sweep.end) and sweep.start < sweep.end):
+        low, high = sweep.start, sweep.end
+        if low is None or high is None or not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise UserError(f"{override.input_line} is invalid: an interval needs finite bounds, low < high")
-        if log_scale and sweep.start <= 0:
+        if log_scale and low <= 0:
             raise UserError(f"{override.input_line} is invalid: a log interval needs bounds > 0")
-        if "int" in sweep.tags or isinstance(sweep.start, int) and isinstance(sweep.end, int):
-            return IntDistribution(int(sweep.start), int(sweep.end), log=log_scale)
-        return FloatDistribution(sweep.start, sweep.end, log=log_scale)
+        if "int" in sweep.tags or isinstance(low, int) and isinstance(high, int):
+            return IntDistribution(int(low), int(high), log=log_scale)
+        return FloatDistribution(low, high, log=log_scale)
     raise UserError(
         f"{override.input_line}: the Optuna sweeper takes interval(...), choice(...), range(...) and comma lists"
     )
@@ -141,7 +146,7 @@ def custom_search(path: Optional[str]):
         raise UserError(f"hydra.sweeper.custom_search_space={path!r} is not a function to call: {reason(e)}") from None
 
 
-def check(config: DictConfig) -> str:
+def check(config: DictConfig) -> list[Direction]:
     """The sweeper's own settings, before any job starts: the sampler's and pruner's values,
     the trial counts, the storage, the search space, and the direction against the run's
     objective (returned: derived when unset)."""
@@ -152,7 +157,7 @@ def check(config: DictConfig) -> str:
     for part in ("sampler", "pruner"):
         typed(part, sweeper[part]).check(f"hydra.sweeper.{part}")
     at_least(sweeper, "hydra.sweeper", 1, "n_trials", "n_jobs")
-    settings = OmegaConf.to_container(sweeper, resolve=True)
+    settings = container(sweeper)
     objective = config.get("objective")
     storage = study_storage.storage_url(settings, Path(config.hydra.runtime.cwd), memory_by_default=objective is None)
     study_storage.check_storage(storage)
@@ -185,7 +190,7 @@ def check(config: DictConfig) -> str:
 RETURNED = "the task's return value"
 
 
-def app_directions(configured: Any, objective: Any) -> list[str]:
+def app_directions(configured: Any, objective: Any) -> list[Direction]:
     """The study's directions. A cifar_exp run optimizes its `objective` (one metric, or
     several), whose directions the metric catalogue knows. Any other Hydra app optimizes
     what its task function returns, as with the official plugin: `direction` (default
@@ -197,7 +202,7 @@ def app_directions(configured: Any, objective: Any) -> list[str]:
     given = list(configured) if isinstance(configured, (list, tuple)) else [configured or "minimize"]
     for d in given:
         require(d in ("minimize", "maximize"), "hydra.sweeper.direction", "minimize or maximize (or a list)", d)
-    return given
+    return cast("list[Direction]", given)
 
 
 def _objective_name(objective: Any) -> str:
@@ -237,20 +242,20 @@ class OptunaSweeper(Sweeper):
                 experiment_sequence,
             )
         settings = {"sampler": sampler, "pruner": pruner, "storage": storage, "study_name": study_name}
-        self.settings = OmegaConf.to_container(
-            OmegaConf.create({**settings, "params": params, "search_space": search_space}), resolve=True
-        )
+        self.settings = container(OmegaConf.create({**settings, "params": params, "search_space": search_space}))
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.custom_search_space = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
+        self.config: DictConfig = config
         self.directions = check(config)
         self.objective = config.get("objective")
         self.extend = custom_search(self.custom_search_space)
-        self.launcher = Plugins.instance().instantiate_launcher(
+        launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        assert launcher is not None  # Hydra always configures one
+        self.job_launcher = launcher
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     def sweep(self, arguments: list[str]) -> None:
@@ -277,7 +282,9 @@ class OptunaSweeper(Sweeper):
         sampler = self.settings["sampler"]["name"]
         studies.check_same_search(study, _objective_name(self.objective), self.directions, space, sampler)
         if study.metric_names is None and self.objective is not None:  # Optuna's own tools name the values by them
-            study.set_metric_names(objectives(self.objective))
+            with warnings.catch_warnings():  # Optuna marks it experimental; the project relies on it as is
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(objectives(self.objective))
         self._requeue_left_running(study)
         log.info(
             "Optuna study %r in %s: %d of %d trials finished, searching %s, %s %s",
@@ -307,7 +314,7 @@ class OptunaSweeper(Sweeper):
                 if self.extend is not None:  # the official hook: it suggests further parameters
                     self.extend(self.config, trial)
             batch = [tuple(fixed + [f"{k}={v}" for k, v in t.params.items()] + identity) for t in trials]
-            returns = self.launcher.launch(batch, initial_job_idx=trials[0].number)
+            returns = self.job_launcher.launch(batch, initial_job_idx=trials[0].number)
             stopped = [ret for ret in returns if isinstance(getattr(ret, "_return_value", None), Interrupted)]
             n_values = len(self.directions)
             told = [self._tell(study, t, ret, n_values) for t, ret in zip(trials, returns) if ret not in stopped]

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from omegaconf import OmegaConf
 
-from cifar_exp.config import ImageFolderConfig, SyntheticConfig
+from cifar_exp.config_dataset import ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Dataset, load_dataset
 
 REAL = Path(os.environ.get("CIFAR10_JPG", "/tmp/cifar10-jpg"))

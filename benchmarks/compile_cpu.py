@@ -18,7 +18,8 @@ import torch
 from common import header
 from omegaconf import OmegaConf
 
-from cifar_exp.config import SGDConfig, SpeedNetConfig
+from cifar_exp.config_model import SpeedNetConfig
+from cifar_exp.config_optim import SGDConfig
 from cifar_exp.loop import Trainer
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer

@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
-from cifar_exp.config import image_size
+from cifar_exp.checks import image_size
 from cifar_exp.errors import UserError, reason
 from cifar_exp.stored import check_depth, from_stored
 from cifar_exp.validation import monitor_mode, validate

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import IMAGE_SUFFIXES, DatasetConfig
+from cifar_exp.config_dataset import IMAGE_SUFFIXES, DatasetConfig
 from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import builder
 from cifar_exp.steps import batches_per_epoch

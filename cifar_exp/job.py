@@ -14,7 +14,7 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from cifar_exp import __version__
-from cifar_exp.config import container
+from cifar_exp.checks import container
 
 # Overrides that say nothing about the experiment itself stay out of derived run names.
 RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")

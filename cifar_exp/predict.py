@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from cifar_exp.config import require
+from cifar_exp.checks import require
 from cifar_exp.errors import UserError
 from cifar_exp.terminal import show
 from cifar_exp.tool_cli import check_device, run_tool

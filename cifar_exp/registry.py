@@ -14,7 +14,11 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cifar_exp import checks
 from cifar_exp import config as c
+from cifar_exp import config_dataset as dataset
+from cifar_exp import config_model as model
+from cifar_exp import config_optim as optim
 from cifar_exp.errors import UserError, reason
 
 
@@ -35,39 +39,39 @@ def _options(*options: Option) -> dict[str, Option]:
 
 REGISTRY: dict[str, dict[str, Option]] = {
     "dataset": _options(
-        Option(c.Cifar10Config, "cifar_exp.data:load_torchvision"),
-        Option(c.Cifar100Config, "cifar_exp.data:load_torchvision"),
-        Option(c.ImageFolderConfig, "cifar_exp.data:load_image_folder"),
-        Option(c.SyntheticConfig, "cifar_exp.data:load_synthetic"),
+        Option(dataset.Cifar10Config, "cifar_exp.data:load_torchvision"),
+        Option(dataset.Cifar100Config, "cifar_exp.data:load_torchvision"),
+        Option(dataset.ImageFolderConfig, "cifar_exp.data:load_image_folder"),
+        Option(dataset.SyntheticConfig, "cifar_exp.data:load_synthetic"),
     ),
     "model": _options(
-        Option(c.SimpleCNNConfig, "cifar_exp.models:SimpleCNN"),
-        Option(c.TutorialNetConfig, "cifar_exp.models:TutorialNet"),
-        Option(c.ResNet18Config, "cifar_exp.models:resnet18"),
-        Option(c.SpeedNetConfig, "cifar_exp.models:SpeedNet"),
-        Option(c.Airbench94Config, "cifar_exp.models:Airbench94Net"),
+        Option(model.SimpleCNNConfig, "cifar_exp.models:SimpleCNN"),
+        Option(model.TutorialNetConfig, "cifar_exp.models:TutorialNet"),
+        Option(model.ResNet18Config, "cifar_exp.models:resnet18"),
+        Option(model.SpeedNetConfig, "cifar_exp.models:SpeedNet"),
+        Option(model.Airbench94Config, "cifar_exp.models:Airbench94Net"),
     ),
     "optimizer": _options(
-        Option(c.SGDConfig, "cifar_exp.optim:sgd"),
-        Option(c.AdamConfig, "cifar_exp.optim:adam"),
-        Option(c.AdamWConfig, "cifar_exp.optim:adamw"),
-        Option(c.MuonConfig, "cifar_exp.optim:muon"),
+        Option(optim.SGDConfig, "cifar_exp.optim:sgd"),
+        Option(optim.AdamConfig, "cifar_exp.optim:adam"),
+        Option(optim.AdamWConfig, "cifar_exp.optim:adamw"),
+        Option(optim.MuonConfig, "cifar_exp.optim:muon"),
     ),
     "scheduler": _options(
-        Option(c.ConstantConfig),
-        Option(c.CosineConfig, "cifar_exp.optim:cosine"),
-        Option(c.OneCycleConfig, "cifar_exp.optim:onecycle"),
-        Option(c.StepConfig, "cifar_exp.optim:step"),
-        Option(c.TriangleConfig, "cifar_exp.optim:triangle"),
+        Option(optim.ConstantConfig),
+        Option(optim.CosineConfig, "cifar_exp.optim:cosine"),
+        Option(optim.OneCycleConfig, "cifar_exp.optim:onecycle"),
+        Option(optim.StepConfig, "cifar_exp.optim:step"),
+        Option(optim.TriangleConfig, "cifar_exp.optim:triangle"),
     ),
     # the trainer's options are one schema with other defaults: nothing to build
     "trainer": _options(Option(c.TrainerConfig), Option(c.DeterministicTrainerConfig)),
 }
 BASES = {
-    "dataset": c.DatasetConfig,
-    "model": c.ModelConfig,
-    "optimizer": c.OptimizerConfig,
-    "scheduler": c.SchedulerConfig,
+    "dataset": dataset.DatasetConfig,
+    "model": model.ModelConfig,
+    "optimizer": optim.OptimizerConfig,
+    "scheduler": optim.SchedulerConfig,
     "trainer": c.TrainerConfig,
 }
 
@@ -117,7 +121,7 @@ def builder(group: str, node: DictConfig) -> Callable[..., Any]:
 
 def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     """{'optimizer': {'lr': 0.1}} -> {'optimizer.lr': 0.1}; lists stay whole values."""
-    items = c.container(cfg) if isinstance(cfg, DictConfig) else cfg
+    items = checks.container(cfg) if isinstance(cfg, DictConfig) else cfg
     out: dict[str, Any] = {}
     for key, value in items.items():
         name = f"{prefix}{key}"
@@ -130,7 +134,7 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
 
 def kwargs(node: DictConfig) -> dict[str, Any]:
     """An option's keys as plain keyword arguments (its `name` excluded)."""
-    return {k: v for k, v in c.container(node).items() if k != "name"}
+    return {k: v for k, v in checks.container(node).items() if k != "name"}
 
 
 def on_schemas(plain: dict, origin: str = "") -> DictConfig:

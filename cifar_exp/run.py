@@ -14,7 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import distributed, plots, resume, steps, study
 from cifar_exp.checkpoint import Checkpointer, RunState
-from cifar_exp.config import image_size, trainer_settings
+from cifar_exp.checks import image_size
+from cifar_exp.config import trainer_settings
 from cifar_exp.data import Augmentation, Dataset, Sampling, TensorLoader, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError

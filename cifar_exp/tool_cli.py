@@ -9,7 +9,8 @@ from typing import Any, Callable
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cifar_exp.config import DEVICE, container, require
+from cifar_exp.checks import container, require
+from cifar_exp.config import DEVICE
 from cifar_exp.errors import UserError, exit_with, reason
 
 

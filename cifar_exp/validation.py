@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cifar_exp import metrics, steps
-from cifar_exp.config import Config, require
+from cifar_exp.checks import require
+from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.registry import REGISTRY, on_schemas, option
 

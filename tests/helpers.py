@@ -23,7 +23,7 @@ from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from torch import nn
 
-from cifar_exp.config import ModelConfig
+from cifar_exp.config_model import ModelConfig
 from cifar_exp.models import SimpleCNN
 from cifar_exp.registry import REGISTRY, Option, register, register_configs
 

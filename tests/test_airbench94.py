@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cifar_exp.config import Airbench94Config
+from cifar_exp.config_model import Airbench94Config
 from cifar_exp.data import Split
 from cifar_exp.models import Airbench94Net
 

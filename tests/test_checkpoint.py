@@ -504,7 +504,7 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
 
     from omegaconf import OmegaConf
 
-    from cifar_exp.config import SyntheticConfig
+    from cifar_exp.config_dataset import SyntheticConfig
     from cifar_exp.data import load_dataset
 
     test = load_dataset(OmegaConf.structured(SyntheticConfig), torch.device("cpu")).test

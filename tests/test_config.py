@@ -228,7 +228,7 @@ def test_the_monitor_follows_the_objective_or_the_first_of_several(objective, mo
 def test_a_test_s_registrations_are_undone_even_over_a_real_option():
     from dataclasses import dataclass
 
-    from cifar_exp.config import OptimizerConfig, SGDConfig
+    from cifar_exp.config_optim import OptimizerConfig, SGDConfig
     from cifar_exp.registry import REGISTRY, Option, register
 
     from helpers import registry_restored

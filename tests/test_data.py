@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from cifar_exp.config import Cifar10Config, ImageFolderConfig, SyntheticConfig
+from cifar_exp.config_dataset import Cifar10Config, ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
 from cifar_exp.errors import UserError
 

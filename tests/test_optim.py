@@ -6,16 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cifar_exp.config import (
-    Airbench94Config,
-    ConstantConfig,
-    CosineConfig,
-    MuonConfig,
-    OneCycleConfig,
-    SGDConfig,
-    SpeedNetConfig,
-    TriangleConfig,
-)
+from cifar_exp.config_model import Airbench94Config, SpeedNetConfig
+from cifar_exp.config_optim import ConstantConfig, CosineConfig, MuonConfig, OneCycleConfig, SGDConfig, TriangleConfig
 from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 

@@ -473,7 +473,8 @@ def test_a_new_option_brings_its_own_rules_in_its_own_entry():
     """An optimizer with momentum but no nesterov: no check elsewhere guesses its keys."""
     from dataclasses import dataclass
 
-    from cifar_exp.config import OptimizerConfig, in_unit
+    from cifar_exp.checks import in_unit
+    from cifar_exp.config_optim import OptimizerConfig
     from cifar_exp.registry import Option, register
 
     @dataclass

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from cifar_exp.config import SEED_LIMIT, at_least, require
+from cifar_exp.checks import at_least, require
+from cifar_exp.config import SEED_LIMIT
 from cifar_exp.study import SAMPLERS as OPTUNA_SAMPLERS
 
 

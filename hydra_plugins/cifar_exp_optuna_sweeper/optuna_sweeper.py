@@ -24,7 +24,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config import at_least, container, require
+from cifar_exp.checks import at_least, container, require
 from cifar_exp.errors import Interrupted, UserError, reason
 from cifar_exp.metrics import objectives
 from hydra_plugins.cifar_exp_optuna_sweeper.config import typed

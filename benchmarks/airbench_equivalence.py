@@ -54,8 +54,9 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 sys.path.insert(0, str(Path(__file__).parent))
 from airbench_reference import cpu_shims, load_jpeg_copy, save_airbench_layout  # noqa: E402
 
-from cifar_exp.data import Dataset, Normalize, Sampling, Split  # noqa: E402
+from cifar_exp.data import Dataset, Split  # noqa: E402
 from cifar_exp.distributed import World  # noqa: E402
+from cifar_exp.loader import Normalize, Sampling
 from cifar_exp.loop import Lookahead  # noqa: E402
 from cifar_exp.registry import register_configs  # noqa: E402
 from cifar_exp.run import build_trainer  # noqa: E402

@@ -26,7 +26,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from cifar_exp.data import Split, load_image_folder
+from cifar_exp.data import load_image_folder
+from cifar_exp.loader import Split
 
 
 def load_jpeg_copy(data: Path):

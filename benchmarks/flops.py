@@ -20,8 +20,9 @@ from common import header, stats, timed
 from hydra import compose, initialize_config_module
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar_exp.data import Dataset, Normalize, Split
+from cifar_exp.data import Dataset
 from cifar_exp.distributed import World
+from cifar_exp.loader import Normalize, Split
 from cifar_exp.registry import register_configs
 from cifar_exp.run import build_trainer
 

@@ -13,7 +13,7 @@ import torch
 from common import cifar10, fmt, header, stats, timed
 
 from cifar_exp.checkpoint import RunState
-from cifar_exp.data import Normalize, Sampling, Split, TensorLoader
+from cifar_exp.loader import Normalize, Sampling, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN, resnet18
 

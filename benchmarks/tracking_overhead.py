@@ -16,7 +16,7 @@ from common import cifar10, fmt, header, stats, timed
 from omegaconf import OmegaConf
 
 from cifar_exp.config import Config, MlflowConfig
-from cifar_exp.data import Normalize, Sampling, TensorLoader
+from cifar_exp.loader import Normalize, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
 from cifar_exp.tracking import MlflowTracker, NullTracker

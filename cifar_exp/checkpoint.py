@@ -8,14 +8,10 @@ code."""
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
 import random
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, cast
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -23,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import __version__
 from cifar_exp.checks import image_size
+from cifar_exp.durable import atomic_save, atomic_write, atomic_write_text, digest
 from cifar_exp.errors import UserError, reason
+from cifar_exp.runtime import rng_state, to_tuple
 from cifar_exp.stored import check_depth, from_stored
 from cifar_exp.validation import monitor_mode, validate
 
@@ -96,95 +94,6 @@ class Checkpoint:
     rng: dict
     config: DictConfig
     policies: dict = field(default_factory=dict)  # each stop policy's state, by name
-
-
-def atomic_save(obj: Any, path: Path) -> memoryview:
-    """torch.save to a temporary file beside `path`, fsync, then rename: a crash at any point
-    leaves either the old file or the new one, never a torn one. The bytes are built in
-    memory first, so a full disk is a plain OSError (ENOSPC) from the write; they are
-    returned, for copies."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    _atomic_write(buffer.getbuffer(), path)
-    return buffer.getbuffer()
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    _atomic_write(text.encode(), path)
-
-
-def _atomic_write(data, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def digest(payload: Any) -> str:
-    """sha256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every
-    plain value, in order. torch.load reads a file whose tensor bytes were overwritten in
-    place without a word; this tells."""
-    h = hashlib.sha256()
-    _feed(h, payload)
-    return h.hexdigest()
-
-
-def _feed(h, obj: Any) -> None:
-    if isinstance(obj, torch.Tensor):
-        t = obj.detach().cpu().contiguous()
-        h.update(f"tensor {t.dtype} {tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    elif isinstance(obj, dict):
-        h.update(f"dict {len(obj)};".encode())
-        for key in sorted(obj, key=str):
-            h.update(f"{key!r}:".encode())
-            _feed(h, obj[key])
-    elif isinstance(obj, (list, tuple)):  # a stored tuple may come back a list
-        h.update(f"list {len(obj)};".encode())
-        for item in obj:
-            _feed(h, item)
-    else:  # a NumPy scalar and the Python number it loads back as read the same
-        h.update(f"{obj.item() if isinstance(obj, np.generic) else obj!r};".encode())
-
-
-def rng_state() -> dict:
-    np_state = cast(tuple, np.random.get_state())  # the legacy form: a tuple
-    return {
-        "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(_to_tuple(state["python"]))
-    kind, keys, *rest = state["numpy"]
-    np.random.set_state((kind, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
-
-
-def _to_tuple(x):
-    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 # Format 1 (cifar_exp 0.1.0) named models and optimizers by import path; these are the only
@@ -324,7 +233,7 @@ def check_fits(stored: Any, fresh: Any, origin: str, where: str = "trainer") -> 
 def _check_rng(rng: Any, origin: str) -> None:
     """The RNG states must load into generators of their kind (tried on throwaway ones)."""
     try:
-        random.Random().setstate(_to_tuple(rng["python"]))
+        random.Random().setstate(to_tuple(rng["python"]))
         kind, keys, *rest = rng["numpy"]
         np.random.RandomState().set_state((kind, keys.numpy(), *rest))
         torch.Generator().set_state(rng["torch"])
@@ -527,13 +436,13 @@ class Checkpointer:
             self.last_good = (last, state.global_step)
             # copies, never links: damage to one file must leave the others whole
             if epoch_end and self.keep_last:
-                _atomic_write(data, self.dir / f"epoch_{state.epoch:04d}.pt")
+                atomic_write(data, self.dir / f"epoch_{state.epoch:04d}.pt")
                 for old in sorted(self.dir.glob("epoch_*.pt"))[: -self.keep_last]:
                     old.unlink()
             if is_best and self.save_best:
-                _atomic_write(data, self.dir / BEST)
+                atomic_write(data, self.dir / BEST)
             if epoch_end and [score, state.epoch] in state.top:
-                _atomic_write(data, self.dir / f"top_epoch_{state.epoch:04d}.pt")
+                atomic_write(data, self.dir / f"top_epoch_{state.epoch:04d}.pt")
             for _, epoch in dropped:
                 (self.dir / f"top_epoch_{epoch:04d}.pt").unlink(missing_ok=True)
         except OSError as e:

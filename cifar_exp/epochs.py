@@ -17,8 +17,9 @@ from omegaconf import DictConfig
 
 from cifar_exp import distributed
 from cifar_exp.checkpoint import Checkpointer, RunState
-from cifar_exp.data import Dataset, TensorLoader
+from cifar_exp.data import Dataset
 from cifar_exp.errors import Interrupted, UserError
+from cifar_exp.loader import TensorLoader
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.metrics import logged, objectives
 from cifar_exp.policies import EpochEnd, Policies, Stop

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from cifar_exp.config import TrainerConfig
-from cifar_exp.data import TensorLoader, pad_images
 from cifar_exp.distributed import all_reduce_sum
 from cifar_exp.errors import UserError
+from cifar_exp.loader import TensorLoader, pad_images
 
 
 def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):

@@ -49,7 +49,8 @@ def predict(args) -> list[list[tuple[str, float]]]:
     import torch
 
     from cifar_exp import checkpoint
-    from cifar_exp.data import Normalize, decode_image
+    from cifar_exp.data import decode_image
+    from cifar_exp.loader import Normalize
     from cifar_exp.runtime import pick_device
     from cifar_exp.validation import validate
 

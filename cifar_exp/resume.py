@@ -16,6 +16,7 @@ from cifar_exp.checkpoint import Checkpoint
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
 from cifar_exp.registry import flatten, schema
+from cifar_exp.runtime import set_rng_state
 from cifar_exp.validation import monitor_mode, validate
 
 log = logging.getLogger("cifar_exp")
@@ -190,4 +191,4 @@ def restore(trainer, policies, ck: Checkpoint) -> None:
         raise
     except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
         raise UserError(f"checkpoint {ck.path}: its trainer state does not fit this run ({reason(e)})") from None
-    checkpoint.set_rng_state(ck.rng)
+    set_rng_state(ck.rng)

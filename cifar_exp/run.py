@@ -16,10 +16,11 @@ from cifar_exp import distributed, plots, resume, steps, study
 from cifar_exp.checkpoint import Checkpointer, RunState
 from cifar_exp.checks import image_size
 from cifar_exp.config import trainer_settings
-from cifar_exp.data import Augmentation, Dataset, Sampling, TensorLoader, load_dataset
+from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.job import Job, resume_command
+from cifar_exp.loader import Augmentation, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.metrics import objectives
 from cifar_exp.models import build_model

@@ -8,7 +8,7 @@ import random
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Optional
+from typing import Optional, cast
 
 import numpy as np
 import torch
@@ -111,3 +111,27 @@ def compiles(setting: str, device: torch.device) -> tuple[bool, str]:
     if setting != "auto":
         return setting == "true", f"trainer.compile={setting}"
     return device.type == "cuda", f"auto on {device.type}"
+
+
+# --- the random number generators' state, as a checkpoint keeps it -----------------------------
+def rng_state() -> dict:
+    np_state = cast(tuple, np.random.get_state())  # the legacy form: a tuple
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(to_tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def to_tuple(x):
+    return tuple(to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -411,7 +411,7 @@ def tensor_loader(split, batch_size: int, normalize, **keys):
     """A TensorLoader from flat keys, each given to Sampling or Augmentation by its name."""
     from dataclasses import fields
 
-    from cifar_exp.data import Augmentation, Sampling, TensorLoader
+    from cifar_exp.loader import Augmentation, Sampling, TensorLoader
 
     def take(cls):
         return cls(**{f.name: keys.pop(f.name) for f in fields(cls) if f.name in keys})

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from cifar_exp.config_model import Airbench94Config
-from cifar_exp.data import Split
+from cifar_exp.loader import Split
 from cifar_exp.models import Airbench94Net
 
 from helpers import airbench_net, smooth_images

@@ -16,8 +16,9 @@ import torch
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from cifar_exp.data import Dataset, Sampling, Split
+from cifar_exp.data import Dataset
 from cifar_exp.distributed import World
+from cifar_exp.loader import Sampling, Split
 from cifar_exp.models import Airbench94Net
 from cifar_exp.optim import orthogonalize
 from cifar_exp.registry import register_configs

@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from cifar_exp.config_dataset import Cifar10Config, ImageFolderConfig, SyntheticConfig
-from cifar_exp.data import Normalize, Split, TensorLoader, load_dataset
+from cifar_exp.data import load_dataset
 from cifar_exp.errors import UserError
+from cifar_exp.loader import Normalize, Split, TensorLoader
 
 from helpers import png_tree, tensor_loader
 
@@ -158,12 +159,12 @@ def test_a_cache_of_something_else_under_the_key_is_rebuilt_with_a_line(tmp_path
 def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, monkeypatch):
     import errno
 
-    from cifar_exp import checkpoint
+    from cifar_exp import durable
 
     def full(obj, path):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(checkpoint, "atomic_save", full)
+    monkeypatch.setattr(durable, "atomic_save", full)
     png_tree(tmp_path / "imgs")
     cfg = OmegaConf.merge(
         OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}

@@ -20,7 +20,7 @@ def test_cuda_run_with_autocast(cli, workdir):
 
 
 def test_loader_keeps_data_and_batches_on_the_gpu():
-    from cifar_exp.data import Normalize, Split
+    from cifar_exp.loader import Normalize, Split
 
     cuda = torch.device("cuda")
     split = Split(torch.randint(0, 255, (64, 3, 32, 32), dtype=torch.uint8), torch.arange(64)).to(cuda)

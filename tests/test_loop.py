@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cifar_exp.config import TrainerConfig
-from cifar_exp.data import Normalize, Sampling, Split, TensorLoader
+from cifar_exp.loader import Normalize, Sampling, Split, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifar_exp.data import Normalize, Sampling, Split, TensorLoader
+from cifar_exp.loader import Normalize, Sampling, Split, TensorLoader
 from cifar_exp.steps import batches_per_epoch, optimizer_steps
 
 

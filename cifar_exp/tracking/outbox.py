@@ -131,7 +131,7 @@ class Outbox:
     def save(self) -> None:
         if self.path is None:
             return
-        from cifar_exp.checkpoint import atomic_write_text
+        from cifar_exp.durable import atomic_write_text
 
         home = self.path.parent.resolve()
         ops = [self._portable(op, home) if op["op"] == "artifact" else op for op in self.ops]

@@ -10,7 +10,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import NoReturn, Optional
 
 import torch
 from omegaconf import DictConfig
@@ -27,6 +27,7 @@ from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
 from cifar_exp.results import record_results
 from cifar_exp.signals import StopSignals
+from cifar_exp.tracking import Tracker
 from cifar_exp.validation import monitor_mode
 
 STOP_POLL_STEPS = 25  # how often, in optimizer steps, DDP ranks agree on a stop within an epoch
@@ -44,7 +45,7 @@ class EpochLoop:
     state: RunState
     trainer: Trainer
     policies: Policies
-    tracker: Any
+    tracker: Tracker
     ckpt: Checkpointer
     signals: StopSignals
     profiler: StepProfiler

@@ -15,6 +15,7 @@ from cifar_exp import plots
 from cifar_exp.checkpoint import RunState
 from cifar_exp.data import Dataset
 from cifar_exp.loop import Evaluation, Trainer
+from cifar_exp.tracking import Tracker
 
 log = logging.getLogger("cifar_exp")
 
@@ -23,7 +24,7 @@ def report(
     cfg: DictConfig,
     trainer: Trainer,
     data: Dataset,
-    tracker,
+    tracker: Tracker,
     state: RunState,
     run_dir: Path,
     test: Evaluation,
@@ -47,11 +48,11 @@ def report(
     if cfg.mlflow.enabled and cfg.mlflow.log_model and not stopping():
         example = data.normalize(images[:2]).cpu()
         # one model per segment, each its own name
-        name = f"{cfg.model.name}-{tracker.run_id[:8]}" + (f"-resume{state.segment}" if state.segment else "")
+        name = f"{cfg.model.name}-{(tracker.run_id or '')[:8]}" + (f"-resume{state.segment}" if state.segment else "")
         tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, state.last_metrics.keys())
 
 
-def record_results(tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:
+def record_results(tracker: Tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:
     """What the finished epochs show, cheaply: the learning curves, and the newest test
     evaluation's confusion matrix and per-class table. A stopped run logs them too."""
     plot_dir = run_dir / "plots"

@@ -31,7 +31,7 @@ from cifar_exp.registry import flatten
 from cifar_exp.results import report
 from cifar_exp.runtime import Precision, compiles, pick_device, pick_precision, seed_everything
 from cifar_exp.signals import StopSignals
-from cifar_exp.tracking import NullTracker, open_store, open_tracker
+from cifar_exp.tracking import NullTracker, Tracker, open_store, open_tracker
 from cifar_exp.validation import check_loaded, monitor_mode, validate
 
 # how many training images a model that sets its first layer from the data sees (airbench's 5,000)
@@ -89,8 +89,9 @@ def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
             log_start(cfg, job, tracker, data, run_dir, device, state.segment, precision)
 
         loop = EpochLoop(
-            cfg, world, device, state, trainer, policies, tracker, ckpt, signals, profiler,
-            data, train, evals, run_dir, resume_command(run_dir),
+            cfg=cfg, world=world, device=device, state=state, trainer=trainer, policies=policies,
+            tracker=tracker, ckpt=ckpt, signals=signals, profiler=profiler, data=data, train=train,
+            evals=evals, run_dir=run_dir, resume_hint=resume_command(run_dir),
         )  # fmt: skip
         for epoch in loop.remaining():
             stop = loop.end_epoch(epoch, loop.train_epoch(epoch))
@@ -146,7 +147,9 @@ def loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> tuple[T
     return train, evals
 
 
-def build_policies(cfg: DictConfig, job: Job, world: distributed.World, signals: StopSignals, tracker) -> Policies:
+def build_policies(
+    cfg: DictConfig, job: Job, world: distributed.World, signals: StopSignals, tracker: Tracker
+) -> Policies:
     """What may end the run early, asked in this order after each epoch: a signal first."""
     # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
     trial = study.trial_for(job) if world.is_main else None
@@ -222,7 +225,7 @@ def open_run(
 
 
 @contextlib.contextmanager
-def tracked(tracker, log_file, segment: int, resume_hint: str, signals: StopSignals):
+def tracked(tracker: Tracker, log_file, segment: int, resume_hint: str, signals: StopSignals):
     """Ends the tracked run with a status that tells the truth about how the block exited.
     No stop signal can cut that ending short (each path first says the run is ending). The
     job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a KILLED

@@ -30,7 +30,7 @@ from cifar_exp.tracking.sweeps import (
     search_runs,
     start_parent,
 )
-from cifar_exp.tracking.tracker import MlflowTracker, NullTracker, open_tracker
+from cifar_exp.tracking.tracker import MlflowTracker, NullTracker, Tracker, open_tracker
 
 __all__ = [
     "EXPERIMENT_ENV",
@@ -39,6 +39,7 @@ __all__ = [
     "SUPERSEDED_TAG",
     "MlflowTracker",
     "NullTracker",
+    "Tracker",
     "Outbox",
     "child_runs",
     "connect",

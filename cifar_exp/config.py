@@ -14,16 +14,27 @@ Nothing here imports torch: `--help` and config errors stay fast.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from omegaconf import MISSING, OmegaConf
 
-from cifar_exp.checks import at_least, container, in_unit, require, within_half_side
+from cifar_exp.checks import container, require, within_half_side
 from cifar_exp.config_dataset import DatasetConfig
 from cifar_exp.config_model import ModelConfig
 from cifar_exp.config_optim import OptimizerConfig, SchedulerConfig
+from cifar_exp.settings import (
+    AtLeast,
+    Free,
+    InRange,
+    InUnit,
+    Matches,
+    NonNegative,
+    OneOf,
+    Positive,
+    check_values,
+    setting,
+)
 
 
 def _first(objective: Any) -> Any:
@@ -35,98 +46,73 @@ def _first(objective: Any) -> Any:
 OmegaConf.register_new_resolver("cifar_exp.first", _first, replace=True)
 
 
-DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
-STRATEGIES = ("single", "ddp")
+DEVICE = Matches(r"auto|cpu|mps|cuda(:\d+)?", "auto, cpu, mps, cuda or cuda:<index>")
+SWITCH = OneOf(("auto", "true", "false"))
 
 
 @dataclass
 class TrainerConfig:
-    name: str = "default"
+    name: str = setting("default", Free())
     # auto picks cuda, then mps, then cpu
-    device: str = "auto"
+    device: str = setting("auto", DEVICE, resume_safe=True)
     # autocast: auto (on for CUDA and for CPUs with native bf16, off elsewhere and under
     # deterministic), true (forced; refused where the device has no such units), false
-    amp: str = "auto"
-    log_every_n_steps: int = 50
+    amp: str = setting("auto", SWITCH)
+    log_every_n_steps: int = setting(50, AtLeast(1), resume_safe=True)
     # evaluate (val, test) after every n-th epoch and after the last; early stopping, best
     # checkpoints and Optuna's pruning see only the evaluated epochs
-    eval_every_n_epochs: int = 1
+    eval_every_n_epochs: int = setting(1, AtLeast(1))
     deterministic: bool = False
     # torch.compile: auto (on CUDA; off on CPU, where inductor measured slower here), true, false
-    compile: str = "false"
+    compile: str = setting("false", SWITCH, resume_safe=True)
     # NHWC layout for model and batches: faster for conv nets with BatchNorm on CPU and GPU
     channels_last: bool = False
     # a progress bar on a terminal; a line per quarter epoch otherwise
-    progress: bool = True
-    label_smoothing: float = 0.0
+    progress: bool = setting(True, resume_safe=True)
+    label_smoothing: float = setting(0.0, InUnit())
     # evaluate on each image and its mirror image, averaging the logits
     eval_flip: bool = False
     # test-time augmentation: also average over the images shifted by this many pixels
     # (up-left and down-right, reflected edges); with eval_flip, each shift is flip-averaged too
-    eval_translate: int = 0
+    eval_translate: int = setting(0, AtLeast(0))
     # the test-time views (eval_flip, eval_translate) in every evaluation; false: only in the
     # last epoch's and the run-end evaluation, since they multiply evaluation's cost by up to 6
     tta_every_eval: bool = False
     # lookahead: every n optimizer steps the weights move to an average of themselves and
     # their slow copy (weight lookahead_decay x (progress)^3 on the slow copy); 0 = off
-    lookahead_every: int = 0
-    lookahead_decay: float = 0.7737809375
+    lookahead_every: int = setting(0, AtLeast(0))
+    lookahead_decay: float = setting(0.7737809375, InUnit())
     # stop after this many optimizer steps in all (the last epoch may be partial); 0 = off
-    max_steps: int = 0
+    max_steps: int = setting(0, AtLeast(0))
     # single process, or ddp under torchrun
-    strategy: str = "single"
+    strategy: str = setting("single", OneOf(("single", "ddp")))
     # BatchNorm statistics over all processes under DDP
     sync_batchnorm: bool = False
     # sum the gradients of this many batches into one optimizer step
-    accumulate_grad_batches: int = 1
+    accumulate_grad_batches: int = setting(1, AtLeast(1))
     # clip the gradient norm to this (0 = off); the norm before clipping is logged
-    gradient_clip_val: float = 0.0
+    gradient_clip_val: float = setting(0.0, NonNegative(), step_metrics=("train/grad_norm",))
     # exponential moving average of the weights, evaluated and saved (0 = off; e.g. 0.999)
-    ema_decay: float = 0.0
+    ema_decay: float = setting(0.0, InUnit())
     # stop after this many epochs without improvement of checkpoint.monitor (0 = off); with
     # eval_every_n_epochs > 1 and a val/test monitor, this many evaluations
-    early_stopping_patience: int = 0
+    early_stopping_patience: int = setting(0, AtLeast(0), resume_safe=True)
     # debugging: train/evaluate on only this many batches per epoch (0 = all) ...
-    limit_train_batches: int = 0
-    limit_eval_batches: int = 0
+    limit_train_batches: int = setting(0, AtLeast(0))
+    limit_eval_batches: int = setting(0, AtLeast(0))
     # ... or train on the same first N batches every epoch, to see the loss reach ~0
-    overfit_batches: int = 0
+    overfit_batches: int = setting(0, AtLeast(0))
     # trace this many training steps with torch.profiler (0 = off)
-    profile_steps: int = 0
+    profile_steps: int = setting(0, AtLeast(0), resume_safe=True)
 
     def check(self, at: str, run: Config) -> None:
-        require(
-            DEVICE.fullmatch(self.device) is not None,
-            f"{at}.device",
-            "auto, cpu, mps, cuda or cuda:<index>",
-            self.device,
-        )
-        at_least(self, at, 1, "log_every_n_steps", "eval_every_n_epochs", "accumulate_grad_batches")
-        at_least(
-            self,
-            at,
-            0,
-            "eval_translate",
-            "lookahead_every",
-            "max_steps",
-            "early_stopping_patience",
-            "limit_train_batches",
-            "limit_eval_batches",
-            "overfit_batches",
-            "profile_steps",
-        )
-        in_unit(self, at, "label_smoothing", "ema_decay", "lookahead_decay")
-        for key in ("amp", "compile"):
-            value = getattr(self, key)
-            require(str(value).lower() in ("auto", "true", "false"), f"{at}.{key}", "auto, true or false", value)
-        require(self.strategy in STRATEGIES, f"{at}.strategy", f"one of {', '.join(STRATEGIES)}", self.strategy)
+        """The rules between keys (each key's own values: settings.check_values)."""
         require(
             not self.sync_batchnorm or self.strategy == "ddp",
             f"{at}.sync_batchnorm",
             f"false unless {at}.strategy=ddp (it syncs statistics across processes)",
             self.sync_batchnorm,
         )
-        require(self.gradient_clip_val >= 0, f"{at}.gradient_clip_val", "a float >= 0 (0: off)", self.gradient_clip_val)
         require(
             not (self.overfit_batches and self.limit_train_batches),
             f"{at}.overfit_batches",
@@ -151,25 +137,26 @@ MODEL_NAME_FORBIDDEN = ("/", ":")
 
 @dataclass
 class MlflowConfig:
-    enabled: bool = True
+    """How a run is recorded: every key may change on resume."""
+
+    enabled: bool = setting(True, resume_safe=True)
     # null: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the launch directory
-    tracking_uri: Optional[str] = None
-    experiment_name: str = "cifar_exp"
+    tracking_uri: Optional[str] = setting(None, Free(), resume_safe=True)
+    experiment_name: str = setting("cifar_exp", Matches(r"(?s).*\S.*", "a non-empty name"), resume_safe=True)
     # null: derived from the command-line overrides
-    run_name: Optional[str] = None
-    log_model: bool = True
+    run_name: Optional[str] = setting(None, Free(), resume_safe=True)
+    log_model: bool = setting(True, resume_safe=True)
     # buffered metrics are written at least this often (and at every epoch end and checkpoint)
-    flush_every_s: float = 30.0
-    tags: Dict[str, str] = field(default_factory=dict)
+    flush_every_s: float = setting(30.0, Positive(), resume_safe=True)
+    tags: Dict[str, str] = setting({}, Free(), resume_safe=True)
     # CPU, memory (and GPU) use, sampled by MLflow's own monitor this often; 0 turns it off
-    system_metrics_every_s: float = 10.0
+    system_metrics_every_s: float = setting(10.0, NonNegative(), resume_safe=True)
     # also register the logged model under this name in the Model Registry
-    registered_model_name: Optional[str] = None
+    registered_model_name: Optional[str] = setting(None, Free(), resume_safe=True)
 
     def check(self, at: str, run: Config) -> None:
         from cifar_exp.tracking.keys import MAX_KEY
 
-        require(bool(self.experiment_name.strip()), f"{at}.experiment_name", "a non-empty name", self.experiment_name)
         for key in self.tags:
             require(
                 not key.startswith("mlflow."),
@@ -183,13 +170,6 @@ class MlflowConfig:
                 f"keys of at most {MAX_KEY} characters (MLflow's limit)",
                 key[:57] + "...",
             )
-        require(self.flush_every_s > 0, f"{at}.flush_every_s", "a float > 0", self.flush_every_s)
-        require(
-            self.system_metrics_every_s >= 0,
-            f"{at}.system_metrics_every_s",
-            "a float >= 0 (0: off)",
-            self.system_metrics_every_s,
-        )
         name = self.registered_model_name
         if name is not None:
             plain = name.strip() and not any(c in name for c in MODEL_NAME_FORBIDDEN)
@@ -209,30 +189,29 @@ class MlflowConfig:
 
 @dataclass
 class CheckpointConfig:
-    enabled: bool = True
-    every_n_epochs: int = 1
+    """What a run keeps on disk: every key may change on resume."""
+
+    enabled: bool = setting(True, resume_safe=True)
+    every_n_epochs: int = setting(1, AtLeast(1), resume_safe=True)
     # 0 disables mid-epoch checkpoints
-    every_n_steps: int = 0
+    every_n_steps: int = setting(0, AtLeast(0), resume_safe=True)
     # epoch checkpoints kept beside last.pt and best.pt; 0 keeps none
-    keep_last: int = 0
-    save_best: bool = True
+    keep_last: int = setting(0, AtLeast(0), resume_safe=True)
+    save_best: bool = setting(True, resume_safe=True)
     # also keep the k best epoch checkpoints by monitor (0 = off)
-    save_top_k: int = 0
-    # follows the run's objective (the first of several) unless set
-    monitor: str = "${cifar_exp.first:${objective}}"
+    save_top_k: int = setting(0, AtLeast(0), resume_safe=True)
+    # follows the run's objective (the first of several) unless set; a metric of the
+    # catalogue (validation.check_metrics)
+    monitor: str = setting("${cifar_exp.first:${objective}}", Free(), resume_safe=True)
     # null: derived from the monitored metric (a loss is minimized, an accuracy maximized);
     # set, it must agree
-    mode: Optional[str] = None
+    mode: Optional[str] = setting(None, OneOf(("min", "max")), resume_safe=True)
 
     def check(self, at: str, run: Config) -> None:
-        at_least(self, at, 1, "every_n_epochs")
-        at_least(self, at, 0, "every_n_steps", "keep_last", "save_top_k")
-        require(
-            self.mode in (None, "min", "max"), f"{at}.mode", "min, max or null (derived from the metric)", self.mode
-        )
+        """Each key's own values are all: settings.check_values."""
 
 
-SEED_LIMIT = 2**32  # NumPy's seeds are 32-bit
+SEED_LIMIT = 2**32
 
 
 @dataclass
@@ -244,13 +223,13 @@ class Config:
     trainer: TrainerConfig = MISSING
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    epochs: int = 1
-    seed: int = 0
+    epochs: int = setting(1, AtLeast(1), resume_safe=True)
+    seed: int = setting(0, InRange(0, SEED_LIMIT))  # NumPy's seeds are 32-bit
     # a checkpoint file, a run output dir, or "auto" (this run's dir if it holds one)
-    resume: Optional[str] = None
+    resume: Optional[str] = setting(None, Free(), resume_safe=True)
     # the metric @hydra.main returns to a sweeper, or a list of them for a multi-objective
-    # search: objective=[val/acc,model/params]
-    objective: Any = "test/acc"
+    # search: objective=[val/acc,model/params] (validation.check_objective)
+    objective: Any = setting("test/acc", Free(), resume_safe=True)
 
     GROUPS: ClassVar[tuple[str, ...]] = (
         "dataset",
@@ -265,9 +244,10 @@ class Config:
     def check(self) -> None:
         """Every group's own rules, in the order a reader meets them, then the run's keys."""
         for group in self.GROUPS:
-            getattr(self, group).check(group, self)
-        require(self.epochs >= 1, "epochs", "an integer >= 1", self.epochs)
-        require(0 <= self.seed < SEED_LIMIT, "seed", f"an integer in [0, {SEED_LIMIT})", self.seed)
+            schema = getattr(self, group)
+            check_values(schema, group)
+            schema.check(group, self)
+        check_values(self, "")
 
 
 def trainer_settings(node: Any) -> TrainerConfig:

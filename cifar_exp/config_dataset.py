@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, List, Optional
 from omegaconf import MISSING
 
 from cifar_exp.checks import at_least, require, within_half_side
+from cifar_exp.settings import setting
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -24,9 +25,11 @@ FLIPS, PAD_MODES = ("random", "alternate"), ("zeros", "reflect")
 @dataclass
 class DatasetConfig:
     name: str = MISSING
-    root: str = "data"
+    # where the files are, how big an evaluation batch is, where the cache lives: a resume
+    # may change these (settings.setting), they do not change what the run computes
+    root: str = setting("data", resume_safe=True)
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = setting(1000, resume_safe=True)
     # images held out of the training split (deterministically) as a validation set: a count,
     # or val_fraction, a share of the training images (one or the other), so a preset that
     # holds out data works on every dataset
@@ -37,7 +40,7 @@ class DatasetConfig:
     mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
     # decoded uint8 tensors are cached here (relative to the launch directory); null disables
-    cache_dir: Optional[str] = "data/cache"
+    cache_dir: Optional[str] = setting("data/cache", resume_safe=True)
     # batch augmentations of the training split: a zeroed square of this side (0 = off) ...
     cutout: int = 0
     # ... and mixing pairs of images, with Beta(alpha, alpha) weights (0 = off; both on:
@@ -95,7 +98,7 @@ class Cifar10Config(DatasetConfig):
     """torchvision's CIFAR-10, downloaded into root when missing and download=true."""
 
     name: str = "cifar10"
-    download: bool = True
+    download: bool = setting(True, resume_safe=True)
 
     def class_names(self) -> Optional[list[str]]:
         return CIFAR10_CLASSES
@@ -128,7 +131,7 @@ class ImageFolderConfig(DatasetConfig):
     """Any root/train/<class>/* + root/test/<class>/* tree of images."""
 
     name: str = "image_folder"
-    root: str = MISSING
+    root: str = setting(MISSING, resume_safe=True)
     # images of another size are resized to this square size
     image_size: int = 32
 
@@ -175,7 +178,7 @@ class SyntheticConfig(DatasetConfig):
     image_size: int = 32
     noise: float = 0.25
     data_seed: int = 0
-    cache_dir: Optional[str] = None
+    cache_dir: Optional[str] = setting(None, resume_safe=True)
 
     @property
     def pixels(self) -> int:

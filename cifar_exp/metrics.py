@@ -42,7 +42,10 @@ VAL_GOALS = {"val/loss": MIN, "val/acc": MAX}
 def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
     """Every metric a run with `cfg` logs; `classes` None when only loading the data tells
     (then test/acc_class/<name> is taken on trust until the data is loaded)."""
-    steps = ["train/loss", "lr"] + (["train/grad_norm"] if cfg.trainer.gradient_clip_val > 0 else [])
+    from cifar_exp.config import TrainerConfig
+    from cifar_exp.settings import step_metrics
+
+    steps = ["train/loss", "lr"] + step_metrics(TrainerConfig, cfg.trainer)
     epochs = dict(EPOCH_GOALS)
     if cfg.dataset.val_size > 0 or cfg.dataset.val_fraction > 0:
         epochs.update(VAL_GOALS)

@@ -20,6 +20,7 @@ from cifar_exp import config_dataset as dataset
 from cifar_exp import config_model as model
 from cifar_exp import config_optim as optim
 from cifar_exp.errors import UserError, reason
+from cifar_exp.settings import RESUME_SAFE, fields_with
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,14 @@ def register_configs() -> None:
     for group, options in REGISTRY.items():
         for entry in options.values():
             register(group, entry)
+
+
+def resume_safe_keys() -> tuple[str, ...]:
+    """Every key a resume may change, as the schema fields mark it (settings.setting):
+    the run's own keys, the mlflow and checkpoint groups', and any registered option's."""
+    schemas: list[tuple[str, type]] = [("", c.Config), ("mlflow.", c.MlflowConfig), ("checkpoint.", c.CheckpointConfig)]
+    schemas += [(f"{group}.", o.schema) for group, options in REGISTRY.items() for o in options.values()]
+    return tuple(sorted({prefix + f.name for prefix, s in schemas for f in fields_with(s, RESUME_SAFE)}))
 
 
 def option(group: str, name: Any) -> Option:

@@ -15,31 +15,15 @@ from cifar_exp import checkpoint
 from cifar_exp.checkpoint import Checkpoint
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
-from cifar_exp.registry import flatten, schema
+from cifar_exp.registry import flatten, resume_safe_keys, schema
 from cifar_exp.runtime import set_rng_state
 from cifar_exp.validation import monitor_mode, validate
 
 log = logging.getLogger("cifar_exp")
 
-# Keys that may differ from the checkpoint's config when resuming: they change how the run
-# is observed or how long it lasts, not what it computes.
-RESUME_SAFE = (
-    "epochs",
-    "resume",
-    "objective",
-    "trainer.device",
-    "trainer.progress",
-    "trainer.early_stopping_patience",
-    "trainer.profile_steps",
-    "trainer.log_every_n_steps",
-    "trainer.compile",
-    "checkpoint",
-    "mlflow",
-    "dataset.root",
-    "dataset.download",
-    "dataset.cache_dir",
-    "dataset.eval_batch_size",
-)
+# Keys that may differ from the checkpoint's config when resuming (they change how the run
+# is observed or how long it lasts, not what it computes): each schema field says so itself.
+RESUME_SAFE = resume_safe_keys()
 # The safe keys that runs are compared by. MLflow params are write-once, so these are logged
 # as tags, which each resume updates; the other safe keys are in the logged config only.
 COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoint.monitor", "checkpoint.mode")
@@ -125,8 +109,8 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
         else:
             raise UserError(
                 f"cannot change {key} when resuming (checkpoint: {old.get(key)!r}, now: "
-                f"{current.get(key)!r}); only {', '.join(RESUME_SAFE[:6])}, checkpoint.*, "
-                f"mlflow.* and dataset paths may change. Start a new run instead"
+                f"{current.get(key)!r}); only {', '.join(k for k in RESUME_SAFE if k.count('.') < 2)} may "
+                f"change. Start a new run instead"
             )
     own_choices(merged, cfg)
     spanning = spans_the_run(merged)

@@ -15,7 +15,7 @@ from cifar_exp.errors import UserError, exit_with, reason
 
 
 def check_device(device: str) -> None:
-    require(DEVICE.fullmatch(device) is not None, "device", "auto, cpu, mps, cuda or cuda:<index>", device)
+    require(DEVICE.ok(device), "device", DEVICE.said(), device)
 
 
 def run_tool(action: Callable[[Any], Any], schema: type, usage: str, prog: str, argv: list[str] | None = None) -> None:

@@ -1,0 +1,72 @@
+"""Per-key facts on the schema fields: every key says the values it takes, and the bad-value
+tests are generated from the fields themselves, so a key added without its rule fails here."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from omegaconf import OmegaConf
+
+from cifar_exp import metrics, settings
+from cifar_exp.config import CheckpointConfig, Config, MlflowConfig, TrainerConfig
+from cifar_exp.errors import UserError
+from cifar_exp.resume import RESUME_SAFE
+from cifar_exp.validation import validate
+
+from helpers import compose_cfg
+
+# the schemas whose keys all carry their facts, under the prefix they sit at
+SCHEMAS = [("", Config), ("trainer.", TrainerConfig), ("mlflow.", MlflowConfig), ("checkpoint.", CheckpointConfig)]
+
+
+def _keys():
+    for prefix, schema in SCHEMAS:
+        for f in dataclasses.fields(schema):
+            if f.name not in Config.GROUPS and f.type not in ("bool", bool):
+                yield prefix + f.name, f
+
+
+@pytest.mark.parametrize("key, field", list(_keys()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_key_says_the_values_it_takes(key, field):
+    assert isinstance(field.metadata.get(settings.RULE), settings.Rule), (
+        f"{key} has no rule: give it one with settings.setting(default, rule) (Free() for any value)"
+    )
+
+
+def _bad(rule: settings.Rule) -> list:
+    """Values just outside what `rule` allows."""
+    return {
+        settings.AtLeast: lambda r: [r.minimum - 1],
+        settings.InUnit: lambda r: [-0.1, 1.0],
+        settings.NonNegative: lambda r: [-1.0],
+        settings.Positive: lambda r: [0.0],
+        settings.InRange: lambda r: [r.low - 1, r.high],
+        settings.OneOf: lambda r: ["sideways"],
+        settings.Matches: lambda r: [" "],
+        settings.Free: lambda r: [],
+    }[type(rule)](rule)
+
+
+BAD = [(key, value) for key, f in _keys() for value in _bad(f.metadata[settings.RULE])]
+
+
+@pytest.mark.parametrize("key, value", BAD, ids=[f"{k}={v}" for k, v in BAD])
+def test_a_value_outside_a_key_s_rule_is_refused_naming_the_key(key, value):
+    cfg = compose_cfg("dataset=synthetic")
+    OmegaConf.update(cfg, key, value)
+    with pytest.raises(UserError, match=f"^{key}={value!r} is invalid: must be "):
+        validate(cfg)
+
+
+def test_the_keys_a_resume_may_change_are_the_fields_marked_so():
+    marked = {prefix + f.name for prefix, schema in SCHEMAS for f in settings.fields_with(schema, settings.RESUME_SAFE)}
+    assert marked <= set(RESUME_SAFE)
+    assert {"trainer.device", "epochs", "mlflow.tracking_uri", "dataset.root"} <= set(RESUME_SAFE)
+    assert not {"trainer.max_steps", "seed", "trainer.accumulate_grad_batches"} & set(RESUME_SAFE)
+
+
+def test_a_key_s_step_metrics_join_the_catalogue_while_it_is_on():
+    off = metrics.catalogue(compose_cfg("dataset=synthetic"), None)
+    on = metrics.catalogue(compose_cfg("dataset=synthetic", "trainer.gradient_clip_val=1.0"), None)
+    assert "train/grad_norm" not in off and on["train/grad_norm"].per_epoch is False

@@ -92,6 +92,9 @@ class TrainerConfig:
     accumulate_grad_batches: int = setting(1, AtLeast(1))
     # clip the gradient norm to this (0 = off); the norm before clipping is logged
     gradient_clip_val: float = setting(0.0, NonNegative(), step_metrics=("train/grad_norm",))
+    # warn when a logged step's gradient norm (before clipping) exceeds this (0 = off): a
+    # sign of a learning rate too high for the model, seen before the loss diverges
+    grad_norm_warn: float = setting(0.0, NonNegative(), resume_safe=True, step_metrics=("train/grad_norm",))
     # exponential moving average of the weights, evaluated and saved (0 = off; e.g. 0.999)
     ema_decay: float = setting(0.0, InUnit())
     # stop after this many epochs without improvement of checkpoint.monitor (0 = off); with

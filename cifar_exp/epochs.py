@@ -114,8 +114,10 @@ class EpochLoop:
             return None
         loss = self.trainer.meter.pop_window()
         point = {"train/loss": loss, "lr": self.trainer.lr()}
-        if self.trainer.grad_norm is not None:  # gradient clipping on: the norm before it
-            point["train/grad_norm"] = float(self.trainer.grad_norm)
+        if self.trainer.grad_norm is not None:  # gradient clipping or its warning on: the norm before clipping
+            point["train/grad_norm"] = norm = float(self.trainer.grad_norm)
+            if 0 < self.cfg.trainer.grad_norm_warn < norm:
+                log.warning("step %d: gradient norm %.4g > trainer.grad_norm_warn", s.global_step, norm)
         self.tracker.log_metrics(point, step=s.logged_step)
         if not math.isfinite(loss):
             self.diverged(loss)

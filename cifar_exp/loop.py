@@ -192,11 +192,11 @@ class Trainer:
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients (also for a shorter group at an epoch's end)."""
-        clip = self.settings.gradient_clip_val
-        if clip > 0:
+        clip, warn = self.settings.gradient_clip_val, self.settings.grad_norm_warn
+        if clip > 0 or warn > 0:  # the norm is measured for either; an infinite bound clips nothing
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip or float("inf"))
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()

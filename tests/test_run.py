@@ -230,3 +230,14 @@ def test_test_time_views_are_used_only_by_the_last_epochs_evaluation(train, monk
     seen.clear()
     train(*small, "trainer.tta_every_eval=true", run_dir="every")
     assert seen == [True, True, True]
+
+
+@pytest.mark.slow
+def test_a_gradient_norm_above_the_warning_is_said_and_logged_without_clipping(train, workdir):
+    done = train(*FAST, "dataset.train_size=256", "trainer.grad_norm_warn=1e-6", "trainer.log_every_n_steps=1")
+    warned = [line for line in done.log.splitlines() if "gradient norm" in line]
+    assert warned and "> trainer.grad_norm_warn" in warned[0]
+    c = _client(workdir)
+    [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
+    norms = [m.value for m in c.get_metric_history(run.info.run_id, "train/grad_norm")]
+    assert len(norms) == 2 and all(n > 1e-6 for n in norms)  # two steps of 128 images, nothing clipped to 1e-6

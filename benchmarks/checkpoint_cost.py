@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 from common import fmt, header, stats, timed
-from omegaconf import OmegaConf
 
 from cifar_exp import checkpoint
+from cifar_exp.config import CheckpointConfig, Config
 from cifar_exp.loop import Trainer
 from cifar_exp.models import SimpleCNN, resnet18
 
@@ -44,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     header("checkpoint cost: atomic save (write, fsync, rename) of last.pt + best.pt link", "random tensors")
     d = Path(tempfile.mkdtemp())
-    cfg = OmegaConf.create({"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max"}})
+    cfg = Config(checkpoint=CheckpointConfig(keep_last=0, save_best=True, save_top_k=0, mode="max"))
     writer = checkpoint.Checkpointer(d, cfg, enabled=True)
     state = checkpoint.RunState(classes=["c"] * 10, epoch=1, best=0.5, run_id="x" * 32)
     print("| model | file size | save time (median, min-max) | epoch time (391 steps, est.) | share of epoch |")

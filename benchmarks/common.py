@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import OmegaConf
 
 from cifar_exp.config_dataset import ImageFolderConfig, SyntheticConfig
 from cifar_exp.data import Dataset, load_dataset
@@ -29,11 +28,9 @@ def cifar10(cache_dir: str = "data/cache") -> tuple[Dataset, str]:
         with tarfile.open(SHARED_ARCHIVE) as tar:
             tar.extractall(REAL.parent, filter="data")
     if REAL.is_dir():
-        cfg = OmegaConf.merge(
-            OmegaConf.structured(ImageFolderConfig), {"name": "image_folder", "root": str(REAL), "cache_dir": cache_dir}
-        )
+        cfg = ImageFolderConfig(**{"name": "image_folder", "root": str(REAL), "cache_dir": cache_dir})
         return load_dataset(cfg, torch.device("cpu")), f"CIFAR-10 JPEG copy at {REAL}"
-    cfg = OmegaConf.merge(OmegaConf.structured(SyntheticConfig), {"train_size": 50000, "test_size": 10000})
+    cfg = SyntheticConfig(**{"train_size": 50000, "test_size": 10000})
     return load_dataset(cfg, torch.device("cpu")), "synthetic data of CIFAR-10's size (no real copy found)"
 
 

@@ -15,10 +15,11 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from cifar_exp import __version__
 from cifar_exp.checks import image_size
+from cifar_exp.config import Config, plain_config
 from cifar_exp.durable import atomic_save, atomic_write, atomic_write_text, digest
 from cifar_exp.errors import UserError, reason
 from cifar_exp.runtime import rng_state, to_tuple
@@ -361,15 +362,13 @@ class Checkpointer:
     point: `before_write` (the tracker's flush) runs first, so the metrics a checkpoint
     covers are in the store before the file exists."""
 
-    def __init__(
-        self, run_dir: Path, cfg: DictConfig, *, enabled: bool, before_write: Callable[[], None] = lambda: None
-    ):
+    def __init__(self, run_dir: Path, cfg: Config, *, enabled: bool, before_write: Callable[[], None] = lambda: None):
         # disabled: writes nothing (tracking off for checkpoints, or ranks > 0 of DDP)
         self.enabled, self.before_write = enabled, before_write
         self.dir = checkpoint_dir(run_dir)
         self.keep_last, self.save_best = cfg.checkpoint.keep_last, cfg.checkpoint.save_best
         self.top_k, self.mode = cfg.checkpoint.save_top_k, monitor_mode(cfg)
-        self.config = OmegaConf.to_container(cfg, resolve=True)
+        self.config = plain_config(cfg)
         self.last_good: Optional[tuple[Path, int]] = None  # (file, global step) of the newest write
 
     def describe_last_good(self) -> str:

@@ -27,7 +27,7 @@ def require(ok: bool, key: str, allowed: str, value: Any) -> None:
 
 def image_size(dataset: Any) -> int:
     """The square side of a dataset config's images (the CIFAR files are 32 px)."""
-    return dataset.get("image_size", 32)
+    return getattr(dataset, "image_size", 32)
 
 
 def within_half_side(obj: Any, at: str, pixels: int, *keys: str) -> None:

@@ -13,13 +13,14 @@ Nothing here imports torch: `--help` and config errors stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Dict, Optional
 
 from omegaconf import MISSING, OmegaConf
 
-from cifar_exp.checks import container, require, within_half_side
+from cifar_exp.checks import require, within_half_side
 from cifar_exp.config_dataset import DatasetConfig
 from cifar_exp.config_model import ModelConfig
 from cifar_exp.config_optim import OptimizerConfig, SchedulerConfig
@@ -253,7 +254,7 @@ class Config:
         check_values(self, "")
 
 
-def trainer_settings(node: Any) -> TrainerConfig:
-    """The trainer group's node as its schema's dataclass: typed, and read at every step
-    without OmegaConf's per-access cost."""
-    return TrainerConfig(**container(node))
+def plain_config(config: Config) -> dict[str, Any]:
+    """The typed config as plain values (nested dicts and lists): what a checkpoint stores,
+    the run's params are made of and a resume's config.yaml shows."""
+    return dataclasses.asdict(config)

@@ -10,13 +10,12 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, cast
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
 
-from cifar_exp.config_dataset import IMAGE_SUFFIXES, DatasetConfig
+from cifar_exp.config_dataset import IMAGE_SUFFIXES, Cifar10Config, DatasetConfig, ImageFolderConfig, SyntheticConfig
 from cifar_exp.errors import UserError, reason
 from cifar_exp.loader import Augmentation, Normalize, Sampling, Split, TensorLoader
 from cifar_exp.registry import builder
@@ -51,11 +50,15 @@ class Dataset:
     ) -> TensorLoader:
         return TensorLoader(getattr(self, split), batch_size, self.normalize, sampling, augmentation)
 
-    def lineage(self, cfg: DictConfig) -> list[dict]:
+    def lineage(self, cfg: DatasetConfig) -> list[dict]:
         """Each split's name, source, content digest (of the decoded tensors themselves) and
         size: what the tracker records as the run's inputs."""
         generated = cfg.name == "synthetic"
-        source = f"generated (data_seed={cfg.data_seed})" if generated else str(Path(cfg.root).expanduser().resolve())
+        source = (
+            f"generated (data_seed={getattr(cfg, 'data_seed', None)})"
+            if generated
+            else str(Path(cfg.root).expanduser().resolve())
+        )
         kind = "generated" if generated else "local" if cfg.name == "image_folder" else "torchvision"
         out = []
         for context in ("train", "val", "test"):
@@ -83,7 +86,7 @@ class Dataset:
 
 
 # --- sources ------------------------------------------------------------------------------
-def _torchvision_split(cfg: DictConfig, train: bool):
+def _torchvision_split(cfg: Cifar10Config, train: bool):
     import torchvision
 
     cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[cfg.name]
@@ -99,7 +102,7 @@ def _torchvision_split(cfg: DictConfig, train: bool):
         ) from None
 
 
-def load_torchvision(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def load_torchvision(cfg: Cifar10Config) -> tuple[Split, Split, list[str]]:
     splits = []
     for train in (True, False):
         ds = _torchvision_split(cfg, train)
@@ -208,7 +211,7 @@ def _write_cache(splits: tuple[Split, Split, list[str]], built_from: dict, path:
         )
 
 
-def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def load_image_folder(cfg: ImageFolderConfig) -> tuple[Split, Split, list[str]]:
     root = Path(cfg.root).expanduser()
     classes = list(_image_files(root / "train"))
     built_from = {
@@ -234,7 +237,7 @@ def load_image_folder(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
     return splits
 
 
-def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: torch.Tensor) -> Split:
+def _synthetic_split(cfg: SyntheticConfig, n: int, g: torch.Generator, prototypes: torch.Tensor) -> Split:
     """Each image is its class's smooth colour pattern, shifted, rescaled and noisy."""
     size = cfg.image_size
     y = torch.randint(0, cfg.num_classes, (n,), generator=g)
@@ -253,7 +256,7 @@ def _synthetic_split(cfg: DictConfig, n: int, g: torch.Generator, prototypes: to
     return Split((x.clamp(0, 1) * 255).round().to(torch.uint8), y)
 
 
-def load_synthetic(cfg: DictConfig) -> tuple[Split, Split, list[str]]:
+def load_synthetic(cfg: SyntheticConfig) -> tuple[Split, Split, list[str]]:
     g = torch.Generator().manual_seed(cfg.data_seed)
     coarse = torch.rand(cfg.num_classes, 3, 4, 4, generator=g)
     prototypes = F.interpolate(coarse, size=(cfg.image_size,) * 2, mode="bicubic", align_corners=False)
@@ -274,12 +277,11 @@ def _hold_out(train: Split, val_size: int) -> tuple[Split, Optional[Split]]:
     return Split(train.x[keep], train.y[keep]), Split(train.x[held], train.y[held])
 
 
-def load_dataset(cfg: DictConfig, device: torch.device, channels_last: bool = False) -> Dataset:
+def load_dataset(cfg: DatasetConfig, device: torch.device, channels_last: bool = False) -> Dataset:
     """The configured dataset (a registered source, see config.REGISTRY), moved to `device`
     once: the CPU copy is not kept."""
     train, test, classes = builder("dataset", cfg)(cfg)
-    schema = cast(DatasetConfig, OmegaConf.to_object(cfg))
-    train, val = _hold_out(train, schema.val_count(len(train)))
+    train, val = _hold_out(train, cfg.val_count(len(train)))
     return Dataset(
         train.to(device),
         test.to(device),

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import NoReturn, Optional
 
 import torch
-from omegaconf import DictConfig
 
 from cifar_exp import distributed
 from cifar_exp.checkpoint import Checkpointer, RunState
+from cifar_exp.config import Config
 from cifar_exp.data import Dataset
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.loader import TensorLoader
@@ -39,7 +39,7 @@ class EpochLoop:
     """Everything the epochs work with. `test` is the last epoch's test evaluation (None when
     that epoch was not evaluated); `evaluated` the newest one, whichever epoch had it."""
 
-    cfg: DictConfig
+    cfg: Config
     world: distributed.World
     device: torch.device
     state: RunState

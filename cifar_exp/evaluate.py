@@ -58,7 +58,6 @@ def evaluate(args) -> dict:
     import torch
 
     from cifar_exp import checkpoint, plots
-    from cifar_exp.config import trainer_settings
     from cifar_exp.data import load_dataset
     from cifar_exp.loop import Trainer
     from cifar_exp.resume import own_choices
@@ -66,17 +65,16 @@ def evaluate(args) -> dict:
     from cifar_exp.validation import validate
 
     ck = checkpoint.find(args.checkpoint, log=lambda m: show(m, file=sys.stderr))
-    cfg = ck.config
-    own_choices(cfg)  # the stored root is read from; the cache and any download are this tool's
+    stored = ck.config
+    own_choices(stored)  # the stored root is read from; the cache and any download are this tool's
     if args.dataset_root:
-        cfg.dataset.root = args.dataset_root
-    validate(cfg, origin=f"checkpoint {ck.path}")
+        stored.dataset.root = args.dataset_root
+    cfg = validate(stored, origin=f"checkpoint {ck.path}")
     device = pick_device(args.device)
     data = load_dataset(cfg.dataset, device)
     if data.classes != ck.state.classes:
         raise UserError(f"the dataset's classes {data.classes} differ from the checkpoint's {ck.state.classes}")
     model = checkpoint.restore_model(ck, device)
-    settings = trainer_settings(cfg.trainer)
     precision = (
         pick_precision(cfg.trainer.amp, device, cfg.trainer.deterministic)
         if args.precision == "run"
@@ -88,7 +86,7 @@ def evaluate(args) -> dict:
         None,
         torch.nn.CrossEntropyLoss(),
         device,
-        settings,
+        cfg.trainer,
         precision.dtype,
     )
     result = trainer.evaluate(data.loader("test", cfg.dataset.eval_batch_size), data.num_classes)

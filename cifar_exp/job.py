@@ -9,12 +9,15 @@ import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from omegaconf import DictConfig
 
 from cifar_exp import __version__
 from cifar_exp.checks import container
+
+if TYPE_CHECKING:
+    from cifar_exp.config import Config
 
 # Overrides that say nothing about the experiment itself stay out of derived run names.
 RUN_NAME_SKIP = ("model", "resume", "dataset.root", "dataset.cache_dir", "trainer.progress", "trainer.device")
@@ -72,7 +75,7 @@ class Job:
             sweeper=container(hc.sweeper) if sweep else None,
         )
 
-    def run_name(self, cfg: DictConfig, overrides: Optional[list[str]] = None) -> str:
+    def run_name(self, cfg: Config | DictConfig, overrides: Optional[list[str]] = None) -> str:
         """What tells the run apart, first, in at most NAME_MAX characters (the full command
         is in the description). A sweep's job: its swept values ('lr=0.01 resnet18'); what
         its jobs share is in the parent's name. Otherwise each override by its last key
@@ -103,7 +106,7 @@ class Job:
     def command(self) -> str:
         return " ".join(["python -m cifar_exp", *map(shlex.quote, self.overrides or [])])
 
-    def tags(self, cfg: DictConfig, device, world_size: int, run_dir: Path, segment: int) -> dict:
+    def tags(self, cfg: Config | DictConfig, device, world_size: int, run_dir: Path, segment: int) -> dict:
         """A fresh run's tags; for resume segment n >= 1 only resume.count and resume.<n>.*
         tags, so a resume adds to the record and never replaces what the run began with."""
         import torch

@@ -11,8 +11,8 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
 
+from cifar_exp.config_dataset import DatasetConfig
 from cifar_exp.steps import batches_per_epoch
 
 log = logging.getLogger("cifar_exp")
@@ -81,7 +81,7 @@ class Augmentation:
     num_classes: int = 0
 
     @classmethod
-    def of(cls, dataset: DictConfig, num_classes: int) -> Augmentation:
+    def of(cls, dataset: DatasetConfig, num_classes: int) -> Augmentation:
         """The training augmentation the dataset schema's keys ask for."""
         return cls(
             crop=dataset.augment,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Optional, Sequence, cast
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
+from cifar_exp.config_model import ModelConfig
 from cifar_exp.registry import builder, kwargs
 
 
-def build_model(cfg: DictConfig, num_classes: int, image_size: int = 32) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, image_size: int = 32) -> nn.Module:
     """The registered model `cfg.name` (see registry.REGISTRY) for `num_classes` classes and
     square images of `image_size` pixels."""
     return builder("model", cfg)(num_classes=num_classes, image_size=image_size, **kwargs(cfg))

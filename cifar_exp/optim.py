@@ -7,8 +7,8 @@ import math
 from typing import Optional, cast
 
 import torch
-from omegaconf import DictConfig
 
+from cifar_exp.config_optim import OptimizerConfig, SchedulerConfig
 from cifar_exp.registry import builder, builds, kwargs
 from cifar_exp.validation import warmup_steps
 
@@ -177,7 +177,7 @@ def _standard_groups(model: torch.nn.Module, options: dict) -> tuple[list[dict],
     return groups, options
 
 
-def build_optimizer(cfg: DictConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: OptimizerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
     return builder("optimizer", cfg)(model, **kwargs(cfg))
 
 
@@ -287,7 +287,7 @@ class Warmup:
         self._apply()
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
+def build_scheduler(cfg: SchedulerConfig, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int):
     """The schedule over `total_steps` optimizer steps, with a linear warmup on top when
     scheduler.warmup_epochs > 0."""
     options = kwargs(cfg)

@@ -6,6 +6,7 @@ can only ever name one of these options, never code. Nothing here imports torch.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, cast
@@ -114,12 +115,12 @@ def schema(group: str, name: Any) -> type:
     return option(group, name).schema
 
 
-def builds(group: str, node: DictConfig) -> bool:
+def builds(group: str, node: Any) -> bool:
     """Whether the option `node` names builds anything (the constant schedule does not)."""
     return option(group, node.name).build is not None
 
 
-def builder(group: str, node: DictConfig) -> Callable[..., Any]:
+def builder(group: str, node: Any) -> Callable[..., Any]:
     """The project function that builds the option `node` names."""
     target = option(group, node.name).build
     if target is None:
@@ -141,9 +142,12 @@ def flatten(cfg: DictConfig | dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def kwargs(node: DictConfig) -> dict[str, Any]:
-    """An option's keys as plain keyword arguments (its `name` excluded)."""
-    return {k: v for k, v in checks.container(node).items() if k != "name"}
+def kwargs(node: Any) -> dict[str, Any]:
+    """An option's keys (a schema object's, or a stored config node's) as plain keyword
+    arguments, its `name` excluded."""
+    typed = dataclasses.is_dataclass(node) and not isinstance(node, type)
+    values = dataclasses.asdict(node) if typed else checks.container(node)
+    return {k: v for k, v in values.items() if k != "name"}
 
 
 def on_schemas(plain: dict, origin: str = "") -> DictConfig:

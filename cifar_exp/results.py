@@ -9,10 +9,9 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from omegaconf import DictConfig
-
 from cifar_exp import plots
 from cifar_exp.checkpoint import RunState
+from cifar_exp.config import Config
 from cifar_exp.data import Dataset
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.tracking import Tracker
@@ -21,7 +20,7 @@ log = logging.getLogger("cifar_exp")
 
 
 def report(
-    cfg: DictConfig,
+    cfg: Config,
     trainer: Trainer,
     data: Dataset,
     tracker: Tracker,

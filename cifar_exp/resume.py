@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cifar_exp import checkpoint
 from cifar_exp.checkpoint import Checkpoint
+from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
 from cifar_exp.registry import flatten, resume_safe_keys, schema
@@ -31,26 +32,28 @@ COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoin
 
 @dataclass
 class Start:
-    """How a run starts: its config, the dir its checkpoints go to, and the checkpoint it
-    continues (None for a fresh run)."""
+    """How a run starts: its typed config (a resume's: the checkpoint's with this command's
+    safe changes), the dir its checkpoints go to, and the checkpoint it continues (None for
+    a fresh run)."""
 
-    cfg: DictConfig
+    config: Config
     run_dir: Path
     checkpoint: Optional[Checkpoint] = None
 
 
-def plan(cfg: DictConfig, job: Job, run_dir: Path) -> Start:
+def plan(cfg: DictConfig, config: Config, job: Job, run_dir: Path) -> Start:
+    """`cfg` as composed and `config`, its validated form."""
     ck = _find(cfg, run_dir)
     if ck is None:
-        return Start(cfg, run_dir)
+        return Start(config, run_dir)
     merged = resume_config(cfg, ck.config, job.overrides)
-    validate(merged, origin=f"resuming {ck.path}")
+    resumed = validate(merged, origin=f"resuming {ck.path}")
     _start_monitor_afresh(ck, merged)
     # a checkpoint inside a run's checkpoints/ continues that run's dir; a loose copy of
     # one continues in this job's dir, never in whatever folder holds the file
     home = checkpoint.run_dir_of(ck.path) or run_dir
     log.info("resuming from %s (epoch %d, step %d)", ck.path, ck.state.epoch, ck.state.step)
-    return Start(merged, home, ck)
+    return Start(resumed, home, ck)
 
 
 def _find(cfg: DictConfig, run_dir: Path) -> Optional[Checkpoint]:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any, Optional, cast
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+import yaml
+from omegaconf import DictConfig
 
 from cifar_exp import distributed, plots, resume, steps, study
 from cifar_exp.checkpoint import Checkpointer, RunState
 from cifar_exp.checks import image_size
-from cifar_exp.config import trainer_settings
+from cifar_exp.config import Config, plain_config
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError
@@ -40,20 +41,21 @@ log = logging.getLogger("cifar_exp")
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
-    """Train and evaluate as configured; returns the last epoch's metrics."""
-    validate(cfg)
-    world = distributed.setup(cfg.trainer.strategy)
+    """Train and evaluate as configured; returns the last epoch's metrics. The config is
+    checked and typed once here; everything below reads the typed `Config`."""
+    config = validate(cfg)
+    world = distributed.setup(config.trainer.strategy)
     try:
-        return _run(cfg, world)
+        return _run(cfg, config, world)
     finally:
         distributed.teardown(world)
 
 
-def _run(cfg: DictConfig, world: distributed.World) -> dict[str, float]:
+def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict[str, float]:
     job = Job.current()
     # under torchrun, rank 0's dir is everyone's
-    start = resume.plan(cfg, job, distributed.from_main(job.output_dir))
-    cfg, run_dir, resumed = start.cfg, start.run_dir, start.checkpoint
+    start = resume.plan(composed, config, job, distributed.from_main(job.output_dir))
+    cfg, run_dir, resumed = start.config, start.run_dir, start.checkpoint
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
     device = pick_device(cfg.trainer.device, world.local_rank)
@@ -116,7 +118,7 @@ def init_images(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images.index_select(0, pick.to(images.device))
 
 
-def load_data(cfg: DictConfig, device: torch.device, state: RunState, resumed: bool) -> Dataset:
+def load_data(cfg: Config, device: torch.device, state: RunState, resumed: bool) -> Dataset:
     """The dataset, on the device, checked against the config and a resumed run's classes."""
     data = load_dataset(cfg.dataset, device, cfg.trainer.channels_last)
     check_loaded(cfg, data.classes)
@@ -126,7 +128,7 @@ def load_data(cfg: DictConfig, device: torch.device, state: RunState, resumed: b
     return data
 
 
-def loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> tuple[TensorLoader, dict]:
+def loaders(cfg: Config, data: Dataset, world: distributed.World) -> tuple[TensorLoader, dict]:
     """The training loader and the evaluation loaders (val when held out, test), this rank's shard."""
     d, t = cfg.dataset, cfg.trainer
     shard: dict[str, Any] = {"rank": world.rank, "world_size": world.world_size}
@@ -147,9 +149,7 @@ def loaders(cfg: DictConfig, data: Dataset, world: distributed.World) -> tuple[T
     return train, evals
 
 
-def build_policies(
-    cfg: DictConfig, job: Job, world: distributed.World, signals: StopSignals, tracker: Tracker
-) -> Policies:
+def build_policies(cfg: Config, job: Job, world: distributed.World, signals: StopSignals, tracker: Tracker) -> Policies:
     """What may end the run early, asked in this order after each epoch: a signal first."""
     # in an Optuna sweep, this job's trial: it hears each epoch's objective and may prune
     trial = study.trial_for(job) if world.is_main else None
@@ -166,7 +166,7 @@ def build_policies(
 
 
 def build_trainer(
-    cfg: DictConfig,
+    cfg: Config,
     data: Dataset,
     steps_per_epoch: int,
     device: torch.device,
@@ -199,11 +199,11 @@ def build_trainer(
     if compiles(t.compile, device)[0]:
         model = cast(torch.nn.Module, torch.compile(model))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    return Trainer(model, optimizer, scheduler, loss_fn, device, trainer_settings(t), precision.dtype, total_steps)
+    return Trainer(model, optimizer, scheduler, loss_fn, device, t, precision.dtype, total_steps)
 
 
 def open_run(
-    cfg: DictConfig,
+    cfg: Config,
     job: Job,
     state: RunState,
     device: torch.device,
@@ -258,7 +258,7 @@ def tracked(tracker: Tracker, log_file, segment: int, resume_hint: str, signals:
 
 # --- the run's start and end ----------------------------------------------------------------------
 def log_start(
-    cfg: DictConfig, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int, precision: Precision
+    cfg: Config, job: Job, tracker, data: Dataset, run_dir: Path, device, segment: int, precision: Precision
 ) -> None:
     """The run's params (what it computes with), the tags a resume may update (its
     precision among them), its data's lineage and Hydra's files: the first segment's as hydra/, a resume's beside them
@@ -283,7 +283,7 @@ def log_start(
         "minimized" if mode == "min" else "maximized",
         "" if cfg.checkpoint.mode else " (the metric catalogue's direction)",
     )
-    params, compared = resume.record(flatten(cfg))
+    params, compared = resume.record(flatten(plain_config(cfg)))
     tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})
     # the precision follows the device, which a resume may change: a tag, like the compared keys
     tracker.set_tags({**compared, "checkpoint.mode": mode, "precision": precision.name})
@@ -291,7 +291,7 @@ def log_start(
     if segment and hydra_dir.is_dir():
         # Hydra composed this job's config.yaml from the resume command alone: what runs is
         # the checkpoint's config with the resume's changes
-        (hydra_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+        (hydra_dir / "config.yaml").write_text(yaml.safe_dump(plain_config(cfg), sort_keys=False))
     tracker.log_artifact(hydra_dir, f"hydra/resume_{segment}" if segment else "hydra")
     if tracker.run_id and not segment:
         tracker.log_inputs(data.lineage(cfg.dataset))

@@ -217,7 +217,7 @@ def _check_memory(d, images: int) -> None:
         )
 
 
-def check_loaded(cfg: DictConfig, classes: list[str]) -> None:
+def check_loaded(run: Config, classes: list[str]) -> None:
     """The metric names again, once the data has said its classes (CIFAR-100's are in its
     files): before the first step."""
-    check_metrics(typed(plain(cfg)), classes)
+    check_metrics(run, classes)

@@ -19,7 +19,7 @@ from cifar_exp import checkpoint, durable
 from cifar_exp.errors import UserError
 from cifar_exp.policies import Policies
 
-from helpers import FAST, cli_env, cli_process, png_tree
+from helpers import FAST, cli_env, cli_process, compose_cfg, png_tree
 
 # --- the file format -----------------------------------------------------------------------
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -220,11 +220,10 @@ NO_POLICIES = Policies()
 
 
 def _writer_config(**checkpoint_keys):
-    from omegaconf import OmegaConf
+    from cifar_exp.validation import validate
 
-    return OmegaConf.create(
-        {"checkpoint": {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max", **checkpoint_keys}}
-    )
+    keys = {"keep_last": 0, "save_best": True, "save_top_k": 0, "mode": "max", **checkpoint_keys}
+    return validate(compose_cfg("dataset=synthetic", *(f"checkpoint.{k}={v}" for k, v in keys.items())))
 
 
 def test_checkpointer_keeps_last_k_top_k_and_best_and_flushes_first(tmp_path):
@@ -260,9 +259,8 @@ class _WeightsTrainer:
 
 def _three_epochs(tmp_path) -> Path:
     """last.pt, best.pt and epoch_0002/0003.pt of a run whose epochs 1-3 have seeds 1-3."""
-    from helpers import compose_cfg
 
-    writer = checkpoint.Checkpointer(tmp_path, compose_cfg("dataset=synthetic", "checkpoint.keep_last=2"), enabled=True)
+    writer = checkpoint.Checkpointer(tmp_path, _writer_config(keep_last=2), enabled=True)
     state = checkpoint.RunState(classes=[f"class{i}" for i in range(10)])
     for epoch, acc in enumerate([0.1, 0.5, 0.6], start=1):
         is_best = state.end_epoch({"test/acc": acc}, "test/acc", "max")
@@ -477,12 +475,10 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
     assert f"Accuracy of the network on the 500 test images: {logged} %" in result.stdout
     assert "confusion matrix" in result.stdout and "Accuracy for class: class9" in result.stdout
 
-    from omegaconf import OmegaConf
-
     from cifar_exp.config_dataset import SyntheticConfig
     from cifar_exp.data import load_dataset
 
-    test = load_dataset(OmegaConf.structured(SyntheticConfig), torch.device("cpu")).test
+    test = load_dataset(SyntheticConfig(), torch.device("cpu")).test
     paths = []
     for i in range(2):
         paths.append(workdir / f"img{i}.png")

@@ -84,13 +84,18 @@ def test_every_other_option_composes_as_itself_and_passes_the_checks(group, tmp_
 
 @pytest.mark.slow
 def test_every_registered_option_builds_with_its_own_function():
-    from cifar_exp.registry import builder
+    from cifar_exp.registry import builder, builds
 
     for group, opts in REGISTRY.items():
         for name, option in opts.items():
             assert option.schema.name == name
             cfg = compose_cfg(f"{group}={name}", "dataset.root=/tmp")
-            assert (builder(group, cfg[group]) is None) == (option.build is None)
+            assert builds(group, cfg[group]) == (option.build is not None)
+            if option.build is not None:
+                assert callable(builder(group, cfg[group]))
+            else:
+                with pytest.raises(TypeError, match="builds nothing"):
+                    builder(group, cfg[group])
 
 
 def test_validate_names_the_key():

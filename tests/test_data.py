@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from PIL import Image
 
 from cifar_exp.config_dataset import Cifar10Config, ImageFolderConfig, SyntheticConfig
@@ -23,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def synthetic(**kw):
-    return OmegaConf.merge(OmegaConf.structured(SyntheticConfig), kw)
+    return SyntheticConfig(**kw)
 
 
 def test_synthetic_is_deterministic_and_class_dependent():
@@ -86,9 +85,8 @@ def test_augmentation_crops_and_flips_within_the_padded_image():
 
 def test_image_folder_decodes_caches_and_resizes(tmp_path):
     png_tree(tmp_path / "imgs", size=40)
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(ImageFolderConfig),
-        {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")},
+    cfg = ImageFolderConfig(
+        **{"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
     )
     d = load_dataset(cfg, CPU)
     assert d.classes == ["cat", "dog"] and d.train.x.shape == (6, 3, 32, 32)
@@ -112,9 +110,7 @@ def _changed_in_place(cache, part: int) -> None:
 @pytest.mark.parametrize("content", [b"", b"garbage", "truncated", "wrong structure", "labels", "pixels"])
 def test_a_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, caplog, content):
     png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
-    )
+    cfg = ImageFolderConfig(**{"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
     good = load_dataset(cfg, CPU)
     [cache] = (tmp_path / "cache").glob("*.pt")
     if content == "truncated":
@@ -137,9 +133,7 @@ def test_a_cache_of_something_else_under_the_key_is_rebuilt_with_a_line(tmp_path
     """Valid tensors, but not of this folder at this size: never used, and never a
     RuntimeError after the run has started."""
     png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
-    )
+    cfg = ImageFolderConfig(**{"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
     good = load_dataset(cfg, CPU)
     [cache] = (tmp_path / "cache").glob("*.pt")
     blob = torch.load(cache, weights_only=True)
@@ -166,9 +160,7 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
 
     monkeypatch.setattr(durable, "atomic_save", full)
     png_tree(tmp_path / "imgs")
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(ImageFolderConfig), {"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")}
-    )
+    cfg = ImageFolderConfig(**{"root": str(tmp_path / "imgs"), "cache_dir": str(tmp_path / "cache")})
     with caplog.at_level("WARNING", logger="cifar_exp"):
         d = load_dataset(cfg, CPU)
     assert d.classes == ["cat", "dog"] and len(d.train) == 6
@@ -180,10 +172,7 @@ def test_a_cache_that_cannot_be_written_costs_only_the_cache(tmp_path, caplog, m
 def test_image_folder_rejects_an_unreadable_image(tmp_path):
     png_tree(tmp_path / "imgs")
     (tmp_path / "imgs/train/cat/broken.png").write_bytes(b"not an image")
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(ImageFolderConfig),
-        {"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None},
-    )
+    cfg = ImageFolderConfig(**{"name": "image_folder", "root": str(tmp_path / "imgs"), "cache_dir": None})
     with pytest.raises(UserError, match="broken.png"):
         load_dataset(cfg, CPU)
 
@@ -223,9 +212,7 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
     # the fake files cannot match the published checksums
     for module in (torchvision.datasets.cifar, torchvision.datasets.utils):
         monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: Path(path).is_file())
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(Cifar10Config), {"name": "cifar10", "root": str(tmp_path), "download": True}
-    )
+    cfg = Cifar10Config(**{"name": "cifar10", "root": str(tmp_path), "download": True})
     d = load_dataset(cfg, CPU)
     assert d.train.x.shape == (20, 3, 32, 32) and d.test.x.shape == (10, 3, 32, 32)
     assert d.classes[0] == "airplane" and d.test.y.tolist() == list(range(10))
@@ -235,9 +222,7 @@ def test_cifar10_loader_reads_the_original_archive_offline(tmp_path, monkeypatch
 
 
 def test_missing_cifar_without_download_is_a_user_error(tmp_path):
-    cfg = OmegaConf.merge(
-        OmegaConf.structured(Cifar10Config), {"name": "cifar10", "root": str(tmp_path), "download": False}
-    )
+    cfg = Cifar10Config(**{"name": "cifar10", "root": str(tmp_path), "download": False})
     with pytest.raises(UserError, match="dataset=synthetic"):
         load_dataset(cfg, CPU)
 

@@ -134,12 +134,11 @@ def test_lookahead_pulls_the_weights_to_the_slow_copy_and_round_trips():
 
 # --- precision: bf16 autocast where the hardware has the units -------------------------------
 def _synthetic_loader():
-    from omegaconf import OmegaConf
 
     from cifar_exp.config_dataset import SyntheticConfig
     from cifar_exp.data import load_dataset
 
-    data = load_dataset(OmegaConf.structured(SyntheticConfig(train_size=512, test_size=64)), CPU)
+    data = load_dataset(SyntheticConfig(train_size=512, test_size=64), CPU)
     return data.loader("train", 64, Sampling(shuffle=True, seed=0))
 
 

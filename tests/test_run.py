@@ -12,6 +12,7 @@ from cifar_exp.distributed import World
 from cifar_exp.loop import Evaluation
 from cifar_exp.run import build_trainer, report
 from cifar_exp.tracking import NullTracker
+from cifar_exp.validation import validate
 
 from helpers import FAST, compose_cfg
 
@@ -22,7 +23,9 @@ def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_de
     (the old code fed CPU images through device-resident normalization and failed on CUDA,
     after the whole run had trained) and hand the plot tensors still on that device."""
     meta = torch.device("meta")
-    cfg = compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40", "mlflow.enabled=false")
+    cfg = validate(
+        compose_cfg("dataset=synthetic", "dataset.train_size=64", "dataset.test_size=40", "mlflow.enabled=false")
+    )
     data = load_dataset(cfg.dataset, meta)
     trainer = build_trainer(cfg, data, steps_per_epoch=1, device=meta, world=World())
     drawn = {}
@@ -41,7 +44,7 @@ def test_run_end_plots_take_their_images_from_the_one_dataset_on_the_training_de
 
 
 def test_loaders_read_the_dataset_tensors_themselves():
-    cfg = compose_cfg("dataset=synthetic", "dataset.val_size=100")
+    cfg = validate(compose_cfg("dataset=synthetic", "dataset.val_size=100"))
     data = load_dataset(cfg.dataset, torch.device("cpu"))
     for split in ("train", "val", "test"):
         loader = data.loader(split, 32)

@@ -13,8 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator, Optional
 
-from omegaconf import DictConfig
-
+from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 
 log = logging.getLogger("cifar_exp")
@@ -113,7 +112,7 @@ def _store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def open_store(cfg: DictConfig) -> tuple:
+def open_store(cfg: Config) -> tuple:
     """A run's store: a client and its experiment's id (a sweep's jobs get the sweep's)."""
     if os.environ.get(EXPERIMENT_ENV):
         return connect(tracking_uri(cfg.mlflow.tracking_uri))[0], os.environ[EXPERIMENT_ENV]

@@ -11,8 +11,7 @@ import traceback
 from pathlib import Path
 from typing import Optional, Protocol
 
-from omegaconf import DictConfig
-
+from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
 from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
@@ -72,7 +71,7 @@ class MlflowTracker:
 
     def __init__(
         self,
-        cfg: DictConfig,
+        cfg: Config,
         run_id: Optional[str],
         run_name: str,
         tags: dict,
@@ -328,7 +327,7 @@ class MlflowTracker:
 
 
 def open_tracker(
-    cfg: DictConfig, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path, store: Optional[tuple] = None
+    cfg: Config, run_id: Optional[str], run_name: str, tags: dict, run_dir: Path, store: Optional[tuple] = None
 ):
     if not cfg.mlflow.enabled:
         if run_id is not None:

@@ -24,44 +24,54 @@ FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves th
 
 
 class Tracker(Protocol):
-    """What a run uses of its tracker: MlflowTracker, or NullTracker with tracking off."""
+    """What a run uses of its tracker: MlflowTracker, or NullTracker with tracking off. The
+    bodies here accept every call and drop it, which is all NullTracker does."""
 
     run_id: Optional[str]
     resumed: bool
     was_cut_short: bool
     recorded_tags: Optional[dict]
 
-    def log_params(self, params: dict) -> None: ...
-    def set_tags(self, tags: dict) -> None: ...
-    def rename(self, name: str) -> None: ...
-    def cut_short(self, label: str, tags: dict) -> None: ...
-    def stop(self) -> None: ...
-    def log_metrics(self, metrics: dict, step: int) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
-    def log_inputs(self, inputs: list[dict]) -> None: ...
-    def log_model(self, model, example, name: str, metric_keys) -> None: ...
-    def flush(self) -> None: ...
-    def finish(self, status: str, error: Optional[BaseException] = None) -> None: ...
+    def log_params(self, params: dict) -> None:
+        return None
+
+    def set_tags(self, tags: dict) -> None:
+        return None
+
+    def rename(self, name: str) -> None:
+        return None
+
+    def cut_short(self, label: str, tags: dict) -> None:
+        return None
+
+    def stop(self) -> None:
+        return None
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        return None
+
+    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None:
+        return None
+
+    def log_inputs(self, inputs: list[dict]) -> None:
+        return None
+
+    def log_model(self, model, example, name: str, metric_keys) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def finish(self, status: str, error: Optional[BaseException] = None) -> None:
+        return None
 
 
-class NullTracker:
-    """Tracking switched off: every call is accepted and dropped."""
+class NullTracker(Tracker):
+    """Tracking switched off: every call is accepted and dropped (the protocol's own bodies)."""
 
     run_id: Optional[str] = None
     resumed = was_cut_short = False
-    recorded_tags: dict = {}
-
-    def log_params(self, params: dict) -> None: ...
-    def set_tags(self, tags: dict) -> None: ...
-    def rename(self, name: str) -> None: ...
-    def cut_short(self, label: str, tags: dict) -> None: ...
-    def stop(self) -> None: ...
-    def log_metrics(self, metrics: dict, step: int) -> None: ...
-    def log_artifact(self, path: Path, artifact_path: Optional[str] = None) -> None: ...
-    def log_inputs(self, inputs: list[dict]) -> None: ...
-    def log_model(self, model, example, name: str, metric_keys) -> None: ...
-    def flush(self) -> None: ...
-    def finish(self, status: str, error: Optional[BaseException] = None) -> None: ...
+    recorded_tags: Optional[dict] = {}
 
 
 class MlflowTracker:

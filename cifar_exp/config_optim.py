@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, List, Optional
 from omegaconf import MISSING
 
 from cifar_exp.checks import at_least, in_unit, nesterov_needs_momentum, require
+from cifar_exp.settings import InUnit, Positive, setting
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -64,6 +65,19 @@ class AdamConfig(OptimizerConfig):
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
     weight_decay: float = 0.01
+
+
+@dataclass
+class RMSpropConfig(OptimizerConfig):
+    """torch's RMSprop: each gradient divided by a running root mean square of its past."""
+
+    name: str = "rmsprop"
+    # the running average's decay, and the momentum on top of the scaled step
+    alpha: float = setting(0.99, InUnit())
+    momentum: float = setting(0.0, InUnit())
+    eps: float = setting(1e-8, Positive())
+    # scale by the variance (the mean squared gradient less its mean squared) instead
+    centered: bool = False
 
 
 @dataclass

@@ -30,6 +30,11 @@ def adamw(model: torch.nn.Module, betas, **options) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, betas=tuple(betas), **kw)
 
 
+def rmsprop(model: torch.nn.Module, **options) -> torch.optim.Optimizer:
+    groups, kw = _standard_groups(model, options)
+    return torch.optim.RMSprop(groups, **kw)
+
+
 def muon(
     model: torch.nn.Module,
     lr: float,

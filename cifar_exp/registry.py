@@ -58,6 +58,7 @@ REGISTRY: dict[str, dict[str, Option]] = {
         Option(optim.AdamConfig, "cifar_exp.optim:adam"),
         Option(optim.AdamWConfig, "cifar_exp.optim:adamw"),
         Option(optim.MuonConfig, "cifar_exp.optim:muon"),
+        Option(optim.RMSpropConfig, "cifar_exp.optim:rmsprop"),
     ),
     "scheduler": _options(
         Option(optim.ConstantConfig),

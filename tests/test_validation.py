@@ -472,26 +472,20 @@ def test_the_tools_arguments_are_typed_one_line_each(tool, argv, needle, capsys,
 
 
 def test_a_new_option_brings_its_own_rules_in_its_own_entry():
-    """An optimizer with momentum but no nesterov: no check elsewhere guesses its keys."""
-    from dataclasses import dataclass
+    """RMSprop: its schema's fields say their values; no check elsewhere guesses its keys,
+    and its builder gets them all."""
+    import torch
 
-    from cifar_exp.checks import in_unit
-    from cifar_exp.config_optim import OptimizerConfig
-    from cifar_exp.registry import Option, register
+    from cifar_exp.optim import build_optimizer
 
-    @dataclass
-    class RMSpropConfig(OptimizerConfig):
-        name: str = "rmsprop"
-        momentum: float = 0.0
-
-        def check(self, at, run):
-            super().check(at, run)
-            in_unit(self, at, "momentum")
-
-    register("optimizer", Option(RMSpropConfig, "torch.optim:RMSprop"))  # undone after the test (conftest)
-    assert validate(compose_cfg(SYN, "optimizer=rmsprop", "optimizer.momentum=0.5")).optimizer.momentum == 0.5
+    cfg = validate(compose_cfg(SYN, "optimizer=rmsprop", "optimizer.momentum=0.5", "optimizer.alpha=0.9"))
+    optimizer = build_optimizer(cfg.optimizer, torch.nn.Linear(2, 2))
+    assert isinstance(optimizer, torch.optim.RMSprop)
+    assert optimizer.defaults["momentum"] == 0.5 and optimizer.defaults["alpha"] == 0.9
     with pytest.raises(UserError, match="optimizer.momentum=1.5 is invalid: must be a float in"):
         validate(compose_cfg(SYN, "optimizer=rmsprop", "optimizer.momentum=1.5"))
+    with pytest.raises(UserError, match="optimizer.eps=0.0 is invalid: must be a float > 0"):
+        validate(compose_cfg(SYN, "optimizer=rmsprop", "optimizer.eps=0"))
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from cifar_exp.errors import UserError, exit_with
     from cifar_exp.terminal import show
-    from cifar_exp.tracking import deliver_outbox, search_runs, tracking_uri
+    from cifar_exp.tracking import deliver_outbox, search_runs, tracking_uri, ui_line
 
     uri = tracking_uri(args.tracking_uri)
     try:
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
         show(f"cifar-exp-runs: no runs in experiment {args.experiment!r} at {uri}", file=sys.stderr)
         raise SystemExit(1)
     show(table(runs, args.metrics))
+    show(ui_line(uri, runs[0]["experiment_id"]), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -163,3 +163,15 @@ def test_progress_lines_show_a_loss_only_when_a_new_one_was_logged(caplog):
             bar.update(0.25 if step == 2 else None)
     lines = [r.getMessage() for r in caplog.records]
     assert [("loss" in line) for line in lines] == [True, False, False], lines
+
+
+@pytest.mark.parametrize(
+    "uri, run_id, link",
+    [
+        ("sqlite:///mlflow.db", "abc", "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"),
+        ("http://team:5000/", None, "http://team:5000/#/experiments/3/runs?workflowType=machine_learning"),
+    ],
+)
+def test_the_ui_link_opens_the_model_training_view_where_the_store_is_served(uri, run_id, link):
+    assert tracking.ui_link(uri, "3", run_id) == link
+    assert tracking.ui_line(uri, "3", run_id).endswith("to serve it)") == uri.startswith("sqlite")

@@ -294,6 +294,8 @@ def test_runs_table_lists_runs_best_first(cli, workdir):
     assert header.split()[:7] == ["run", "status", "model", "optimizer", "lr", "epochs", "dataset"]
     assert "0.05" in first.split() and "0.0001" in second.split()  # higher test/acc first
     assert "FINISHED" in first and "simple_cnn" in first
+    # the UI's runs page, in the model-training view, on stderr beside the table
+    assert "/#/experiments/1/runs?workflowType=machine_learning (run `mlflow ui`" in result.stderr
     assert cli("--experiment", "nope", module="cifar_exp.runs").returncode == 1
 
 

@@ -17,6 +17,8 @@ from cifar_exp.tracking.store import (
     ensure_experiment,
     open_store,
     tracking_uri,
+    ui_line,
+    ui_link,
 )
 from cifar_exp.tracking.sweeps import (
     BEST,
@@ -40,6 +42,8 @@ __all__ = [
     "MlflowTracker",
     "NullTracker",
     "Tracker",
+    "ui_line",
+    "ui_link",
     "Outbox",
     "child_runs",
     "connect",

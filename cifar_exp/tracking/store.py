@@ -39,6 +39,26 @@ PROBE_TIMEOUT_S = 5
 # MLflow 3 opens an experiment in its GenAI view unless this tag says it holds model training
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
+# where `mlflow ui` serves a local store by default
+UI_DEFAULT = "http://127.0.0.1:5000"
+# MLflow 3.17's UI takes its GenAI or model-training view from a toggle kept in the browser,
+# not from the experiment's kind: a link with this query opens the model-training view
+TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_link(uri: str, experiment_id: str, run_id: Optional[str] = None) -> str:
+    """The MLflow UI's page for an experiment's runs, or one run, in the model-training view:
+    on the tracking server itself, or where `mlflow ui` serves a local store."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_DEFAULT
+    page = f"runs/{run_id}" if run_id else "runs"
+    return f"{base}/#/experiments/{experiment_id}/{page}?{TRAINING_VIEW}"
+
+
+def ui_line(uri: str, experiment_id: str, run_id: Optional[str] = None) -> str:
+    """The line that points a user at the UI: the link, and for a local store how to serve it."""
+    served = "" if uri.startswith(("http://", "https://")) else " (run `mlflow ui` in this directory to serve it)"
+    return f"in the MLflow UI: {ui_link(uri, experiment_id, run_id)}{served}"
+
 
 def tracking_uri(explicit: Optional[str]) -> str:
     """The one rule: the given URI, else $MLFLOW_TRACKING_URI, else MLflow's default store."""

@@ -30,6 +30,7 @@ def search_runs(uri: str, experiment: str, sort_by: str, ascending: bool, limit:
     return [
         {
             "run_id": r.info.run_id,
+            "experiment_id": r.info.experiment_id,
             "name": r.info.run_name,
             "status": r.info.status,
             "start_time": r.info.start_time,

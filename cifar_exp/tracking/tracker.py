@@ -15,7 +15,7 @@ from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
 from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
-from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri
+from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri, ui_line
 from cifar_exp.tracking.system_metrics import SystemMetrics
 
 log = logging.getLogger("cifar_exp")
@@ -92,6 +92,7 @@ class MlflowTracker:
 
         self.uri = tracking_uri(cfg.mlflow.tracking_uri)
         self.client, exp_id = store or open_store(cfg)
+        self.experiment_id = exp_id
         self.flush_every_s = cfg.mlflow.flush_every_s
         self.registered_model_name = cfg.mlflow.registered_model_name
         self._buffer: list = []
@@ -324,7 +325,9 @@ class MlflowTracker:
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
             self._retry_at = 0.0
-        if self.outbox.ops:
+        if not self.outbox.ops:
+            log.info(ui_line(self.uri, self.experiment_id, self.run_id))
+        else:
             log.warning(
                 "warning: the MLflow store %s is still unreachable: %d writes (the final status "
                 "%s among them) are kept in %s; deliver them with: %s",

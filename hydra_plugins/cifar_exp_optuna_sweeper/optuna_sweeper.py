@@ -354,9 +354,12 @@ class OptunaSweeper(Sweeper):
     @staticmethod
     def _tell(study, trial, ret, n_values: int) -> bool:
         """Record how a job ended; False for a failed trial. A trial its job pruned stays
-        PRUNED (skip_if_finished). A multi-objective study takes a list of n_values numbers."""
+        PRUNED, untold (Optuna would say at INFO that it skipped it). A multi-objective study
+        takes a list of n_values numbers."""
         from optuna.trial import TrialState
 
+        if study.get_trials(deepcopy=False)[trial.number].state.is_finished():
+            return True
         if ret.status == JobStatus.COMPLETED:
             value = ret.return_value
             values = list(value) if isinstance(value, (list, tuple)) else [value]

@@ -284,7 +284,7 @@ def log_start(
         "" if cfg.checkpoint.mode else " (the metric catalogue's direction)",
     )
     params, compared = resume.record(flatten(plain_config(cfg)))
-    tracker.log_params({**params, "trainer": job.choices.get("trainer", "default")})
+    tracker.log_params(params)  # trainer.name says which trainer option ran
     # the precision follows the device, which a resume may change: a tag, like the compared keys
     tracker.set_tags({**compared, "checkpoint.mode": mode, "precision": precision.name})
     hydra_dir = job.output_dir / ".hydra"

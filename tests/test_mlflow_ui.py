@@ -95,7 +95,7 @@ def test_the_first_charts_are_loss_accuracy_and_lr_and_no_param_is_said_twice(fi
         "time/images_per_s",
     }
     params = run.data.params
-    for group in ("model", "optimizer", "scheduler", "dataset"):
+    for group in ("model", "optimizer", "scheduler", "dataset", "trainer"):
         assert group not in params and f"{group}.name" in params
     # how the run is observed (mlflow.*, dataset paths, the progress bar) is in its config file
     assert not [k for k in params if k.startswith(("mlflow.", "checkpoint.")) or k in ("epochs", "resume")]

@@ -25,6 +25,7 @@ RUN_NAME_SKIP_GROUPS = ("mlflow.", "checkpoint.", "hydra")
 # the keys a --multirun sweeps, set by the sweep for its jobs: they lead the jobs' run names
 SWEPT_ENV = "CIFAR_EXP_SWEPT"
 NAME_MAX = 60  # about what the MLflow runs table shows at its default column width
+SPEC_MAX = 24  # a swept value's share of a sweep's name
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -155,7 +156,14 @@ def sweep_name(overrides: list[str], swept: list[str]) -> str:
     """'sweep lr=0.001,0.01 model=simple_cnn,resnet18 epochs=5': the parent run of a
     --multirun, its swept keys first."""
     pairs = sorted(map(parse_override, overrides), key=lambda kv: kv[0] not in swept)
-    return _capped(" ".join(["sweep", *(f"{key.rsplit('.', 1)[-1]}={value}" for key, value in pairs)]))
+    return _capped(" ".join(["sweep", *(f"{key.rsplit('.', 1)[-1]}={_spec(value)}" for key, value in pairs)]))
+
+
+def _spec(value: str) -> str:
+    """A swept value as a name shows it: a long search space (tag(log, interval(1e-5, 1.0)))
+    gives way to the keys beside it; the command in the description has it whole."""
+    compact = value.replace(", ", ",")
+    return compact if len(compact) <= SPEC_MAX else "…"
 
 
 def source_tags() -> dict[str, str]:
@@ -169,7 +177,16 @@ def source_tags() -> dict[str, str]:
 
 
 def _capped(name: str, limit: int = NAME_MAX) -> str:
-    return name if len(name) <= limit else name[: max(limit - 1, 0)] + "…"
+    """`name` in at most `limit` characters, cut between words (an override, an option) and
+    marked with an ellipsis; a first word longer than the limit is cut itself."""
+    if len(name) <= limit:
+        return name
+    kept = ""
+    for word in name.split(" "):
+        if len(f"{kept} {word} …".strip()) > limit:
+            break
+        kept = f"{kept} {word}".strip()
+    return f"{kept} …" if kept else name[: max(limit - 1, 0)] + "…"
 
 
 def _short(value: str) -> str:

@@ -175,3 +175,25 @@ def test_progress_lines_show_a_loss_only_when_a_new_one_was_logged(caplog):
 def test_the_ui_link_opens_the_model_training_view_where_the_store_is_served(uri, run_id, link):
     assert tracking.ui_link(uri, "3", run_id) == link
     assert tracking.ui_line(uri, "3", run_id).endswith("to serve it)") == uri.startswith("sqlite")
+
+
+@pytest.mark.parametrize(
+    "name, capped",
+    [
+        ("lr=0.05 momentum=0.9 epochs=2", "lr=0.05 momentum=0.9 epochs=2"),
+        ("lr=0.05 momentum=0.9 epochs=2 log_every_n_steps=1", "lr=0.05 momentum=0.9 …"),
+        ("x" * 40, "x" * 29 + "…"),  # one word longer than the limit is cut itself
+    ],
+)
+def test_a_name_is_cut_between_words(name, capped):
+    from cifar_exp.job import _capped
+
+    assert _capped(name, 30) == capped
+
+
+def test_a_sweep_parent_names_its_keys_before_long_search_spaces():
+    from cifar_exp.job import sweep_name
+
+    overrides = ["optimizer.lr=tag(log, interval(1e-5, 1.0))", "optimizer.weight_decay=tag(log, interval(1e-6, 1e-2))"]
+    name = sweep_name([*overrides, "dataset.batch_size=choice(64,128,256)"], ["optimizer.lr"])
+    assert name == "sweep lr=… weight_decay=… batch_size=choice(64,128,256)"

@@ -41,16 +41,23 @@ def within_half_side(obj: Any, at: str, pixels: int, *keys: str) -> None:
 
 
 def at_least(obj: Any, at: str, minimum: int, *keys: str) -> None:
-    """Counts and periods: each key an integer >= minimum (0 meaning off, where allowed)."""
-    off = " (0: off)" if minimum == 0 else ""
-    for key in keys:
-        require(getattr(obj, key) >= minimum, f"{at}.{key}", f"an integer >= {minimum}{off}", getattr(obj, key))
+    """Counts and periods: each key an integer >= minimum (settings.AtLeast, for schemas
+    whose fields do not carry their rules yet)."""
+    from cifar_exp.settings import AtLeast  # settings builds on require, below
+
+    _apply(AtLeast(minimum), obj, at, keys)
 
 
 def in_unit(obj: Any, at: str, *keys: str) -> None:
-    """Shares and decays: each key a float in [0, 1)."""
+    """Shares and decays: each key a float in [0, 1) (settings.InUnit)."""
+    from cifar_exp.settings import InUnit
+
+    _apply(InUnit(), obj, at, keys)
+
+
+def _apply(rule: Any, obj: Any, at: str, keys: tuple[str, ...]) -> None:
     for key in keys:
-        require(0 <= getattr(obj, key) < 1, f"{at}.{key}", "a float in [0, 1)", getattr(obj, key))
+        require(rule.ok(getattr(obj, key)), f"{at}.{key}", rule.said(), getattr(obj, key))
 
 
 def nesterov_needs_momentum(obj: Any, at: str, nesterov: str, momentum: str) -> None:

@@ -21,7 +21,7 @@ from cifar_exp.data import Dataset
 from cifar_exp.errors import Interrupted, UserError
 from cifar_exp.loader import TensorLoader
 from cifar_exp.loop import Evaluation, Trainer
-from cifar_exp.metrics import logged, objectives
+from cifar_exp.metrics import EPOCH, logged, objectives
 from cifar_exp.policies import EpochEnd, Policies, Stop
 from cifar_exp.profiling import StepProfiler
 from cifar_exp.progress import EpochProgress
@@ -210,7 +210,7 @@ def epoch_summary(trainer: Trainer, epoch: int) -> dict:
     """The epoch's training sums."""
     summary = trainer.meter.summary()
     return {
-        "epoch": epoch,
+        EPOCH: epoch,
         "train/loss_epoch": summary["loss"],
         "train/acc": summary["acc"],
         "model/params": trainer.parameter_count,
@@ -222,7 +222,7 @@ def log_epoch(m: dict, epochs: int) -> None:
     val = f" | val acc {100 * m['val/acc']:.2f}%" if "val/acc" in m else ""
     log.info(
         "epoch %d/%d: train loss %.4f acc %.2f%%%s%s | %.1fs",
-        m["epoch"],
+        m[EPOCH],
         epochs,
         m["train/loss_epoch"],
         100 * m["train/acc"],

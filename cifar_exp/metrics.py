@@ -11,6 +11,7 @@ from typing import Any, Optional
 from cifar_exp.errors import UserError
 
 MIN, MAX = "min", "max"
+EPOCH = "epoch"  # the epoch count, logged with each epoch's record
 CLASS_PREFIX = "test/acc_class/"
 
 
@@ -50,7 +51,7 @@ def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
     if cfg.dataset.val_size > 0 or cfg.dataset.val_fraction > 0:
         epochs.update(VAL_GOALS)
     epochs.update({f"{CLASS_PREFIX}{c}": MAX for c in classes or []})
-    metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric("epoch", None)]
+    metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric(EPOCH, None)]
     return {m.name: m for m in metrics + [Metric(n, g) for n, g in epochs.items()]}
 
 

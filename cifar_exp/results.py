@@ -14,6 +14,7 @@ from cifar_exp.checkpoint import RunState
 from cifar_exp.config import Config
 from cifar_exp.data import Dataset
 from cifar_exp.loop import Evaluation, Trainer
+from cifar_exp.metrics import objectives
 from cifar_exp.tracking import Tracker
 
 log = logging.getLogger("cifar_exp")
@@ -48,7 +49,9 @@ def report(
         example = data.normalize(images[:2]).cpu()
         # one model per segment, each its own name
         name = f"{cfg.model.name}-{(tracker.run_id or '')[:8]}" + (f"-resume{state.segment}" if state.segment else "")
-        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, state.last_metrics.keys())
+        # the model's page and the Models tab list its metrics in this order: the objective first
+        keys = dict.fromkeys([*objectives(cfg.objective), *state.last_metrics])
+        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, list(keys))
 
 
 def record_results(tracker: Tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:

@@ -64,10 +64,20 @@ def test_a_five_second_run_has_true_system_metrics_from_its_start_to_its_end(fin
     """MLflow's own loop samples every 10 s and takes its first CPU reading against nothing
     (0 %): a run of a few seconds had no system metrics, or a CPU of 0."""
     c, run = finished
-    cpu = c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    cpu = c.get_metric_history(run.info.run_id, "host/cpu_utilization_percentage")
     assert len(cpu) >= 2 and all(m.value > 0 for m in cpu), [(m.step, m.value) for m in cpu]
     assert sorted(m.step for m in cpu) == list(range(len(cpu)))
-    assert c.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+    assert c.get_metric_history(run.info.run_id, "host/system_memory_usage_megabytes")
+
+
+@pytest.mark.slow
+def test_the_run_s_own_metrics_come_before_the_host_s(finished):
+    """MLflow's UI lists a run's metrics in the order the store first saw them, and puts any
+    system/* metric first: test/acc must lead, CPU and memory follow."""
+    c, run = finished
+    keys = list(run.data.metrics)
+    first_host = min(i for i, k in enumerate(keys) if k.startswith("host/"))
+    assert keys.index("test/acc") < first_host and not [k for k in keys if k.startswith("system/")], keys
 
 
 @pytest.mark.slow
@@ -75,14 +85,14 @@ def test_metric_values_carry_only_the_digits_they_have(finished):
     c, run = finished
     for key in run.data.metrics:
         for m in c.get_metric_history(run.info.run_id, key):
-            if not key.startswith("system/"):  # float32's 7 significant digits, whatever the name
+            if not key.startswith("host/"):  # float32's 7 significant digits, whatever the name
                 assert m.value == tracking.rounded(m.value), (key, m.value)
 
 
 @pytest.mark.slow
 def test_the_first_charts_are_loss_accuracy_and_lr_and_no_param_is_said_twice(finished):
     c, run = finished
-    run_metrics = {k for k in run.data.metrics if not k.startswith("system/")}
+    run_metrics = {k for k in run.data.metrics if not k.startswith("host/")}
     assert run_metrics == {
         "train/loss",
         "lr",

@@ -158,7 +158,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert len(inputs["train"].digest) == 16 and '"num_images": 2000' in inputs["train"].profile
     assert inputs["train"].digest != inputs["test"].digest
     # MLflow's own system metrics monitor
-    assert c.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+    assert c.get_metric_history(run.info.run_id, "host/cpu_utilization_percentage")
     # reported numbers come from integer counts: 0.988 is 0.988, not 0.98799997
     for m in c.get_metric_history(run.info.run_id, "test/acc"):
         assert m.value == round(m.value * 500) / 500
@@ -599,7 +599,7 @@ def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli, workdir)
     assert "epoch 1/1" in open(c.download_artifacts(rid, "cifar_exp.log")).read()
     assert "epoch 2/2" in open(c.download_artifacts(rid, "resume_1/cifar_exp.log")).read()
     assert steps(c, rid, "train/loss") == [16, 32] and steps(c, rid, "lr") == [16, 32]
-    system = steps(c, rid, "system/cpu_utilization_percentage")
+    system = steps(c, rid, "host/cpu_utilization_percentage")
     assert len(system) == len(set(system))  # the resumed series continues, no step twice
 
 
@@ -625,7 +625,7 @@ class HangingProxy:
                 if proxy.hang.is_set() or proxy.target is None:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                     # the run's own calls; MLflow's system monitor samples on its own thread
-                    proxy.hung += b'"system/' not in body  # one thread per call; += under the GIL
+                    proxy.hung += b'"host/' not in body  # one thread per call; += under the GIL
                     proxy.reached.set()
                     proxy.release.wait(120)
                     return

@@ -13,9 +13,11 @@ from typing import Optional, Protocol
 
 from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
+from cifar_exp.metrics import EPOCH
 from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
 from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
 from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri, ui_line
+from cifar_exp.tracking.system_metrics import PREFIX as HOST_PREFIX
 from cifar_exp.tracking.system_metrics import SystemMetrics
 
 log = logging.getLogger("cifar_exp")
@@ -99,6 +101,8 @@ class MlflowTracker:
         self._latest: dict[str, list] = {}  # key -> its newest point, to link to the logged model
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
+        self._epoch_logged = False
+        self._monitor: Optional[SystemMetrics] = None  # the monitor starts once the store is reached
         tags = cut(valid_keys(tags, "tag"), MAX_TAG_VALUE, "tag")  # the REST store takes strings only
         self.recorded_tags = self._recorded_tags(run_id) if run_id is not None else None
         self.resumed = self.recorded_tags is not None
@@ -136,7 +140,8 @@ class MlflowTracker:
         if every_s <= 0:
             return None
         logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop chatter
-        monitor = SystemMetrics(self.run_id, every_s, self.resumed, self.uri)
+        steps = [s for k, s in self._logged_until.items() if k.startswith(HOST_PREFIX)]
+        monitor = SystemMetrics(self.run_id, every_s, max(steps, default=-1) + 1, self.uri, released=self.resumed)
         monitor.start()
         return monitor
 
@@ -221,6 +226,7 @@ class MlflowTracker:
                 ", ".join(sorted(set(valid) - {p[0] for p in points})[:3]),
             )
         self._buffer.extend(points)
+        self._epoch_logged = self._epoch_logged or EPOCH in valid
         self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
@@ -261,6 +267,8 @@ class MlflowTracker:
                 if self._failures:
                     log.info("the MLflow store %s is back: everything is delivered", self.uri)
                 self._failures, self._retry_at = 0, 0.0
+                if self._epoch_logged and self._monitor is not None:
+                    self._monitor.release()  # the run's own metrics are in: host/* follow them
         if self.outbox.ops:
             self.outbox.save()
         else:

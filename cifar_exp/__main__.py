@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
 from cifar_exp.metrics import objectives
 from cifar_exp.registry import register_configs
+from cifar_exp.run_dir import next_resume_files, resumed_run_dir
 from cifar_exp.signals import ignore_stop_signals
 from cifar_exp.terminal import show
 
@@ -73,6 +74,25 @@ def _raised_composing(e: BaseException) -> bool:
 _job_started = False
 
 
+def _in_the_resumed_run_dir(args: list[str]) -> list[str]:
+    """A resume of a run dir works in that dir: its log goes on in the run's own
+    cifar_exp.log, its Hydra files go beside the first command's (.hydra/resume_<n>), and
+    no stray outputs/<time>/ is left holding only a log. A dir set by the user stays."""
+    if any(a in ("-m", "--multirun") or a.startswith(("hydra.run.dir=", "hydra.output_subdir=")) for a in args):
+        return []
+    values = [a.split("=", 1)[1] for a in args if a.startswith("resume=")]
+    run_dir = resumed_run_dir(values[-1]) if values else None
+    if run_dir is None:
+        return []
+    return [f"hydra.run.dir={_quoted(run_dir)}", f"hydra.output_subdir={next_resume_files(run_dir)}"]
+
+
+def _quoted(path: Path) -> str:
+    """A path as a Hydra override value, whatever characters it holds."""
+    escaped = str(path).replace("'", "\\'")
+    return f"'{escaped}'"
+
+
 def main() -> None:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -83,6 +103,8 @@ def main() -> None:
     if "LOCAL_RANK" in os.environ and os.environ.get("RANK", "0") != "0":
         # torchrun ranks > 0 share rank 0's output dir: Hydra must not make one of its own
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    else:
+        sys.argv += _in_the_resumed_run_dir(sys.argv[1:])
     try:
         _hydra_main()
     except (UserError, Interrupted) as e:

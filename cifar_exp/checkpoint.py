@@ -22,23 +22,13 @@ from cifar_exp.checks import image_size
 from cifar_exp.config import Config, plain_config
 from cifar_exp.durable import atomic_save, atomic_write, atomic_write_text, digest
 from cifar_exp.errors import UserError, reason
+from cifar_exp.run_dir import checkpoint_dir
 from cifar_exp.runtime import rng_state, to_tuple
 from cifar_exp.stored import check_depth, from_stored
 from cifar_exp.validation import monitor_mode, validate
 
 FORMAT_VERSION = 3
 LAST, BEST = "last.pt", "best.pt"
-CHECKPOINTS = "checkpoints"  # a run's checkpoints live in <run dir>/checkpoints/
-
-
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / CHECKPOINTS
-
-
-def run_dir_of(path: Path) -> Optional[Path]:
-    """The run dir a checkpoint file belongs to, or None for a file kept anywhere else."""
-    path = Path(path).resolve()
-    return path.parent.parent if path.parent.name == CHECKPOINTS else None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import NoReturn, Optional
 
@@ -18,7 +19,7 @@ class Interrupted(Exception):
     """A stop signal arrived; a checkpoint was written and the run can be resumed."""
 
     def __init__(self, signum: int, resume_hint: str):
-        super().__init__(f"stopped by signal {signum}")
+        super().__init__(f"stopped by signal {signum} ({signal.Signals(signum).name})")
         self.signum = signum
         self.resume_hint = resume_hint
 

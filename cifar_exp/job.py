@@ -7,6 +7,7 @@ import getpass
 import os
 import shlex
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -56,6 +57,7 @@ class Job:
     log_file: Optional[Path] = None
     num: Optional[int] = None  # the job's number in a --multirun sweep
     sweeper: Optional[dict] = None  # the sweep's hydra.sweeper settings, in a --multirun sweep
+    hydra_files: Optional[Path] = None  # Hydra's config.yaml and overrides.yaml for this command
 
     @classmethod
     def current(cls) -> Job:
@@ -74,6 +76,7 @@ class Job:
             log_file=out / f"{hc.job.name}.log",
             num=hc.job.num if sweep else None,
             sweeper=container(hc.sweeper) if sweep else None,
+            hydra_files=out / hc.output_subdir if hc.output_subdir else None,
         )
 
     def run_name(self, cfg: Config | DictConfig, overrides: Optional[list[str]] = None) -> str:
@@ -104,12 +107,15 @@ class Job:
         """An option by its name (resnet18), a setting by its last key part (lr=0.01)."""
         return value if key in self.choices else f"{key.rsplit('.', 1)[-1]}={_short(value)}"
 
-    def command(self) -> str:
-        return " ".join(["python -m cifar_exp", *map(shlex.quote, self.overrides or [])])
+    def command(self, overrides: Optional[list[str]] = None) -> str:
+        """This job's command line, or the one `overrides` would make."""
+        chosen = self.overrides if overrides is None else overrides
+        return " ".join(["python -m cifar_exp", *map(shlex.quote, chosen or [])])
 
     def tags(self, cfg: Config | DictConfig, device, world_size: int, run_dir: Path, segment: int) -> dict:
-        """A fresh run's tags; for resume segment n >= 1 only resume.count and resume.<n>.*
-        tags, so a resume adds to the record and never replaces what the run began with."""
+        """A fresh run's tags (its story's aside); for resume segment n >= 1 only
+        resume.count and resume.<n>.* tags, so a resume adds to the record and never
+        replaces what the run began with."""
         import torch
 
         facts = {
@@ -129,7 +135,6 @@ class Job:
             "device": facts["device"],
             "version.cifar_exp": __version__,
             "version.torch": torch.__version__,
-            "mlflow.note.content": self.description(run_dir),
             **source_tags(),
             **cfg.mlflow.tags,
         }
@@ -137,19 +142,57 @@ class Job:
             tags["hydra.job.num"] = self.num
         return tags
 
-    def description(self, run_dir: Path) -> str:
-        """The run's description in the MLflow UI (markdown)."""
-        run_dir = Path(run_dir).resolve()
+    def story(self, run_dir: Path, overrides: Optional[list[str]] = None, earlier: Optional[str] = None) -> Story:
+        """The run's story, standing for `overrides` (a resume's: the first command's with
+        its changes) and going on from the `earlier` history a resumed run recorded."""
+        story = Story(self.command(overrides), Path(run_dir).resolve(), self.output_dir.resolve())
+        story.history = earlier.splitlines() if earlier else []
+        return story
+
+
+HISTORY_TAG = "cifar_exp.history"
+
+
+@dataclass
+class Story:
+    """What the run's description in the MLflow UI tells: the command it stands for, where
+    its files are and how to go on, and its history (started, stopped, resumed, failed),
+    which only grows."""
+
+    command: str
+    run_dir: Path
+    output_dir: Path
+    history: list[str] = field(default_factory=list)
+
+    def add(self, event: str) -> None:
+        self.history.append(f"- {time.strftime('%Y-%m-%d %H:%M')} {event}")
+
+    def tags(self) -> dict[str, str]:
+        return {"mlflow.note.content": self.description(), HISTORY_TAG: "\n".join(self.history)}
+
+    def description(self) -> str:
+        """The run's description (markdown)."""
         return "\n".join(
             [
-                f"`{self.command()}` (cifar_exp {__version__})",
+                f"`{self.command}` (cifar_exp {__version__})",
                 "",
-                f"- output dir: `{self.output_dir.resolve()}`",
-                f"- checkpoints: `{run_dir / 'checkpoints'}`",
-                f"- resume or extend: `{resume_command(run_dir)} [epochs=N]`",
-                f"- evaluate: `python -m cifar_exp.evaluate checkpoint={run_dir}`",
+                f"- output dir: `{self.output_dir}`",
+                f"- checkpoints: `{self.run_dir / 'checkpoints'}`",
+                f"- resume or extend: `{resume_command(self.run_dir)} [epochs=N]`",
+                f"- evaluate: `python -m cifar_exp.evaluate checkpoint={self.run_dir}`",
+                "",
+                "**History**",
+                "",
+                *self.history,
             ]
         )
+
+
+def progress(epoch: int, step: int, epochs: int) -> str:
+    """Where a run stands, in words: 'after epoch 6 of 30', 'in epoch 7 of 30, after batch 5'."""
+    if step:
+        return f"in epoch {epoch + 1} of {epochs}, after batch {step}"
+    return f"after epoch {epoch} of {epochs}" if epoch else "before its first batch"
 
 
 def sweep_name(overrides: list[str], swept: list[str]) -> str:

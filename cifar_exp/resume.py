@@ -17,6 +17,7 @@ from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.job import Job, parse_override
 from cifar_exp.registry import flatten, resume_safe_keys, schema
+from cifar_exp.run_dir import run_dir_of
 from cifar_exp.runtime import set_rng_state
 from cifar_exp.validation import monitor_mode, validate
 
@@ -51,7 +52,7 @@ def plan(cfg: DictConfig, config: Config, job: Job, run_dir: Path) -> Start:
     _start_monitor_afresh(ck, merged)
     # a checkpoint inside a run's checkpoints/ continues that run's dir; a loose copy of
     # one continues in this job's dir, never in whatever folder holds the file
-    home = checkpoint.run_dir_of(ck.path) or run_dir
+    home = run_dir_of(ck.path) or run_dir
     log.info("resuming from %s (epoch %d, step %d)", ck.path, ck.state.epoch, ck.state.step)
     return Start(resumed, home, ck)
 

@@ -19,8 +19,8 @@ from cifar_exp.checks import image_size
 from cifar_exp.config import Config, plain_config
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.epochs import EpochLoop
-from cifar_exp.errors import Interrupted, UserError
-from cifar_exp.job import Job, resume_command
+from cifar_exp.errors import Interrupted, UserError, reason
+from cifar_exp.job import HISTORY_TAG, Job, Story, progress, resume_command
 from cifar_exp.loader import Augmentation, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.metrics import objectives
@@ -70,11 +70,7 @@ def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict
     with (
         StopSignals() as signals,
         tracked(
-            open_run(cfg, job, state, device, world, run_dir, signals),
-            job.log_file,
-            state.segment,
-            resume_command(run_dir),
-            signals,
+            *open_run(cfg, job, state, device, world, run_dir, signals), job.log_file, state, cfg.epochs, signals
         ) as tracker,
         profiler,
     ):
@@ -210,50 +206,62 @@ def open_run(
     world: distributed.World,
     run_dir: Path,
     signals: StopSignals,
-):
+) -> tuple[Tracker, Story]:
     """The MLflow run to log into (the checkpoint's, when resuming); rank 0 only. A stop
     request while the store is being reached ends the run at once: nothing is saved yet."""
+    story = job.story(run_dir)
+    story.add(f"started: `{job.command()}`")
     if not world.is_main:
-        return NullTracker()
+        return NullTracker(), story
     store = signals.at_once(job.command(), open_store, cfg) if cfg.mlflow.enabled else None
     tags = job.tags(cfg, device, world.world_size, run_dir, state.segment)
-    tracker = open_tracker(cfg, state.run_id, job.run_name(cfg), tags, run_dir, store)
-    if tracker.resumed:  # named for what it now is: its first command with this resume's changes
-        first = tracker.recorded_tags.get("hydra.overrides", "").split()
-        tracker.rename(job.run_name(cfg, resume.continued_overrides(first, job.overrides or [])))
-    return tracker
+    tracker = open_tracker(cfg, state.run_id, job.run_name(cfg), {**tags, **story.tags()}, run_dir, store)
+    if tracker.resumed:  # named and described for what it now is: its first command with this resume's changes
+        recorded = tracker.recorded_tags or {}
+        overrides = resume.continued_overrides(recorded.get("hydra.overrides", "").split(), job.overrides or [])
+        tracker.rename(job.run_name(cfg, overrides))
+        story = job.story(run_dir, overrides, recorded.get(HISTORY_TAG, ""))
+        story.add(f"resumed {progress(state.epoch, state.step, cfg.epochs)}: `{job.command()}`")
+        tracker.set_tags(story.tags())
+    return tracker, story
 
 
 @contextlib.contextmanager
-def tracked(tracker: Tracker, log_file, segment: int, resume_hint: str, signals: StopSignals):
+def tracked(tracker: Tracker, story: Story, log_file, state: RunState, epochs: int, signals: StopSignals):
     """Ends the tracked run with a status that tells the truth about how the block exited.
-    No stop signal can cut that ending short (each path first says the run is ending). The
-    job's log is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a KILLED
-    run is tagged with the command that resumes it. run(cfg) called outside Hydra has no
-    job log to keep."""
-    where = f"resume_{segment}" if segment else None
+    No stop signal can cut that ending short (each path first says the run is ending). A
+    stopped or failed run says where it stood, in its log and in its story. The job's log
+    is logged as cifar_exp.log (resume_<n>/cifar_exp.log for a resume); a KILLED run is
+    tagged with the command that resumes it. run(cfg) called outside Hydra has no job log
+    to keep."""
+    where = f"resume_{state.segment}" if state.segment else None
 
-    def keep_log() -> None:
+    def end(status: str, event: Optional[str] = None, error: Optional[BaseException] = None) -> None:
+        signals.ending()
+        if event is not None:
+            story.add(event)
+            tracker.set_tags(story.tags())
         if log_file is not None:
             tracker.log_artifact(log_file, where)
+        tracker.finish(status, error)
 
     try:
         yield tracker
-    except (Interrupted, KeyboardInterrupt):
+    except (Interrupted, KeyboardInterrupt) as e:
         signals.ending()
         tracker.stop()
-        tracker.set_tags({"cifar_exp.resume_command": resume_hint})
-        keep_log()
-        tracker.finish("KILLED")
+        hint = resume_command(story.run_dir)
+        stopped = (
+            f"{e if isinstance(e, Interrupted) else 'stopped at once'} {progress(state.epoch, state.step, epochs)}"
+        )
+        log.warning("%s; resume with: %s", stopped, hint)
+        tracker.set_tags({"cifar_exp.resume_command": hint})
+        end("KILLED", f"{stopped}; resume with `{hint}`")
         raise
     except BaseException as e:
-        signals.ending()
-        keep_log()
-        tracker.finish("FAILED", e)
+        end("FAILED", f"failed {progress(state.epoch, state.step, epochs)}: {reason(e)}", e)
         raise
-    signals.ending()
-    keep_log()
-    tracker.finish("KILLED" if tracker.was_cut_short else "FINISHED")
+    end("KILLED" if tracker.was_cut_short else "FINISHED")
 
 
 # --- the run's start and end ----------------------------------------------------------------------
@@ -287,12 +295,13 @@ def log_start(
     tracker.log_params(params)  # trainer.name says which trainer option ran
     # the precision follows the device, which a resume may change: a tag, like the compared keys
     tracker.set_tags({**compared, "checkpoint.mode": mode, "precision": precision.name})
-    hydra_dir = job.output_dir / ".hydra"
-    if segment and hydra_dir.is_dir():
-        # Hydra composed this job's config.yaml from the resume command alone: what runs is
-        # the checkpoint's config with the resume's changes
-        (hydra_dir / "config.yaml").write_text(yaml.safe_dump(plain_config(cfg), sort_keys=False))
-    tracker.log_artifact(hydra_dir, f"hydra/resume_{segment}" if segment else "hydra")
+    hydra_dir = job.hydra_files
+    if hydra_dir is not None and hydra_dir.is_dir():
+        if segment:
+            # Hydra composed this job's config.yaml from the resume command alone: what runs
+            # is the checkpoint's config with the resume's changes
+            (hydra_dir / "config.yaml").write_text(yaml.safe_dump(plain_config(cfg), sort_keys=False))
+        tracker.log_artifact(hydra_dir, f"hydra/resume_{segment}" if segment else "hydra")
     if tracker.run_id and not segment:
         tracker.log_inputs(data.lineage(cfg.dataset))
     if not segment:

@@ -21,6 +21,7 @@ from cifar_exp.runtime import pick_precision
 from helpers import FAST, run_cli
 
 KIND = "mlflow.experimentKind"
+NO_SYSTEM = "mlflow.system_metrics_every_s=0"
 
 
 def client_of(workdir):
@@ -142,11 +143,12 @@ def test_a_per_class_metric_or_the_parameter_count_is_logged_only_when_a_run_sel
 
 @pytest.mark.slow
 def test_a_resumed_run_says_what_ran(cli, workdir):
-    """Extended from 1 to 2 epochs by a resume: its epochs, name and config file say 2 and
-    the checkpoint's settings, and each segment's model has its own name."""
+    """Extended from 1 to 2 epochs by a resume: its epochs, name, description and config
+    file say 2 and the checkpoint's settings, its history keeps both commands, its log goes
+    on in the run dir's, and each segment's model has its own name."""
     first = workdir / "first"
-    assert cli(*FAST, "mlflow.system_metrics_every_s=0", f"hydra.run.dir={first}").returncode == 0
-    resumed = cli(f"resume={first}", "epochs=2", "mlflow.system_metrics_every_s=0")
+    assert cli(*FAST, NO_SYSTEM, f"hydra.run.dir={first}").returncode == 0
+    resumed = cli(f"resume={first}", "epochs=2", NO_SYSTEM)
     assert resumed.returncode == 0, resumed.output
     c = client_of(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
@@ -155,6 +157,15 @@ def test_a_resumed_run_says_what_ran(cli, workdir):
     here = pick_precision("auto", torch.device("cpu")).name  # bf16 on a CPU with bf16 units
     assert run.data.tags["precision"] == here and "precision" not in run.data.params
     assert run.info.run_name == "lr=0.05 momentum=0.9 epochs=2 synthetic simple_cnn"
+    description = run.data.tags["mlflow.note.content"]
+    assert description.startswith(f"`python -m cifar_exp {' '.join(FAST)} mlflow.system_metrics_every_s=0 epochs=2`")
+    started, again = description.split("**History**")[1].strip().splitlines()
+    assert "started: `python -m cifar_exp" in started and "epochs=2" not in started
+    assert again.endswith(f"resumed after epoch 1 of 2: `python -m cifar_exp resume={first} epochs=2 {NO_SYSTEM}`")
+    # the resume works in the run dir: no other outputs/<time>/, and Hydra's first files stay
+    assert not (workdir / "outputs").exists()
+    assert (first / ".hydra/overrides.yaml").read_text() != (first / ".hydra/resume_1/overrides.yaml").read_text()
+    assert "epoch 1/1" in (log := (first / "cifar_exp.log").read_text()) and "epoch 2/2" in log
     config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/resume_1/config.yaml")))
     assert config["dataset"]["name"] == "synthetic" and config["optimizer"]["lr"] == 0.05 and config["epochs"] == 2
     assert yaml.safe_load(open(c.download_artifacts(rid, "hydra/config.yaml")))["epochs"] == 1

@@ -4,6 +4,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,7 +120,9 @@ def test_fifty_timed_double_signals_each_end_killed(first):
     """The first signal stops the run (its last results are written, then it raises
     Interrupted, as the epoch loop does); a second one lands 0-49 ms later, inside that
     work, the raise, or the record's ending. Every time, the record ends KILLED."""
+    from cifar_exp.checkpoint import RunState
     from cifar_exp.errors import Interrupted
+    from cifar_exp.job import Job
     from cifar_exp.run import tracked
 
     outcomes = []
@@ -127,7 +130,8 @@ def test_fifty_timed_double_signals_each_end_killed(first):
         tracker = _SlowTracker()
         with StopSignals() as stop:
             try:
-                with tracked(tracker, None, 0, "resume", stop):
+                story = Job(Path("run")).story(Path("run"))
+                with tracked(tracker, story, None, RunState(classes=[]), 1, stop):
                     os.kill(os.getpid(), first)
                     threading.Timer(offset_ms / 1000, os.kill, (os.getpid(), first)).start()
                     tracker._work()  # what the loop writes before it raises (per-class table, checkpoint)

@@ -244,6 +244,12 @@ def test_a_stop_signal_ends_killed_with_a_checkpoint(workdir, sig):
     assert run.data.tags["cifar_exp.resume_command"] == f"python -m cifar_exp resume={run_dir}"
     logged = steps(c, run.info.run_id, "train/loss")
     assert logged == list(range(1, len(logged) + 1)) and len(logged) > 16
+    # the record says where it stopped and how to go on: the description and the log
+    stopped = f"stopped by signal {sig.value} ({sig.name}) in epoch 2 of 50, after batch "
+    last = run.data.tags["mlflow.note.content"].splitlines()[-1]
+    assert stopped in last and f"resume with `python -m cifar_exp resume={run_dir}`" in last, last
+    log_text = open(c.download_artifacts(run.info.run_id, "cifar_exp.log")).read()
+    assert stopped in log_text.splitlines()[-1] and "resume with: python -m cifar_exp resume=" in log_text
     [run_dir] = run_dirs(workdir)
     state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert state["run"]["global_step"] == len(logged)  # nothing logged past the checkpoint

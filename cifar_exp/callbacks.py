@@ -8,7 +8,7 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -17,6 +17,8 @@ from cifar_exp import errors, study, study_storage, tracking
 from cifar_exp.errors import UserError, exit_with
 from cifar_exp.job import SWEPT_ENV, is_sweep, parse_override, source_tags, sweep_name
 from cifar_exp.metrics import objectives
+from cifar_exp.record import sweep_record
+from cifar_exp.registry import flatten
 from cifar_exp.sweep_summary import sweep_description, sweep_summary, write_csv
 from cifar_exp.validation import validate
 
@@ -80,10 +82,10 @@ class SweepTracking(Callback):
         swept += [k for k in OmegaConf.select(config, "hydra.sweeper.params") or {} if k not in swept]
         sweep_dir = config.hydra.sweep.dir
         uri = tracking.tracking_uri(config.mlflow.tracking_uri)
-        # swept keys get their own params (sweep.optimizer.lr = "0.003,0.03"): the children's
-        # numeric optimizer.lr column then holds numbers only
-        params = {(f"sweep.{k}" if k in swept else k): v for k, v in map(parse_override, overrides)}
+        own = {k: v for k, v in cast(dict, OmegaConf.to_container(config, resolve=False)).items() if k != "hydra"}
+        params, compared = sweep_record(overrides, swept, flatten(own))
         tags = {
+            **compared,
             "cifar_exp.sweep": "true",
             "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
             "hydra.overrides": " ".join(overrides),

@@ -228,7 +228,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     epochs: int = setting(1, AtLeast(1), resume_safe=True)
-    seed: int = setting(0, InRange(0, SEED_LIMIT))  # NumPy's seeds are 32-bit
+    seed: int = setting(0, InRange(0, SEED_LIMIT), headline=True)  # NumPy's seeds are 32-bit
     # a checkpoint file, a run output dir, or "auto" (this run's dir if it holds one)
     resume: Optional[str] = setting(None, Free(), resume_safe=True)
     # the metric @hydra.main returns to a sweeper, or a list of them for a multi-objective

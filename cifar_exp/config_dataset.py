@@ -28,7 +28,7 @@ class DatasetConfig:
     # where the files are, how big an evaluation batch is, where the cache lives: a resume
     # may change these (settings.setting), they do not change what the run computes
     root: str = setting("data", resume_safe=True)
-    batch_size: int = 128
+    batch_size: int = setting(128, headline=True)
     eval_batch_size: int = setting(1000, resume_safe=True)
     # images held out of the training split (deterministically) as a validation set: a count,
     # or val_fraction, a share of the training images (one or the other), so a preset that

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = 0.001
+    lr: float = setting(0.001, headline=True)
     weight_decay: float = 0.0
     # weight decay on normalization weights and biases too (false: only on conv/linear weights)
     decay_norm_and_bias: bool = True

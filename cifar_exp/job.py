@@ -92,7 +92,7 @@ class Job:
         shown = [
             (key, self._part(key, value))
             for key, value in map(parse_override, overrides)
-            if key in swept or key not in RUN_NAME_SKIP and not key.startswith(RUN_NAME_SKIP_GROUPS)
+            if key in swept or _names(key)
         ]
         if swept & {key for key, _ in shown}:
             return _capped(" ".join(part for key, part in shown if key in swept))
@@ -198,8 +198,16 @@ def progress(epoch: int, step: int, epochs: int) -> str:
 def sweep_name(overrides: list[str], swept: list[str]) -> str:
     """'sweep lr=0.001,0.01 model=simple_cnn,resnet18 epochs=5': the parent run of a
     --multirun, its swept keys first."""
-    pairs = sorted(map(parse_override, overrides), key=lambda kv: kv[0] not in swept)
+    pairs = sorted(
+        ((k, v) for k, v in map(parse_override, overrides) if k in swept or _names(k)),
+        key=lambda kv: kv[0] not in swept,
+    )
     return _capped(" ".join(["sweep", *(f"{key.rsplit('.', 1)[-1]}={_spec(value)}" for key, value in pairs)]))
+
+
+def _names(key: str) -> bool:
+    """Whether an override says something about the experiment, and so belongs in a name."""
+    return key not in RUN_NAME_SKIP and not key.startswith(RUN_NAME_SKIP_GROUPS)
 
 
 def _spec(value: str) -> str:

@@ -21,7 +21,7 @@ from cifar_exp import config_dataset as dataset
 from cifar_exp import config_model as model
 from cifar_exp import config_optim as optim
 from cifar_exp.errors import UserError, reason
-from cifar_exp.settings import RESUME_SAFE, fields_with
+from cifar_exp.settings import HEADLINE, RESUME_SAFE, fields_with
 
 
 @dataclass(frozen=True)
@@ -95,12 +95,32 @@ def register_configs() -> None:
             register(group, entry)
 
 
-def resume_safe_keys() -> tuple[str, ...]:
-    """Every key a resume may change, as the schema fields mark it (settings.setting):
-    the run's own keys, the mlflow and checkpoint groups', and any registered option's."""
+def keys_with(fact: str) -> tuple[str, ...]:
+    """Every key whose schema field sets `fact` (settings.setting): the run's own keys, the
+    mlflow and checkpoint groups', and any registered option's."""
     schemas: list[tuple[str, type]] = [("", c.Config), ("mlflow.", c.MlflowConfig), ("checkpoint.", c.CheckpointConfig)]
     schemas += [(f"{group}.", o.schema) for group, options in REGISTRY.items() for o in options.values()]
-    return tuple(sorted({prefix + f.name for prefix, s in schemas for f in fields_with(s, RESUME_SAFE)}))
+    return tuple(sorted({prefix + f.name for prefix, s in schemas for f in fields_with(s, fact)}))
+
+
+def resume_safe_keys() -> tuple[str, ...]:
+    """Every key a resume may change."""
+    return keys_with(RESUME_SAFE)
+
+
+def headline_keys() -> tuple[str, ...]:
+    """The keys every run's record holds as params: each group's option and the fields
+    marked headline."""
+    return tuple(sorted({f"{group}.name" for group in REGISTRY} | set(keys_with(HEADLINE))))
+
+
+def defaults(plain: dict) -> dict[str, Any]:
+    """The flat values a config with the options of `plain` has when nothing else is set:
+    each option's schema defaults, and the run's own keys'."""
+    out = {f.name: f.default for f in dataclasses.fields(c.Config) if f.default is not dataclasses.MISSING}
+    for group in REGISTRY:
+        out.update(flatten(dataclasses.asdict(schema(group, plain[group]["name"])()), f"{group}."))
+    return out
 
 
 def option(group: str, name: Any) -> Option:

@@ -26,9 +26,6 @@ log = logging.getLogger("cifar_exp")
 # Keys that may differ from the checkpoint's config when resuming (they change how the run
 # is observed or how long it lasts, not what it computes): each schema field says so itself.
 RESUME_SAFE = resume_safe_keys()
-# The safe keys that runs are compared by. MLflow params are write-once, so these are logged
-# as tags, which each resume updates; the other safe keys are in the logged config only.
-COMPARED = ("epochs", "objective", "trainer.early_stopping_patience", "checkpoint.monitor", "checkpoint.mode")
 
 
 @dataclass
@@ -68,13 +65,6 @@ def _find(cfg: DictConfig, run_dir: Path) -> Optional[Checkpoint]:
     return checkpoint.find(cfg.resume, log=log.warning)
 
 
-def record(flat: dict) -> tuple[dict, dict]:
-    """A run's flattened config as MLflow params (what it computes, fixed for the run's
-    life) and tags (the COMPARED keys a resume may change)."""
-    params = {k: v for k, v in flat.items() if not _is_safe(k)}
-    return params, {k: flat[k] for k in COMPARED if k in flat}
-
-
 def continued_overrides(first: list[str], now: list[str]) -> list[str]:
     """The overrides a resumed run stands for: the first segment's, with the keys this
     resume sets replaced or added (its `resume=` aside)."""
@@ -84,7 +74,7 @@ def continued_overrides(first: list[str], now: list[str]) -> list[str]:
     return kept + list(new.values())
 
 
-def _key_touched(key: str, overrides: Optional[list[str]]) -> bool:
+def key_touched(key: str, overrides: Optional[list[str]]) -> bool:
     if overrides is None:
         return True
     for o in overrides:
@@ -94,7 +84,7 @@ def _key_touched(key: str, overrides: Optional[list[str]]) -> bool:
     return False
 
 
-def _is_safe(key: str) -> bool:
+def is_safe(key: str) -> bool:
     return any(key == s or key.startswith(s + ".") for s in RESUME_SAFE)
 
 
@@ -106,9 +96,9 @@ def resume_config(cfg: DictConfig, saved: DictConfig, overrides: Optional[list[s
     current, old = flatten(cfg), flatten(saved)
     # a changed option (model.name) is named before the keys that come with it
     for key in sorted(set(current) | set(old), key=lambda k: (not k.endswith(".name"), k)):
-        if current.get(key) == old.get(key) or not _key_touched(key, overrides):
+        if current.get(key) == old.get(key) or not key_touched(key, overrides):
             continue
-        if _is_safe(key):
+        if is_safe(key):
             OmegaConf.update(merged, key, current.get(key), force_add=True)
         else:
             raise UserError(

@@ -28,7 +28,8 @@ from cifar_exp.models import build_model
 from cifar_exp.optim import build_optimizer, build_scheduler
 from cifar_exp.policies import EarlyStopping, Policies, Pruning, Signals
 from cifar_exp.profiling import StepProfiler
-from cifar_exp.registry import flatten
+from cifar_exp.record import record
+from cifar_exp.registry import defaults, flatten
 from cifar_exp.results import report
 from cifar_exp.runtime import Precision, compiles, pick_device, pick_precision, seed_everything
 from cifar_exp.signals import StopSignals
@@ -291,7 +292,8 @@ def log_start(
         "minimized" if mode == "min" else "maximized",
         "" if cfg.checkpoint.mode else " (the metric catalogue's direction)",
     )
-    params, compared = resume.record(flatten(plain_config(cfg)))
+    plain = plain_config(cfg)
+    params, compared = record(flatten(plain), defaults(plain), job.overrides)
     tracker.log_params(params)  # trainer.name says which trainer option ran
     # the precision follows the device, which a resume may change: a tag, like the compared keys
     tracker.set_tags({**compared, "checkpoint.mode": mode, "precision": precision.name})

@@ -129,6 +129,7 @@ class Free(Rule):
 
 
 RULE, RESUME_SAFE, STEP_METRICS = "cifar_exp.rule", "cifar_exp.resume_safe", "cifar_exp.step_metrics"
+HEADLINE = "cifar_exp.headline"
 
 
 def setting(
@@ -137,12 +138,15 @@ def setting(
     *,
     resume_safe: bool = False,
     step_metrics: tuple[str, ...] = (),
+    headline: bool = False,
 ) -> Any:
     """A schema field with its facts: `rule` (the values it takes; a bool needs none, its
     type says it), `resume_safe` (a resume may change it: it changes how a run is observed
-    or how long it lasts, not what it computes) and `step_metrics` (the per-step metrics it
-    adds while its value is truthy)."""
-    metadata = {RULE: rule, RESUME_SAFE: resume_safe, STEP_METRICS: step_metrics}
+    or how long it lasts, not what it computes), `step_metrics` (the per-step metrics it
+    adds while its value is truthy) and `headline` (a param of every run's MLflow record,
+    so runs compare on it even where it has its default; other keys are params where a run
+    sets them)."""
+    metadata = {RULE: rule, RESUME_SAFE: resume_safe, STEP_METRICS: step_metrics, HEADLINE: headline}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)

@@ -113,7 +113,9 @@ class EpochLoop:
         if not (stepped and s.global_step % self.cfg.trainer.log_every_n_steps == 0 or s.step == len(self.train)):
             return None
         loss = self.trainer.meter.pop_window()
-        point = {"train/loss": loss, "lr": self.trainer.lr()}
+        point = {"train/loss": loss}
+        if self.trainer.scheduler is not None:  # a constant lr is the optimizer.lr param, not a flat curve
+            point["lr"] = self.trainer.lr()
         if self.trainer.grad_norm is not None:  # gradient clipping or its warning on: the norm before clipping
             point["train/grad_norm"] = norm = float(self.trainer.grad_norm)
             if 0 < self.cfg.trainer.grad_norm_warn < norm:

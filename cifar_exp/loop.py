@@ -14,6 +14,7 @@ from cifar_exp.config import TrainerConfig
 from cifar_exp.distributed import all_reduce_sum
 from cifar_exp.errors import UserError
 from cifar_exp.loader import TensorLoader, pad_images
+from cifar_exp.runtime import Precision
 
 
 def autocast_for(device: torch.device, dtype: Optional[torch.dtype]):
@@ -255,7 +256,8 @@ class Trainer:
         all_reduce_sum(confusion)
         all_reduce_sum(loss_sum)
         confusion = confusion.view(num_classes, num_classes).cpu()
-        return Evaluation(loss=loss_sum.item() / max(int(confusion.sum()), 1), confusion=confusion)
+        loss = loss_sum.item() / max(int(confusion.sum()), 1)
+        return Evaluation(loss, confusion, Precision(self.autocast_dtype, "").name)
 
     def tta_logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Logits averaged over the test-time views: the image and its mirror (eval_flip);
@@ -320,6 +322,7 @@ class Trainer:
 class Evaluation:
     loss: float
     confusion: torch.Tensor  # [true, predicted] counts
+    precision: str = "float32"  # of the forward passes: one test image may go either way between two
 
     # Accuracies are ratios of Python integers: 494 of 500 is reported as 0.988, not as the
     # float32 0.98799997...
@@ -341,7 +344,7 @@ class Evaluation:
     def report(self, classes: list[str]) -> str:
         lines = [
             f"Accuracy of the network on the {int(self.confusion.sum())} test images: "
-            f"{100 * self.acc:.2f} % (test loss {self.loss:.4f})"
+            f"{100 * self.acc:.2f} % (test loss {self.loss:.4f}, {self.precision})"
         ]
         lines += [f"Accuracy for class: {c:10s} is {100 * a:.1f} %" for c, a in zip(classes, self.per_class_acc)]
         return "\n".join(lines)

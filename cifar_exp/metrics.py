@@ -46,13 +46,21 @@ def catalogue(cfg, classes: Optional[list[str]]) -> dict[str, Metric]:
     from cifar_exp.config import TrainerConfig
     from cifar_exp.settings import step_metrics
 
-    steps = ["train/loss", "lr"] + step_metrics(TrainerConfig, cfg.trainer)
+    steps = ["train/loss", *(["lr"] if schedules(cfg) else []), *step_metrics(TrainerConfig, cfg.trainer)]
     epochs = dict(EPOCH_GOALS)
     if cfg.dataset.val_size > 0 or cfg.dataset.val_fraction > 0:
         epochs.update(VAL_GOALS)
     epochs.update({f"{CLASS_PREFIX}{c}": MAX for c in classes or []})
     metrics = [Metric(n, None, per_epoch=False) for n in steps] + [Metric(EPOCH, None)]
     return {m.name: m for m in metrics + [Metric(n, g) for n, g in epochs.items()]}
+
+
+def schedules(cfg) -> bool:
+    """Whether the learning rate changes during the run (a schedule, or a warmup): only
+    then is it a curve worth logging; a constant one is the optimizer.lr param."""
+    from cifar_exp.registry import builds
+
+    return builds("scheduler", cfg.scheduler) or cfg.scheduler.warmup_epochs > 0
 
 
 def objectives(objective: Any) -> list[str]:

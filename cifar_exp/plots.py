@@ -268,8 +268,8 @@ def pareto_front(rows: list[dict], names: Sequence[str], path: Path) -> Path:
     return _save(fig, path, tight=True)
 
 
+# Optuna's own figures of a single-objective study, each told the metric's name for its axis
 STUDY_PLOTS = {
-    "optimization_history": "plot_optimization_history",
     "param_importances": "plot_param_importances",
     "parallel_coordinate": "plot_parallel_coordinate",
     "intermediate_values": "plot_intermediate_values",
@@ -285,9 +285,47 @@ def _study_plots(study) -> dict[str, str]:
     return {k: v for k, v in STUDY_PLOTS.items() if reported or k != "intermediate_values"}
 
 
+def history_points(study) -> dict[str, list[tuple[int, float]]]:
+    """(trial number, value) of the finished trials, and of the pruned ones at the last
+    value they reported."""
+    from optuna.trial import TrialState
+
+    points: dict[str, list] = {"finished": [], "pruned": []}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            points["finished"].append((t.number, t.value))
+        elif t.intermediate_values:
+            points["pruned"].append((t.number, t.intermediate_values[max(t.intermediate_values)]))
+    return points
+
+
+def optimization_history(study, metric: str, path: Path) -> Path:
+    """Every trial's value by trial number, pruned ones included (at the last value they
+    reported, grey crosses: Optuna's own history leaves them out), and the best so far."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    maximize = study.direction.name == "MAXIMIZE"
+    points = history_points(study)
+    for mark, xy in points.items():
+        if xy:
+            ax.scatter(*zip(*xy), label=f"{mark} ({len(xy)})", **MARKS[mark])
+    if points["finished"]:
+        best, line = None, []
+        for number, value in sorted(points["finished"]):
+            best = value if best is None else max(best, value) if maximize else min(best, value)
+            line.append((number, best))
+        ax.step(*zip(*line), where="post", color="tab:red", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{metric} ({'higher' if maximize else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path, tight=True)
+
+
 def study_plots(study, out: Path) -> list[Path]:
     """Optuna's own figures (its matplotlib backend) of a study. A figure the study cannot
     have yet (importances need two finished trials and a searched param) is left out."""
+    import inspect
     import logging
     import warnings
 
@@ -295,7 +333,8 @@ def study_plots(study, out: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     plt = _pyplot()
-    saved = []
+    names = study.metric_names or ["objective"]
+    saved = [] if len(names) > 1 else [optimization_history(study, names[0], out / "optimization_history.png")]
     for name, fn in _study_plots(study).items():
         # Optuna sets its ggplot style for the whole process: it stays inside this block
         with plt.rc_context(), warnings.catch_warnings():
@@ -304,7 +343,12 @@ def study_plots(study, out: Path) -> list[Path]:
             warnings.simplefilter("ignore", ExperimentalWarning)
             warnings.simplefilter("ignore", UserWarning)
             try:
-                ax = getattr(optuna_plots, fn)(study)
+                plot = getattr(optuna_plots, fn)
+                takes = inspect.signature(plot).parameters  # the axis names the figure takes
+                named = {k: v for k, v in (("target_name", names[0]), ("target_names", names)) if k in takes}
+                ax = plot(study, **named)
+                if not named:  # the per-epoch values: reported by each epoch's end
+                    ax.set_ylabel(f"{names[0]} per epoch")
             except (ValueError, RuntimeError, ZeroDivisionError) as e:
                 logging.getLogger("cifar_exp").info("no %s plot: %s", name, e)
                 continue

@@ -135,16 +135,17 @@ def sweep_summary(
 def _row(child: dict, names: Sequence[str], mark: str) -> dict:
     m, tags = child["metrics"], child["tags"]
     return {
+        # what a table preview shows first: the job, its objective, then the long columns
         "job": tags.get("hydra.job.num", ""),
-        "run_id": child["run_id"],
         "status": child["status"],
-        "overrides": tags.get("hydra.overrides", ""),
         **{n: m.get(n) for n in names},
         # selected on val, reported on test: both side by side
         **{k: m.get(k) for k in ("val/acc", "val/loss", "test/acc", "test/loss") if k not in names},
-        "output_dir": tags.get("hydra.output_dir", ""),
         "pruned": tags.get(study.TRIAL_STATE_TAG) == study.PRUNED,
         mark: False,
+        "run_id": child["run_id"],
+        "overrides": tags.get("hydra.overrides", ""),
+        "output_dir": tags.get("hydra.output_dir", ""),
         "params": _job_params(tags.get("hydra.overrides", "")),
     }
 
@@ -169,7 +170,7 @@ def _seed_groups(rows: list[dict], names: Sequence[str]) -> list[dict]:
         if "seed" in r["params"]:
             groups.setdefault(rest, []).append(r)
     return [
-        {"overrides": k, "seeds": len(group), **{f: v for n in names for f, v in _spread(n, group).items()}}
+        {"seeds": len(group), **{f: v for n in names for f, v in _spread(n, group).items()}, "overrides": k}
         for k, group in groups.items()
         if len(group) > 1
     ]

@@ -309,7 +309,14 @@ def test_foreign_entries_among_the_checkpoints_are_skipped_with_a_line(tmp_path)
 
 
 # --- resume, end to end ----------------------------------------------------------------------
-EXACT = [*FAST, "trainer=deterministic", "trainer.log_every_n_steps=1", "dataset.train_size=1000"]
+# a warmup makes the lr a logged curve, and its state part of what a resume must restore
+EXACT = [
+    *FAST,
+    "trainer=deterministic",
+    "trainer.log_every_n_steps=1",
+    "dataset.train_size=1000",
+    "scheduler.warmup_epochs=0.5",
+]
 COMPARED = ("train/loss", "lr", "train/loss_epoch", "train/acc", "test/loss", "test/acc", "epoch")
 
 

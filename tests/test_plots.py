@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cifar_exp import plots
@@ -115,3 +116,21 @@ def test_class_names_the_font_cannot_draw_are_said_once_not_per_glyph(tmp_path, 
             plots.confusion_matrix(torch.eye(3), ["猫", "犬", "鳥"], tmp_path / name)
     assert not [w for w in caught if "missing from font" in str(w.message)]
     assert len([r for r in caplog.records if "no glyph" in r.getMessage()]) == 1
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
+def test_the_search_history_shows_pruned_trials_and_names_the_metric(tmp_path):
+    """Optuna's own history plot leaves pruned trials out and says "Objective Value"."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    study.set_metric_names(["val/acc"])
+    for values, pruned in [([0.2, 0.5], False), ([0.1], True), ([0.3, 0.6], False)]:
+        trial = study.ask()
+        for epoch, value in enumerate(values):
+            trial.report(value, epoch)
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial, values[-1])
+    assert plots.history_points(study) == {"finished": [(0, 0.5), (2, 0.6)], "pruned": [(1, 0.1)]}
+    saved = {p.name for p in plots.study_plots(study, tmp_path)}
+    assert {"optimization_history.png", "intermediate_values.png", "parallel_coordinate.png"} <= saved

@@ -70,3 +70,12 @@ def test_a_key_s_step_metrics_join_the_catalogue_while_it_is_on():
     off = metrics.catalogue(compose_cfg("dataset=synthetic"), None)
     on = metrics.catalogue(compose_cfg("dataset=synthetic", "trainer.gradient_clip_val=1.0"), None)
     assert "train/grad_norm" not in off and on["train/grad_norm"].per_epoch is False
+
+
+@pytest.mark.parametrize(
+    "overrides, logged",
+    [([], False), (["scheduler=cosine"], True), (["scheduler.warmup_epochs=0.5"], True)],
+)
+def test_the_lr_is_a_curve_only_where_it_changes(overrides, logged):
+    """A constant lr drew as a flat line on a -0.5..1 axis: it is the optimizer.lr param."""
+    assert ("lr" in metrics.catalogue(compose_cfg("dataset=synthetic", *overrides), None)) is logged

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from cifar_exp.errors import Interrupted, UserError
-from cifar_exp.sweep_summary import sweep_summary
+from cifar_exp.sweep_summary import sweep_summary, write_csv
 
 
 @pytest.mark.parametrize(
@@ -107,3 +107,14 @@ def test_seed_statistics_cover_every_objective():
         c["tags"]["hydra.overrides"] = f"seed={i}"
     s = sweep_summary(children, NAMES, ["seed"], completed=True)
     assert s["metrics"]["val/acc_mean"] == pytest.approx(0.6) and s["metrics"]["model/params_std"] == 0
+
+
+def test_the_csv_leads_with_the_job_its_swept_values_and_its_objectives(tmp_path):
+    """A table preview shows its first columns: the long overrides and paths come last."""
+    import csv
+
+    rows = sweep_summary(_children([(0.5, 10), (0.6, 20)], NAMES), NAMES, ["model.width"], completed=True)["rows"]
+    with open(write_csv(rows, tmp_path / "sweep_summary.csv", ["model.width"])) as f:
+        header = next(csv.reader(f))
+    assert header[:5] == ["job", "status", "model.width", "val/acc", "model/params"], header
+    assert header[-3:] == ["run_id", "overrides", "output_dir"], header

@@ -11,11 +11,13 @@ from typing import Callable, Optional
 
 from cifar_exp import plots
 from cifar_exp.checkpoint import RunState
+from cifar_exp.checks import image_size
 from cifar_exp.config import Config
 from cifar_exp.data import Dataset
 from cifar_exp.loop import Evaluation, Trainer
 from cifar_exp.metrics import objectives
-from cifar_exp.tracking import Tracker
+from cifar_exp.serving import Served, describe
+from cifar_exp.tracking import ModelCard, Tracker
 
 log = logging.getLogger("cifar_exp")
 
@@ -45,13 +47,25 @@ def report(
     tracker.log_artifact(
         plots.predictions(images, predicted, labels, data.classes, run_dir / "plots" / "predictions.png"), "plots"
     )
-    if cfg.mlflow.enabled and cfg.mlflow.log_model and not stopping():
-        example = data.normalize(images[:2]).cpu()
-        # one model per segment, each its own name
-        name = f"{cfg.model.name}-{(tracker.run_id or '')[:8]}" + (f"-resume{state.segment}" if state.segment else "")
-        # the model's page and the Models tab list its metrics in this order: the objective first
-        keys = dict.fromkeys([*objectives(cfg.objective), *state.last_metrics])
-        tracker.log_model(copy.deepcopy(trainer.final_module).cpu(), example, name, list(keys))
+    # a pruned trial's model is not worth a row in the Models tab: its checkpoint keeps it
+    if cfg.mlflow.enabled and cfg.mlflow.log_model and not stopping() and not tracker.was_cut_short:
+        served = Served(copy.deepcopy(trainer.final_module).cpu(), data.normalize)
+        tracker.log_model(served, images[:2].cpu(), model_card(cfg, data, tracker, state, test))
+
+
+def model_card(cfg: Config, data: Dataset, tracker: Tracker, state: RunState, test: Evaluation) -> ModelCard:
+    """The logged model's card. One model per segment, each its own name; its page and the
+    Models tab list its metrics objective first, the test metrics linked to the test data."""
+    name = f"{cfg.model.name}-{(tracker.run_id or '')[:8]}" + (f"-resume{state.segment}" if state.segment else "")
+    keys = list(dict.fromkeys([*objectives(cfg.objective), *state.last_metrics]))
+    [test_data] = [d for d in data.lineage(cfg.dataset) if d["context"] == "test"]
+    trained = (
+        f"Trained by run {tracker.run_id} ({state.epoch} epochs); test/acc {test.acc:.4f} on "
+        f"{test_data['name']} ({int(test.confusion.sum())} images, {test.precision})."
+    )
+    description, metadata = describe(data.classes, cfg.dataset.mean, cfg.dataset.std, image_size(cfg.dataset), trained)
+    measured = {k: (test_data["name"], test_data["digest"]) for k in test.metrics("test", data.classes)}
+    return ModelCard(name, description, {**metadata, "dataset": test_data["name"]}, keys, measured)
 
 
 def record_results(tracker: Tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -220,6 +221,7 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
         "optimizer.lr=choice(0.05, 0.00001)",
         "optimizer.momentum=0.9",
         "epochs=4",
+        "mlflow.log_model=true",
         timeout=600,
     )
     assert result.returncode == 0, result.output[-3000:]
@@ -234,6 +236,10 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
     assert pruned.info.run_name == "[pruned e1] lr=1e-05"
     [best] = [r for r in runs(workdir) if r.data.tags.get("cifar_exp.best") == "true"]
     assert best.info.run_name == "[best] lr=0.05" and best.data.tags["optuna.trial"] == str(good.number)
+    # the Models tab holds the trials that finished: a pruned one's checkpoint keeps its weights
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    models = mlflow.search_logged_models(experiment_ids=[best.info.experiment_id], output_format="list")
+    assert [m.source_run_id for m in models] == [best.info.run_id]
     out = Path(pruned.data.tags["hydra.output_dir"])
     assert (out / "checkpoints" / "last.pt").is_file()
     # Optuna's own tools see what each trial was: the metric's name, its run and its fixed keys

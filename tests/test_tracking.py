@@ -189,6 +189,7 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     import mlflow
     import mlflow.pytorch
 
+    from cifar_exp.loader import Normalize
     from cifar_exp.models import SimpleCNN
 
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
@@ -199,12 +200,27 @@ def test_two_epoch_run_is_fully_logged(cli, workdir):
     assert len(c.get_metric_history(run.info.run_id, "test/acc")) == 2  # linking added no point
     [version] = c.search_model_versions("name='synthetic-cnn'")
     assert version.run_id == run.info.run_id
+    # it describes itself: images in as decoded, the normalization inside, the class order
+    info = mlflow.models.get_model_info(logged.model_uri)
+    assert info.metadata["classes"] == [f"class{i}" for i in range(10)]
+    assert info.metadata["normalization"]["mean"] == [0.5, 0.5, 0.5]
+    assert str(info.signature.inputs.inputs[0].type) == "uint8" and info.signature.inputs.inputs[0].shape[1:] == (
+        3,
+        32,
+        32,
+    )
+    assert "0 class0, 1 class1" in logged.tags["mlflow.note.content"]
+    test_acc = next(m for m in logged.metrics if m.key == "test/acc")
+    assert test_acc.dataset_name == "synthetic/test" and len(test_acc.dataset_digest) == 16
     loaded = mlflow.pytorch.load_model(logged.model_uri)
     reference = SimpleCNN()
     reference.load_state_dict(torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["trainer"]["model"])
-    x = torch.randn(5, 3, 32, 32)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    normalize = Normalize([0.5] * 3, [0.5] * 3, torch.device("cpu"))
     with torch.inference_mode():
-        assert torch.equal(loaded(x), reference.eval()(x))
+        assert torch.equal(loaded(images), reference.eval()(normalize(images)))
+        served = mlflow.pyfunc.load_model(logged.model_uri).predict(images.numpy())
+        assert torch.equal(torch.as_tensor(served), reference(normalize(images)))
 
 
 @pytest.mark.usefixtures("test_models")

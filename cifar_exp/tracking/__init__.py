@@ -32,7 +32,7 @@ from cifar_exp.tracking.sweeps import (
     search_runs,
     start_parent,
 )
-from cifar_exp.tracking.tracker import MlflowTracker, NullTracker, Tracker, open_tracker
+from cifar_exp.tracking.tracker import MlflowTracker, ModelCard, NullTracker, Tracker, open_tracker
 
 __all__ = [
     "EXPERIMENT_ENV",
@@ -40,6 +40,7 @@ __all__ = [
     "PRUNED_TAG",
     "SUPERSEDED_TAG",
     "MlflowTracker",
+    "ModelCard",
     "NullTracker",
     "Tracker",
     "ui_line",

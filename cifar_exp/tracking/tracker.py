@@ -8,6 +8,7 @@ import logging
 import os
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -23,6 +24,20 @@ from cifar_exp.tracking.system_metrics import SystemMetrics
 log = logging.getLogger("cifar_exp")
 
 FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
+
+
+@dataclass
+class ModelCard:
+    """What the logged model says about itself: its name, its description (markdown), its
+    metadata (plain values a client reads from the model's MLmodel file), and the run's
+    final metrics to link to it, each with the dataset (name, digest) it was measured on
+    where there is one."""
+
+    name: str
+    description: str
+    metadata: dict
+    metric_keys: list[str]
+    measured_on: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class Tracker(Protocol):
@@ -58,7 +73,7 @@ class Tracker(Protocol):
     def log_inputs(self, inputs: list[dict]) -> None:
         return None
 
-    def log_model(self, model, example, name: str, metric_keys) -> None:
+    def log_model(self, model, example, card: ModelCard) -> None:
         return None
 
     def flush(self) -> None:
@@ -275,13 +290,14 @@ class MlflowTracker:
             self.outbox.clear()
         return not self.outbox.ops
 
-    def log_model(self, model, example, name: str, metric_keys) -> None:
+    def log_model(self, model, example, card: ModelCard) -> None:
         """The model in MLflow's pytorch flavor, exported with torch.export ("pt2"): loading
         it runs no pickled code. Requirements are given, not inferred, to skip the slow
-        dependency-inference subprocess. The run's final `metric_keys` are linked to it
-        (the same points again, with the model's id: the run's series do not grow), and
-        it is registered when mlflow.registered_model_name is set. Skipped with a warning
-        while the store is away: the checkpoint holds the same weights."""
+        dependency-inference subprocess. It carries the card's description and metadata;
+        the card's metrics are linked to it (the same points again, with the model's id and
+        the dataset each was measured on: the run's series do not grow), and it is
+        registered when mlflow.registered_model_name is set. Skipped with a warning while
+        the store is away: the checkpoint holds the same weights."""
         if not self.flush():
             log.warning(
                 "warning: the model is not logged to MLflow (the store is unreachable); the checkpoint holds it"
@@ -297,20 +313,26 @@ class MlflowTracker:
         model = model.to(memory_format=torch.contiguous_format).eval()
         with torch.inference_mode():
             output = model(example)
-        signature = infer_signature(example.cpu().numpy(), output.cpu().numpy())
+        signature = infer_signature(example.numpy(), output.numpy())
         mlflow.set_tracking_uri(self.uri)
         mlflow.start_run(run_id=self.run_id)
         try:
             info = mlflow.pytorch.log_model(
                 model,
-                name=name,
+                name=card.name,
                 signature=signature,
-                input_example=example.cpu().numpy(),
+                metadata=card.metadata,
+                input_example=example.numpy(),
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=self.registered_model_name,
             )
-            linked = [[*self._latest[k], info.model_id] for k in metric_keys if k in self._latest]
+            self.client.set_logged_model_tags(info.model_id, {"mlflow.note.content": card.description})
+            linked = [
+                [*self._latest[k], info.model_id, *card.measured_on.get(k, ())]
+                for k in card.metric_keys
+                if k in self._latest
+            ]
             self._queue({"op": "metrics", "items": linked})
             self.flush()
         except Exception as e:

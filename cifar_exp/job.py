@@ -97,9 +97,7 @@ class Job:
         if swept & {key for key, _ in shown}:
             return _capped(" ".join(part for key, part in shown if key in swept))
         settings = " ".join(part for key, part in shown if key not in self.choices)
-        options = " ".join(
-            [*(part for key, part in shown if key in self.choices), self.choices.get("model") or cfg.model.name]
-        )
+        options = " ".join([*(part for key, part in shown if key in self.choices), cfg.model.name])
         # what was chosen stays whole; the settings before it give way
         return _capped(f"{_capped(settings, NAME_MAX - len(options) - 1)} {options}".strip())
 
@@ -144,13 +142,16 @@ class Job:
 
     def story(self, run_dir: Path, overrides: Optional[list[str]] = None, earlier: Optional[str] = None) -> Story:
         """The run's story, standing for `overrides` (a resume's: the first command's with
-        its changes) and going on from the `earlier` history a resumed run recorded."""
+        its changes) and going on from the history in the `earlier` description a resumed
+        run recorded."""
         story = Story(self.command(overrides), Path(run_dir).resolve(), self.output_dir.resolve())
-        story.history = earlier.splitlines() if earlier else []
+        _, found, history = (earlier or "").partition(HISTORY)
+        story.history = [line for line in history.splitlines() if line.strip()] if found else []
         return story
 
 
-HISTORY_TAG = "cifar_exp.history"
+DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+HISTORY = "**History**"
 
 
 @dataclass
@@ -168,7 +169,7 @@ class Story:
         self.history.append(f"- {time.strftime('%Y-%m-%d %H:%M')} {event}")
 
     def tags(self) -> dict[str, str]:
-        return {"mlflow.note.content": self.description(), HISTORY_TAG: "\n".join(self.history)}
+        return {DESCRIPTION_TAG: self.description()}
 
     def description(self) -> str:
         """The run's description (markdown)."""
@@ -181,7 +182,7 @@ class Story:
                 f"- resume or extend: `{resume_command(self.run_dir)} [epochs=N]`",
                 f"- evaluate: `python -m cifar_exp.evaluate checkpoint={self.run_dir}`",
                 "",
-                "**History**",
+                HISTORY,
                 "",
                 *self.history,
             ]

@@ -15,7 +15,6 @@ from cifar_exp.checks import image_size
 from cifar_exp.config import Config
 from cifar_exp.data import Dataset
 from cifar_exp.loop import Evaluation, Trainer
-from cifar_exp.metrics import objectives
 from cifar_exp.serving import Served, describe
 from cifar_exp.tracking import ModelCard, Tracker
 
@@ -54,18 +53,17 @@ def report(
 
 
 def model_card(cfg: Config, data: Dataset, tracker: Tracker, state: RunState, test: Evaluation) -> ModelCard:
-    """The logged model's card. One model per segment, each its own name; its page and the
-    Models tab list its metrics objective first, the test metrics linked to the test data."""
+    """The logged model's card: one model per segment, each its own name, the model of the
+    run's last step."""
     name = f"{cfg.model.name}-{(tracker.run_id or '')[:8]}" + (f"-resume{state.segment}" if state.segment else "")
-    keys = list(dict.fromkeys([*objectives(cfg.objective), *state.last_metrics]))
     [test_data] = [d for d in data.lineage(cfg.dataset) if d["context"] == "test"]
     trained = (
         f"Trained by run {tracker.run_id} ({state.epoch} epochs); test/acc {test.acc:.4f} on "
         f"{test_data['name']} ({int(test.confusion.sum())} images, {test.precision})."
     )
     description, metadata = describe(data.classes, cfg.dataset.mean, cfg.dataset.std, image_size(cfg.dataset), trained)
-    measured = {k: (test_data["name"], test_data["digest"]) for k in test.metrics("test", data.classes)}
-    return ModelCard(name, description, {**metadata, "dataset": test_data["name"]}, keys, measured)
+    tested_on = {"test_dataset": {"name": test_data["name"], "digest": test_data["digest"]}}
+    return ModelCard(name, description, {**metadata, **tested_on}, state.logged_step)
 
 
 def record_results(tracker: Tracker, data: Dataset, state: RunState, run_dir: Path, test: Optional[Evaluation]) -> None:

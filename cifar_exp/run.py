@@ -20,7 +20,7 @@ from cifar_exp.config import Config, plain_config
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError, reason
-from cifar_exp.job import HISTORY_TAG, Job, Story, progress, resume_command
+from cifar_exp.job import DESCRIPTION_TAG, Job, Story, progress, resume_command
 from cifar_exp.loader import Augmentation, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.metrics import objectives
@@ -221,7 +221,7 @@ def open_run(
         recorded = tracker.recorded_tags or {}
         overrides = resume.continued_overrides(recorded.get("hydra.overrides", "").split(), job.overrides or [])
         tracker.rename(job.run_name(cfg, overrides))
-        story = job.story(run_dir, overrides, recorded.get(HISTORY_TAG, ""))
+        story = job.story(run_dir, overrides, recorded.get(DESCRIPTION_TAG, ""))
         story.add(f"resumed {progress(state.epoch, state.step, cfg.epochs)}: `{job.command()}`")
         tracker.set_tags(story.tags())
     return tracker, story

@@ -304,12 +304,12 @@ def _relative(value) -> bool:
 def _metric(item) -> bool:
     return (
         isinstance(item, list)
-        and len(item) in (4, 5, 7)  # + the model it is linked to, + the dataset (name, digest) it was measured on
+        and len(item) in (4, 5)
         and _text(item[0])
         and _number(item[1])
         and _whole(item[2])
         and _whole(item[3])
-        and all(_text(v) for v in item[4:])
+        and (len(item) == 4 or _text(item[4]))
     )
 
 

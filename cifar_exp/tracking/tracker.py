@@ -8,7 +8,7 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
 
@@ -29,15 +29,14 @@ FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves th
 @dataclass
 class ModelCard:
     """What the logged model says about itself: its name, its description (markdown), its
-    metadata (plain values a client reads from the model's MLmodel file), and the run's
-    final metrics to link to it, each with the dataset (name, digest) it was measured on
-    where there is one."""
+    metadata (plain values a client reads from the model's MLmodel file, the dataset its
+    test metrics were measured on among them), and the step it is the model of: MLflow
+    links the run's metrics at that step (the final epoch's record) to it."""
 
     name: str
     description: str
     metadata: dict
-    metric_keys: list[str]
-    measured_on: dict[str, tuple[str, str]] = field(default_factory=dict)
+    step: int
 
 
 class Tracker(Protocol):
@@ -113,7 +112,6 @@ class MlflowTracker:
         self.flush_every_s = cfg.mlflow.flush_every_s
         self.registered_model_name = cfg.mlflow.registered_model_name
         self._buffer: list = []
-        self._latest: dict[str, list] = {}  # key -> its newest point, to link to the logged model
         self._last_flush = time.monotonic()
         self._failures, self._retry_at = 0, 0.0
         self._epoch_logged = False
@@ -242,7 +240,6 @@ class MlflowTracker:
             )
         self._buffer.extend(points)
         self._epoch_logged = self._epoch_logged or EPOCH in valid
-        self._latest.update((p[0], p) for p in points)
         if time.monotonic() - self._last_flush > self.flush_every_s:
             self.flush()
 
@@ -293,11 +290,11 @@ class MlflowTracker:
     def log_model(self, model, example, card: ModelCard) -> None:
         """The model in MLflow's pytorch flavor, exported with torch.export ("pt2"): loading
         it runs no pickled code. Requirements are given, not inferred, to skip the slow
-        dependency-inference subprocess. It carries the card's description and metadata;
-        the card's metrics are linked to it (the same points again, with the model's id and
-        the dataset each was measured on: the run's series do not grow), and it is
-        registered when mlflow.registered_model_name is set. Skipped with a warning while
-        the store is away: the checkpoint holds the same weights."""
+        dependency-inference subprocess. It carries the card's description and metadata,
+        MLflow links the run's metrics at the card's step to it (the same points again,
+        with the model's id: the run's series do not grow), and it is registered when
+        mlflow.registered_model_name is set. Skipped with a warning while the store is
+        away: the checkpoint holds the same weights."""
         if not self.flush():
             log.warning(
                 "warning: the model is not logged to MLflow (the store is unreachable); the checkpoint holds it"
@@ -322,19 +319,13 @@ class MlflowTracker:
                 name=card.name,
                 signature=signature,
                 metadata=card.metadata,
+                step=card.step,
                 input_example=example.numpy(),
                 serialization_format="pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=self.registered_model_name,
             )
             self.client.set_logged_model_tags(info.model_id, {"mlflow.note.content": card.description})
-            linked = [
-                [*self._latest[k], info.model_id, *card.measured_on.get(k, ())]
-                for k in card.metric_keys
-                if k in self._latest
-            ]
-            self._queue({"op": "metrics", "items": linked})
-            self.flush()
         except Exception as e:
             log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", reason(e))
         finally:

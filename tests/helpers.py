@@ -377,6 +377,33 @@ def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def torchrun_agents(
+    nodes: int, *args: str, cwd, max_restarts: int = 0, module: str = "cifar_exp"
+) -> list[subprocess.Popen]:
+    """`nodes` torchrun agents on this host, one worker each, meeting through a c10d
+    rendezvous as agents on separate machines do; each in its own session, so a fixture
+    can stop an agent with its worker."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nnodes={nodes}",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        "--rdzv-id=cifar_exp_test",
+        f"--max-restarts={max_restarts}",
+        "-m",
+        module,
+        "trainer.strategy=ddp",
+        *args,
+    ]
+    env = cli_env(OMP_NUM_THREADS="1")
+    popen = dict(cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return [subprocess.Popen(cmd, **popen) for _ in range(nodes)]
+
+
 def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32) -> None:
     """An image folder of random PNGs, each class with one saturated channel."""
     from PIL import Image

@@ -99,7 +99,7 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     assert f"`optimizer.lr={lr}`" in note and "jobs: 4, finished 4" in note
     assert tags["best.optimizer.lr"] == lr and tags["best.seed"] == seed
     # the summary has a column per swept key, holding that job's value
-    assert list(rows[0])[:4] == ["job", "run_id", "optimizer.lr", "seed"]
+    assert list(rows[0])[:4] == ["job", "status", "optimizer.lr", "seed"]
     assert sorted((r["optimizer.lr"], r["seed"]) for r in rows) == [
         ("0.01", "0"),
         ("0.01", "1"),

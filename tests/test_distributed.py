@@ -6,11 +6,12 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
-from helpers import FAST, cli_env, run_dirs, torchrun
+from helpers import FAST, cli_env, run_dirs, stop_session, torchrun, torchrun_agents
 
 pytestmark = pytest.mark.slow
 
@@ -101,3 +102,87 @@ def test_sync_batchnorm_on_cpu_processes_is_one_line(workdir):
     # each process says it in one line; what follows is torchrun's own report of failed children
     assert done.stderr.count("cifar-exp: error: trainer.sync_batchnorm=true needs CUDA devices") == 2
     assert "cifar_exp/" not in done.stderr  # no traceback through our code
+
+
+# --- several nodes: torchrun agents meeting through a c10d rendezvous, one worker each -----------
+@pytest.fixture
+def agents(workdir):
+    """Starts torchrun agents as separate machines would run them; stops every one of them,
+    and their workers, whatever the test did."""
+    started: list = []
+
+    def _start(*args: str, **options) -> list:
+        started.extend(procs := torchrun_agents(2, *args, cwd=workdir, **options))
+        return procs
+
+    yield _start
+    for proc in started:
+        stop_session(proc, grace=5)
+
+
+def _ended(agents: list) -> list[str]:
+    outputs = [proc.communicate(timeout=600)[0] for proc in agents]
+    assert [proc.returncode for proc in agents] == [0, 0], "\n".join(o[-3000:] for o in outputs)
+    return outputs
+
+
+def _one_run(workdir, experiment: str):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
+    [run] = c.search_runs([c.get_experiment_by_name(experiment).experiment_id])
+    return c, run
+
+
+def _steps(c, run_id: str, key: str) -> list[int]:
+    return [m.step for m in c.get_metric_history(run_id, key)]
+
+
+def test_two_nodes_train_one_run_written_once(workdir, agents, cli):
+    """Two agents (two 'nodes') meet through c10d and train one run: one run dir, one set
+    of checkpoints, one MLflow run, and the accuracy one process measures on its weights."""
+    outputs = _ended(agents(*FAST, "epochs=2", "mlflow.experiment_name=nodes"))
+    [run_dir] = run_dirs(workdir)  # the other node made no dir of its own
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    c, run = _one_run(workdir, "nodes")
+    assert run.info.status == "FINISHED" and run.data.tags["world_size"] == "2"
+    [printed] = [accuracy(o) for o in outputs if "Accuracy of the network" in o]  # rank 0's node only
+    single = cli(f"checkpoint={run_dir}", module="cifar_exp.evaluate")
+    assert single.returncode == 0, single.output
+    assert accuracy(single.stdout) == printed == f"{100 * run.data.metrics['test/acc']:.2f}"
+    assert _steps(c, run.info.run_id, "epoch") == [16, 32]  # each epoch's record once
+
+
+def test_a_killed_worker_restarts_both_nodes_and_the_run_goes_on(workdir, agents):
+    """kill -9 one node's worker mid-epoch: torchrun's agents restart the group
+    (--max-restarts), the new workers resume from the last checkpoint (resume=auto in a
+    fixed run dir) into the same MLflow run, which ends FINISHED with every step once."""
+    import psutil
+
+    run_dir = workdir / "elastic"
+    nodes = agents(
+        *FAST,
+        "model=slow_cnn",
+        "epochs=2",
+        "checkpoint.every_n_steps=4",
+        "trainer.log_every_n_steps=1",
+        "mlflow.experiment_name=elastic",
+        f"hydra.run.dir={run_dir}",
+        "resume=auto",
+        max_restarts=1,
+        module="testing_cli",
+    )
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in nodes), "no checkpoint came"
+        time.sleep(0.2)
+    [worker] = psutil.Process(nodes[1].pid).children()
+    worker.kill()
+    outputs = _ended(nodes)
+    assert any("Restarting" in o or "restart" in o.lower() for o in outputs), outputs[0][-2000:]
+    c, run = _one_run(workdir, "elastic")
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    logged = _steps(c, run.info.run_id, "train/loss")
+    assert logged == list(range(1, 33)), logged  # every step of both epochs, none twice
+    assert _steps(c, run.info.run_id, "epoch") == [16, 32]
+    assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 2

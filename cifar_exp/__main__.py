@@ -14,6 +14,7 @@ from typing import NoReturn, Union
 import hydra
 from omegaconf import DictConfig
 
+from cifar_exp.distributed_env import process_rank
 from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
 from cifar_exp.metrics import objectives
 from cifar_exp.registry import register_configs
@@ -100,8 +101,8 @@ def main() -> None:
     # Hydra's own handler prints several lines or a trimmed traceback; let errors reach us
     # so that user mistakes become one line and exit code 2.
     os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    if "LOCAL_RANK" in os.environ and os.environ.get("RANK", "0") != "0":
-        # torchrun ranks > 0 share rank 0's output dir: Hydra must not make one of its own
+    if process_rank(os.environ) > 0:
+        # ranks > 0 (torchrun's, a SLURM step's) share rank 0's output dir: Hydra must not make one of its own
         sys.argv += ["hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=disabled"]
     else:
         sys.argv += _in_the_resumed_run_dir(sys.argv[1:])

@@ -1,6 +1,6 @@
-"""Data-parallel training under torchrun: the process group, this process's place in it,
-and the few collective operations the run needs. Single-process runs see world_size 1 and
-every function here is then a no-op."""
+"""Data-parallel training under torchrun or SLURM: the process group, this process's place
+in it, and the few collective operations the run needs. Single-process runs see world_size
+1 and every function here is then a no-op."""
 
 from __future__ import annotations
 
@@ -11,12 +11,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cifar_exp.distributed_env import slurm_world, torchrun_world_size
 from cifar_exp.errors import UserError
-
-
-def torchrun_world_size() -> int:
-    """How many processes torchrun started (1 when not under torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", "1")) if "LOCAL_RANK" in os.environ else 1
 
 
 @dataclass(frozen=True)
@@ -35,7 +31,16 @@ class World:
 
 
 def setup(strategy: str) -> World:
-    """Join the process group torchrun prepared (NCCL on GPUs, gloo on CPU)."""
+    """Join the process group torchrun or a SLURM job step prepared (NCCL on GPUs, gloo on
+    CPU)."""
+    slurm = slurm_world(os.environ)
+    if slurm is not None and strategy != "ddp":  # every task would train the same run in the same dir
+        raise UserError(
+            f"SLURM started {slurm['WORLD_SIZE']} tasks of this job but trainer.strategy={strategy}; "
+            "add trainer.strategy=ddp, or run one task per job (hydra.launcher.nodes=1 tasks_per_node=1)"
+        )
+    if slurm is not None:
+        os.environ.update(slurm)  # env:// initialization reads them, as under torchrun
     launched = torchrun_world_size()
     if strategy != "ddp":
         if launched > 1:
@@ -45,7 +50,8 @@ def setup(strategy: str) -> World:
         return World()
     if "LOCAL_RANK" not in os.environ:
         raise UserError(
-            "trainer.strategy=ddp needs torchrun: torchrun --nproc_per_node=N -m cifar_exp trainer.strategy=ddp ..."
+            "trainer.strategy=ddp needs torchrun (torchrun --nproc_per_node=N -m cifar_exp trainer.strategy=ddp ...) "
+            "or a SLURM job with several tasks (hydra/launcher=slurm hydra.launcher.nodes=N)"
         )
     local_rank = int(os.environ["LOCAL_RANK"])
     if torch.cuda.is_available():

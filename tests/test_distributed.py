@@ -186,3 +186,34 @@ def test_a_killed_worker_restarts_both_nodes_and_the_run_goes_on(workdir, agents
     assert logged == list(range(1, 33)), logged  # every step of both epochs, none twice
     assert _steps(c, run.info.run_id, "epoch") == [16, 32]
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 2
+
+
+# --- a SLURM job step's tasks -------------------------------------------------------------------
+STEP = {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "4711"}
+
+
+def test_a_slurm_task_s_place_comes_from_slurm_s_own_variables():
+    from cifar_exp.distributed_env import process_rank, slurm_world
+
+    world = slurm_world({**STEP, "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.5"})
+    assert world == {
+        "RANK": "1",
+        "WORLD_SIZE": "2",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "10.0.0.5",  # the node that launched the step: the job's first
+        "MASTER_PORT": str(20000 + 4711),  # the same on every task of the job
+    }
+    assert slurm_world({**STEP, "MASTER_ADDR": "head", "MASTER_PORT": "29500"})["MASTER_ADDR"] == "head"
+    assert slurm_world({**STEP, "SLURM_NTASKS": "1"}) is None  # one task: nothing to join
+    assert slurm_world({**STEP, "LOCAL_RANK": "0", "RANK": "3"}) is None  # torchrun inside: its own
+    assert process_rank(STEP) == 1 and process_rank({"LOCAL_RANK": "1", "RANK": "3"}) == 3 and process_rank({}) == 0
+
+
+def test_several_slurm_tasks_without_ddp_is_one_line(monkeypatch):
+    from cifar_exp import distributed
+    from cifar_exp.errors import UserError
+
+    for key, value in STEP.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match="^SLURM started 2 tasks of this job but trainer.strategy=single; add"):
+        distributed.setup("single")

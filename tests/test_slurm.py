@@ -44,18 +44,17 @@ SLURM_CONF = """\
 ClusterName=cifarexp
 SlurmctldHost=localhost(127.0.0.1)
 SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=socket={d}/munge.sock
 CredType=cred/munge
 StateSaveLocation={d}/state
-SlurmdSpoolDir={d}/spool
+SlurmdSpoolDir={d}/spool/%n
 SlurmctldPidFile={d}/slurmctld.pid
-SlurmdPidFile={d}/slurmd.pid
+SlurmdPidFile={d}/slurmd.%n.pid
 SlurmctldLogFile={d}/slurmctld.log
-SlurmdLogFile={d}/slurmd.log
+SlurmdLogFile={d}/slurmd.%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SchedulerType=sched/backfill
@@ -65,54 +64,68 @@ ReturnToService=2
 MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-NodeName=localnode NodeHostname={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=4000 State=UNKNOWN
-PartitionName=cpu Nodes=localnode Default=YES MaxTime=INFINITE State=UP
+{nodes}
+PartitionName=cpu Nodes={names} Default=YES MaxTime=INFINITE State=UP
 """
+# each node a slurmd of its own (slurmd -N <name>) on its own port, all on this host
+NODE = "NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={port} CPUs={cpus} RealMemory=4000 State=UNKNOWN"
 
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """A running one-node cluster; yields the environment its commands need (SLURM_CONF).
-    Its daemons run in the foreground as this process's children, and this process adopts
-    whatever they leave orphaned (a job step's slurmstepd), so at the end it stops exactly
-    the processes it started, and checks that those are gone."""
+    """A running one-node cluster; yields the environment its commands need (SLURM_CONF)."""
+    yield from cluster(tmp_path_factory, ["localnode"], os.cpu_count() or 1)
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    """A running two-node cluster on this host (node1, node2: one CPU each, a slurmd each)."""
+    yield from cluster(tmp_path_factory, ["node1", "node2"], 1)
+
+
+def cluster(tmp_path_factory, names: list[str], cpus: int):
+    """munged, slurmctld and one slurmd per node, each started here; yields the environment
+    their commands need (SLURM_CONF). The daemons run in the foreground as this process's
+    children, and this process adopts whatever they leave orphaned (a job step's
+    slurmstepd), so at the end it stops exactly the processes it started, and checks that
+    those are gone."""
     if not all(map(_daemon, DAEMONS)) or not shutil.which("sbatch"):
         pytest.skip("SLURM is not installed (apt-get install slurm-wlm munge; .ci/run installs them)")
     if os.geteuid() != 0:
         pytest.skip("a private slurmd must run as root to start jobs")
     d = tmp_path_factory.mktemp("slurm")
     d.chmod(0o700)  # munged refuses a key in a directory others can write
-    for sub in ("state", "spool"):
+    for sub in ["state", "spool", *(f"spool/{n}" for n in names)]:
         (d / sub).mkdir()
     (d / "munge.key").write_bytes(os.urandom(1024))
     (d / "munge.key").chmod(0o600)
-    (d / "slurm.conf").write_text(
-        SLURM_CONF.format(
-            d=d, ctld_port=free_port(), slurmd_port=free_port(), host=socket.gethostname(), cpus=os.cpu_count()
-        )
-    )
+    host = socket.gethostname()
+    nodes = "\n".join(NODE.format(name=n, host=host, port=free_port(), cpus=cpus) for n in names)
+    (d / "slurm.conf").write_text(SLURM_CONF.format(d=d, ctld_port=free_port(), nodes=nodes, names=",".join(names)))
     env = {"SLURM_CONF": str(d / "slurm.conf")}
     daemon_env = {**os.environ, **env}
     munge = [f"--socket={d}/munge.sock", f"--key-file={d}/munge.key", f"--log-file={d}/munged.log"]
     commands = [
         [_daemon("munged"), "--foreground", "--force", *munge, f"--pid-file={d}/munged.pid", f"--seed-file={d}/seed"],
         [_daemon("slurmctld"), "-D", "-f", env["SLURM_CONF"]],
-        [_daemon("slurmd"), "-D", "-f", env["SLURM_CONF"], "-N", "localnode"],
+        *([_daemon("slurmd"), "-D", "-f", env["SLURM_CONF"], "-N", n] for n in names),
     ]
     with OwnedProcesses() as owned:
         try:
             for command in commands:
-                owned.start(command, env=daemon_env, log=d / f"{Path(command[0]).name}.out")
+                node = f".{command[-1]}" if Path(command[0]).name == "slurmd" else ""
+                owned.start(command, env=daemon_env, log=d / f"{Path(command[0]).name}{node}.out")
                 time.sleep(0.5)  # munged's socket before slurmctld, slurmctld before slurmd
-            _wait_idle(daemon_env, d)
+            _wait_idle(daemon_env, d, len(names))
             yield env
         finally:
             _cancel_jobs(daemon_env)
 
 
-def _wait_idle(env: dict, d: Path) -> None:
+def _wait_idle(env: dict, d: Path, nodes: int) -> None:
     deadline = time.monotonic() + 60
-    while "idle" not in subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True).stdout:
+    sinfo = ["sinfo", "-h", "-N", "-o", "%T"]
+    while subprocess.run(sinfo, env=env, capture_output=True, text=True).stdout.split().count("idle") < nodes:
         if time.monotonic() > deadline:
             pytest.fail("the SLURM node never became idle:\n" + (d / "slurmctld.log").read_text()[-2000:])
         time.sleep(0.5)
@@ -214,3 +227,31 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
     assert steps == list(range(1, 6 * 24 + 1))  # 3000 images in batches of 128: 24 steps an epoch
     log = next(workdir.glob("multirun/*/*/.submitit/*/*_log.err")).read_text()
     assert "requeu" in log.lower()
+
+
+def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):
+    """hydra.launcher.nodes=2: one job whose two tasks, one on each node, find their ranks
+    and their master in SLURM's variables and train one run: rank 0 writes the checkpoint
+    and the MLflow run, each node's log lies beside the run's."""
+    args = [
+        "--multirun",
+        *CPU_JOBS,
+        *RUN,
+        "hydra.launcher.nodes=2",
+        "hydra.launcher.tasks_per_node=1",
+        "trainer.strategy=ddp",
+        "epochs=2",
+        "optimizer.lr=0.05",
+    ]
+    with launched(args, workdir, two_nodes) as proc:
+        out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    client, parent, [child] = children_of_one_parent(workdir)
+    assert child.info.status == "FINISHED" and child.data.tags["world_size"] == "2"
+    run_dir = Path(child.data.tags["hydra.output_dir"])
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert [m.step for m in client.get_metric_history(child.info.run_id, "epoch")] == [16, 32]  # each once
+    # one task on each node (submitit's own account of where it ran), each with its log
+    logs = [p.read_text() for p in sorted(run_dir.parent.glob(".submitit/*/*_log.out"))]
+    assert len(logs) == 2 and "node=0(2), global_rank=0(2)" in logs[0] and "node=1(2), global_rank=1(2)" in logs[1]
+    assert "epoch 2/2" in logs[1] and "in the MLflow UI" in logs[0] and "in the MLflow UI" not in logs[1]

@@ -23,6 +23,10 @@ class Interrupted(Exception):
         self.signum = signum
         self.resume_hint = resume_hint
 
+    def __reduce__(self):
+        # a launcher that runs the job elsewhere (submitit) sends its outcome back pickled
+        return type(self), (self.signum, self.resume_hint)
+
 
 # why this process is ending early, for what records it at exit (a sweep's parent run)
 stopping: list[BaseException] = []

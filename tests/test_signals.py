@@ -142,3 +142,18 @@ def test_fifty_timed_double_signals_each_end_killed(first):
             time.sleep(0.06)  # the timer has fired inside this block
         outcomes.append(tracker.ended)
     assert outcomes == ["KILLED"] * 50
+
+
+def test_a_stop_survives_the_trip_back_from_a_remote_job():
+    """submitit sends a job's outcome back pickled: an Interrupted that could not be
+    rebuilt failed the whole sweep instead of the one job."""
+    import pickle
+
+    from cifar_exp.errors import Interrupted
+
+    back = pickle.loads(pickle.dumps(Interrupted(15, "python -m cifar_exp resume=x")))
+    assert (back.signum, back.resume_hint, str(back)) == (
+        15,
+        "python -m cifar_exp resume=x",
+        "stopped by signal 15 (SIGTERM)",
+    )

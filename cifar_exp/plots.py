@@ -333,8 +333,9 @@ def study_plots(study, out: Path) -> list[Path]:
     from optuna.visualization import matplotlib as optuna_plots
 
     plt = _pyplot()
+    several = len(study.directions) > 1
     names = study.metric_names or ["objective"]
-    saved = [] if len(names) > 1 else [optimization_history(study, names[0], out / "optimization_history.png")]
+    saved = [] if several else [optimization_history(study, names[0], out / "optimization_history.png")]
     for name, fn in _study_plots(study).items():
         # Optuna sets its ggplot style for the whole process: it stays inside this block
         with plt.rc_context(), warnings.catch_warnings():
@@ -346,6 +347,8 @@ def study_plots(study, out: Path) -> list[Path]:
                 plot = getattr(optuna_plots, fn)
                 takes = inspect.signature(plot).parameters  # the axis names the figure takes
                 named = {k: v for k, v in (("target_name", names[0]), ("target_names", names)) if k in takes}
+                if not study.metric_names:
+                    named.pop("target_names", None)  # Optuna's own "Objective 0", "Objective 1"
                 ax = plot(study, **named)
                 if not named:  # the per-epoch values: reported by each epoch's end
                     ax.set_ylabel(f"{names[0]} per epoch")

@@ -39,7 +39,7 @@ def test_two_process_ddp_run_then_resume_with_one(cli, workdir):
     single = cli(f"checkpoint={run_dir}", module="cifar_exp.evaluate")
     assert single.returncode == 0, single.output
     assert accuracy(single.stdout) == accuracy(done.stdout) == f"{100 * logged_acc:.2f}"
-    loss = float(re.search(r"test loss ([\d.]+)\)", single.stdout).group(1))
+    loss = float(re.search(r"test loss ([\d.]+),", single.stdout).group(1))
     assert loss == pytest.approx(run.data.metrics["test/loss"], abs=1e-4)
 
     resumed = torchrun(1, f"resume={run_dir}", "epochs=3", cwd=workdir)

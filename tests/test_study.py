@@ -421,9 +421,9 @@ def test_a_storage_that_cannot_be_reached_costs_the_report_not_the_training(tmp_
     assert link.report(3, 0.7) is False
 
 
-def _start_sweep(workdir: Path, command: list[str]) -> subprocess.Popen:
+def _start_sweep(workdir: Path, command: list[str], module: str = "cifar_exp") -> subprocess.Popen:
     """A sweep in the background, read up to its first trial's training."""
-    proc = cli_process("cifar_exp", *command, cwd=workdir, merged=True, start_new_session=True)
+    proc = cli_process(module, *command, cwd=workdir, merged=True, start_new_session=True)
     for line in proc.stdout:
         if line.startswith("run dir"):
             return proc
@@ -450,17 +450,19 @@ def test_the_lease_is_one_per_sqlite_file_however_it_is_spelled(tmp_path, alias)
 def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
     """The second identical command meets the first's lease: one line naming it, before it
     records anything, and the first runs every trial untouched."""
-    # three trials of three epochs: the first sweep is still running when the second starts
+    # three trials of six one-second steps: the first sweep is still running when the
+    # second, started once the first trains, reaches the lease, however loaded the machine
     command = [
         *SEARCH,
         "hydra/sweeper/sampler=random",
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.n_jobs=1",
         "optimizer.lr=interval(0.01, 0.1)",
-        "epochs=3",
+        "model=sleepy_cnn",
+        "epochs=1",
     ]
-    first = _start_sweep(workdir, command)
-    second = run_cli(*command, cwd=workdir, timeout=120)
+    first = _start_sweep(workdir, command, module="testing_cli")
+    second = run_cli(*command, cwd=workdir, timeout=120, module="testing_cli")
     rest, _ = first.communicate(timeout=300)
     assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()

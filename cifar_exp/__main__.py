@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn, Union
+from typing import NoReturn, Optional, Union
 
 import hydra
 from omegaconf import DictConfig
@@ -126,6 +127,26 @@ def main() -> None:
         sys.exit(128 + signal.SIGINT)
     except OSError as e:  # Hydra making a run dir or log file in a place it cannot write
         exit_with(f"cannot write {e.filename or 'the output dir'}: {e.strerror or e}")
+    except Exception as e:
+        refusal = _scheduler_refusal(e)
+        if refusal is None:
+            raise
+        exit_with(refusal)
+
+
+def _scheduler_refusal(e: BaseException) -> Optional[str]:
+    """The scheduler's refusal of the jobs the launcher submitted (sbatch refusing a node
+    count or a partition the cluster cannot satisfy), in one line; None for anything else.
+    submitit raises it with the failed submission command as its cause."""
+    if "submitit" not in sys.modules or not isinstance(e.__cause__, subprocess.CalledProcessError):
+        return None
+    from submitit.core.utils import FailedJobError
+
+    if not isinstance(e, FailedJobError):
+        return None
+    asked = " ".join(a for a in sys.argv[1:] if a.startswith(("hydra.launcher.", "hydra/launcher=")))
+    said = (e.__cause__.stderr or "").strip().splitlines()
+    return f"the cluster refused the sweep's jobs ({said[-1] if said else e.__cause__}) for: {asked}"
 
 
 if __name__ == "__main__":

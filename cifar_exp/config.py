@@ -87,6 +87,9 @@ class TrainerConfig:
     max_steps: int = setting(0, AtLeast(0))
     # single process, or ddp under torchrun
     strategy: str = setting("single", OneOf(("single", "ddp")))
+    # under DDP: how long the processes wait for one another, to form the group and at each
+    # collective, before the ones waiting stop in one line naming who is missing
+    ddp_timeout_s: int = setting(300, AtLeast(1), resume_safe=True)
     # BatchNorm statistics over all processes under DDP
     sync_batchnorm: bool = False
     # sum the gradients of this many batches into one optimizer step

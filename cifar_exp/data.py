@@ -4,6 +4,7 @@ decoded cache, generated images) and the held-out split; batching is loader.py's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -50,9 +51,22 @@ class Dataset:
     ) -> TensorLoader:
         return TensorLoader(getattr(self, split), batch_size, self.normalize, sampling, augmentation)
 
+    @functools.cached_property
+    def digests(self) -> dict[str, str]:
+        """Each split's content digest, of the decoded tensors themselves (computed once)."""
+        out = {}
+        for context in ("train", "val", "test"):
+            split = getattr(self, context)
+            if split is not None:
+                digest = hashlib.blake2b(digest_size=8)
+                for t in (split.x, split.y):
+                    digest.update(t.cpu().contiguous().numpy())
+                out[context] = digest.hexdigest()
+        return out
+
     def lineage(self, cfg: DatasetConfig) -> list[dict]:
-        """Each split's name, source, content digest (of the decoded tensors themselves) and
-        size: what the tracker records as the run's inputs."""
+        """Each split's name, source, content digest and size: what the tracker records as
+        the run's inputs."""
         generated = cfg.name == "synthetic"
         source = (
             f"generated (data_seed={getattr(cfg, 'data_seed', None)})"
@@ -61,18 +75,13 @@ class Dataset:
         )
         kind = "generated" if generated else "local" if cfg.name == "image_folder" else "torchvision"
         out = []
-        for context in ("train", "val", "test"):
+        for context, digest in self.digests.items():
             split = getattr(self, context)
-            if split is None:
-                continue
-            digest = hashlib.blake2b(digest_size=8)
-            for t in (split.x, split.y):
-                digest.update(t.cpu().contiguous().numpy())
             out.append(
                 {
                     "context": context,
                     "name": f"{cfg.name}/{context}",
-                    "digest": digest.hexdigest(),
+                    "digest": digest,
                     "source": source,
                     "source_type": kind,
                     "profile": {

@@ -1,18 +1,28 @@
 """Data-parallel training under torchrun or SLURM: the process group, this process's place
-in it, and the few collective operations the run needs. Single-process runs see world_size
-1 and every function here is then a no-op."""
+in it, the few collective operations the run needs, and the checks that its processes run
+one run (the same config, the same data, a run dir they all see). Single-process runs see
+world_size 1 and every function here is then a no-op. A collective that fails (a rank that
+died, or one that stopped answering within trainer.ddp_timeout_s) ends the other ranks in
+one line each, not in a traceback from inside gloo or NCCL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import subprocess
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
 
 from cifar_exp.distributed_env import slurm_world, torchrun_world_size
-from cifar_exp.errors import UserError
+from cifar_exp.errors import UserError, reason
 
 
 @dataclass(frozen=True)
@@ -30,9 +40,9 @@ class World:
         return self.world_size > 1
 
 
-def setup(strategy: str) -> World:
+def setup(strategy: str, timeout_s: int = 300) -> World:
     """Join the process group torchrun or a SLURM job step prepared (NCCL on GPUs, gloo on
-    CPU)."""
+    CPU); forming it, and each collective after, waits at most timeout_s."""
     slurm = slurm_world(os.environ)
     if slurm is not None and strategy != "ddp":  # every task would train the same run in the same dir
         raise UserError(
@@ -40,7 +50,7 @@ def setup(strategy: str) -> World:
             "add trainer.strategy=ddp, or run one task per job (hydra.launcher.nodes=1 tasks_per_node=1)"
         )
     if slurm is not None:
-        os.environ.update(slurm)  # env:// initialization reads them, as under torchrun
+        os.environ.update(slurm)  # as under torchrun, for whatever reads them
     launched = torchrun_world_size()
     if strategy != "ddp":
         if launched > 1:
@@ -57,8 +67,73 @@ def setup(strategy: str) -> World:
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        timeout = timedelta(seconds=timeout_s)
+        if slurm is None:  # torchrun's agents met already: the group forms in their store
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            rank, size = int(slurm["RANK"]), int(slurm["WORLD_SIZE"])
+            store = _join(slurm["MASTER_ADDR"], int(slurm["MASTER_PORT"]), rank, size, timeout_s)
+            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _join(addr: str, port: int, rank: int, size: int, timeout_s: int) -> dist.Store:
+    """The group's store, on rank 0's node: every rank joins it under its node's name and
+    waits (at most timeout_s) until all have, so that who is missing is known by name where
+    torch's own rendezvous says only how many came."""
+    deadline = time.monotonic() + timeout_s
+    if rank > 0:
+        _await_listening(addr, port, deadline, rank)
+    store = dist.TCPStore(addr, port, size, rank == 0, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    keys = [f"cifar_exp/joined/{r}" for r in range(size)]
+    store.set(keys[rank], _node())
+    while not store.check(keys):
+        if time.monotonic() > deadline:
+            joined = {r: store.get(k).decode() for r, k in enumerate(keys) if store.check([k])}
+            missing = [str(r) for r in range(size) if r not in joined]
+            absent = [n for n in _job_nodes() if n not in joined.values()]
+            raise UserError(
+                f"the process group did not form within trainer.ddp_timeout_s={timeout_s}: rank "
+                f"{', '.join(missing)} of {size} never joined"
+                + (f" (nothing came from node {', '.join(absent)})" if absent else "")
+                + f"; joined: {', '.join(f'rank {r} on {n}' for r, n in sorted(joined.items()))}"
+            )
+        time.sleep(0.1)
+    return store
+
+
+def _await_listening(addr: str, port: int, deadline: float, rank: int) -> None:
+    """Waits for rank 0's store to listen. TCPStore's own client, failing to connect, prints
+    pages of C++ frames; this says it in one line."""
+    while True:
+        try:
+            socket.create_connection((addr, port), timeout=2).close()
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"rank {rank} on {_node()} could not reach rank 0's group store at {addr}:{port} "
+                    f"within trainer.ddp_timeout_s ({e}): rank 0 did not start, or its node is unreachable from here"
+                ) from None
+            time.sleep(0.2)
+
+
+def _node() -> str:
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
+def _job_nodes() -> list[str]:
+    """The SLURM job's nodes by name (SLURM_JOB_NODELIST, expanded by scontrol); none where
+    that cannot be had."""
+    nodelist = os.environ.get("SLURM_JOB_NODELIST", "")
+    if not nodelist:
+        return []
+    try:
+        done = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return done.stdout.split() if done.returncode == 0 else []
 
 
 def teardown(world: World) -> None:
@@ -66,32 +141,111 @@ def teardown(world: World) -> None:
         dist.destroy_process_group()
 
 
+# --- collectives ------------------------------------------------------------------------------
+def _active() -> bool:
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def collective(what: str) -> Iterator[None]:
+    """A step in which every rank takes part (`what`, for the message). gloo and NCCL raise a
+    RuntimeError when a peer's connection closes or the group's timeout passes: the group
+    has failed, and this rank says so in one line; the rank that failed first says why in
+    its own log."""
+    if not _active():
+        yield
+        return
+    rank = dist.get_rank()
+    try:
+        yield
+    except RuntimeError as e:
+        raise UserError(
+            f"rank {rank} on {_node()} lost the process group in {what} ({reason(e, 120)}): "
+            "another rank stopped or stopped answering; its own log says why"
+        ) from None
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t)
+    if _active():
+        with collective("an all-reduce"):
+            dist.all_reduce(t)
     return t
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
     """True on every rank when it is true on any rank (a stop request, say)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _active():
         return flag
     return bool(all_reduce_sum(torch.tensor([int(flag)], device=device)).item())
 
 
 def from_main(value: Any) -> Any:
     """Rank 0's value of `value`, on every rank."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _active():
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    with collective("a broadcast from rank 0"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gathered(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order, on every rank."""
+    if not _active():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    with collective("a gather"):
+        dist.all_gather_object(out, value)
+    return out
 
 
 def min_rank(value: int, device: torch.device) -> int:
     """The smallest of every rank's `value`, on every rank (the first policy that stops, say)."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not _active():
         return value
     t = torch.tensor([value], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    with collective("an all-reduce"):
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return int(t.item())
+
+
+# --- one run, not several: checked once, at the start ---------------------------------------------
+def agree(what: str, facts: Mapping[str, str]) -> None:
+    """Refuses, on every rank, a run whose ranks disagree on `what` (the config's keys, the
+    data's digests): each would train something else while their gradients are averaged.
+    The refusal names the first keys that differ."""
+    main, *others = gathered(dict(facts))
+    for rank, theirs in enumerate(others, start=1):
+        differ = [k for k in sorted(set(theirs) | set(main)) if theirs.get(k) != main.get(k)]
+        if differ:
+            shown = "; ".join(f"{k} {main.get(k)!r} on rank 0, {theirs.get(k)!r} on rank {rank}" for k in differ[:3])
+            raise UserError(
+                f"rank {rank}'s {what} differs from rank 0's ({shown}{'; ...' if len(differ) > 3 else ''}): "
+                "every process of a DDP run must run the same command on the same data"
+            )
+
+
+def check_shared(run_dir: Path) -> None:
+    """Refuses a run dir that some rank cannot see: rank 0 writes the checkpoints every rank
+    resumes from, so on several nodes the dir must lie on a filesystem they all share."""
+    if not _active():
+        return
+    probe = run_dir / ".cifar_exp_ranks_see_this"
+    token = uuid.uuid4().hex
+    if dist.get_rank() == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text(token)
+    token = from_main(token)
+    try:
+        sees = probe.read_text() == token
+    except OSError:
+        sees = False
+    seen = gathered((sees, _node()))
+    if dist.get_rank() == 0:
+        probe.unlink()
+    blind = [f"rank {r} on {node}" for r, (ok, node) in enumerate(seen) if not ok]
+    if blind:
+        raise UserError(
+            f"{', '.join(blind)} cannot see the run dir {run_dir} that rank 0 on {seen[0][1]} writes: "
+            "with several nodes, put it on a filesystem they all share (hydra.run.dir=..., hydra.sweep.dir=...)"
+        )

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from cifar_exp.config import TrainerConfig
-from cifar_exp.distributed import all_reduce_sum
+from cifar_exp.distributed import all_reduce_sum, collective
 from cifar_exp.errors import UserError
 from cifar_exp.loader import TensorLoader, pad_images
 from cifar_exp.runtime import Precision
@@ -181,10 +181,12 @@ class Trainer:
                 loss = self.loss_fn(logits, y)
             # each batch's mean loss weighs 1/k: k batches of b images step like one of k*b
             scaled = loss / self.accumulate if self.accumulate > 1 else loss
-            if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            # under DDP the gradients are averaged as the backward pass runs
+            with collective("the gradient all-reduce"):
+                if self.scaler is not None:
+                    self.scaler.scale(scaled).backward()
+                else:
+                    scaled.backward()
         self.meter.update(loss, logits, y)
         self.micro += 1
         if last:

@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     """Train and evaluate as configured; returns the last epoch's metrics. The config is
     checked and typed once here; everything below reads the typed `Config`."""
     config = validate(cfg)
-    world = distributed.setup(config.trainer.strategy)
+    world = distributed.setup(config.trainer.strategy, config.trainer.ddp_timeout_s)
     try:
         return _run(cfg, config, world)
     finally:
@@ -54,8 +54,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict[str, float]:
     job = Job.current()
-    # under torchrun, rank 0's dir is everyone's
-    start = resume.plan(composed, config, job, distributed.from_main(job.output_dir))
+    # with several processes, rank 0's dir is everyone's, and they run one config
+    shared_dir = distributed.from_main(job.output_dir)
+    distributed.check_shared(shared_dir)
+    distributed.agree("config", {k: repr(v) for k, v in flatten(plain_config(config)).items()})
+    start = resume.plan(composed, config, job, shared_dir)
     cfg, run_dir, resumed = start.config, start.run_dir, start.checkpoint
 
     seed_everything(cfg.seed, cfg.trainer.deterministic)
@@ -78,6 +81,7 @@ def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
         data = load_data(cfg, device, state, resumed is not None)
+        distributed.agree("data", data.digests)
         train, evals = loaders(cfg, data, world)
         trainer = build_trainer(cfg, data, len(train), device, world, precision)
         policies = build_policies(cfg, job, world, signals, tracker)

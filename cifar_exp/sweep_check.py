@@ -5,7 +5,8 @@ value is one line before anything trains, not a failed job per trial."""
 
 from __future__ import annotations
 
-from typing import Iterator
+import subprocess
+from typing import Iterator, Optional
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
@@ -77,3 +78,33 @@ def check_sweep(config: DictConfig, config_name: str) -> None:
         from hydra_plugins.cifar_exp_optuna_sweeper.optuna_sweeper import check
 
         check(config)
+    check_cluster(config.hydra.launcher)
+
+
+def check_cluster(launcher: DictConfig) -> None:
+    """A SLURM job asking for more nodes than its partition has: SLURM would accept it and
+    keep it pending forever (unless the cluster enforces partition limits), so it is refused
+    here, with the count SLURM's own sinfo gives. Where sinfo cannot answer, the submission
+    says what it says."""
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    if launcher.get("_target_") != f"{SlurmLauncher.__module__}.{SlurmLauncher.__qualname__}":
+        return
+    partition = launcher.get("partition")
+    nodes = _partition_nodes(partition)
+    if nodes and launcher.nodes > len(nodes):
+        raise UserError(
+            f"hydra.launcher.nodes={launcher.nodes}, but SLURM's partition {partition or '(the default)'} has "
+            f"{len(nodes)} node{'s' if len(nodes) > 1 else ''} ({', '.join(nodes)}): the job would never start"
+        )
+
+
+def _partition_nodes(partition: Optional[str]) -> list[str]:
+    """The nodes of a partition (None: the default one, which sinfo marks with *)."""
+    try:
+        done = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    rows = [line.split() for line in done.stdout.splitlines() if len(line.split()) == 2]
+    wanted = (lambda p: p.rstrip("*") == partition) if partition else (lambda p: p.endswith("*"))
+    return sorted({node for node, part in rows if wanted(part)}) if done.returncode == 0 else []

@@ -14,6 +14,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 from unittest import mock
 
 import numpy as np
@@ -378,11 +379,18 @@ def torchrun(nproc: int, *args: str, cwd) -> subprocess.CompletedProcess:
 
 
 def torchrun_agents(
-    nodes: int, *args: str, cwd, max_restarts: int = 0, module: str = "cifar_exp"
+    nodes: int,
+    *args: str,
+    cwd,
+    max_restarts: int = 0,
+    module: str = "cifar_exp",
+    node_args: Sequence[Sequence[str]] = (),
+    node_prefix: Sequence[Sequence[str]] = (),
 ) -> list[subprocess.Popen]:
     """`nodes` torchrun agents on this host, one worker each, meeting through a c10d
     rendezvous as agents on separate machines do; each in its own session, so a fixture
-    can stop an agent with its worker."""
+    can stop an agent with its worker. Node i may add `node_args[i]` to the command, and
+    run it behind `node_prefix[i]` (unshare ..., to give it a filesystem of its own)."""
     endpoint = f"127.0.0.1:{free_port()}"
     cmd = [
         sys.executable,
@@ -401,14 +409,18 @@ def torchrun_agents(
     ]
     env = cli_env(OMP_NUM_THREADS="1")
     popen = dict(cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    return [subprocess.Popen(cmd, **popen) for _ in range(nodes)]
+
+    def own(i: int, part: Sequence[Sequence[str]]) -> list[str]:
+        return list(part[i]) if i < len(part) else []
+
+    return [subprocess.Popen([*own(i, node_prefix), *cmd, *own(i, node_args)], **popen) for i in range(nodes)]
 
 
-def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32) -> None:
+def png_tree(root: Path, classes=("cat", "dog"), per_class=3, size=32, seed: int = 0) -> None:
     """An image folder of random PNGs, each class with one saturated channel."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for split in ("train", "test"):
         for i, c in enumerate(classes):
             (root / split / c).mkdir(parents=True)

@@ -3,7 +3,9 @@ same accuracy a single process measures on the saved weights."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +13,7 @@ import time
 import pytest
 import torch
 
-from helpers import FAST, cli_env, run_dirs, stop_session, torchrun, torchrun_agents
+from helpers import FAST, cli_env, png_tree, run_dirs, stop_session, torchrun, torchrun_agents
 
 pytestmark = pytest.mark.slow
 
@@ -186,6 +188,75 @@ def test_a_killed_worker_restarts_both_nodes_and_the_run_goes_on(workdir, agents
     assert logged == list(range(1, 33)), logged  # every step of both epochs, none twice
     assert _steps(c, run.info.run_id, "epoch") == [16, 32]
     assert torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["run"]["epoch"] == 2
+
+
+def _refused(nodes: list) -> list[str]:
+    """Each agent's output, once both ended: refused, in one line of ours each."""
+    outputs = [proc.communicate(timeout=300)[0] for proc in nodes]
+    assert all(proc.returncode != 0 for proc in nodes), outputs[0][-2000:]
+    for out in outputs:
+        assert out.count("cifar-exp: error: ") == 1 and "cifar_exp/" not in out, out[-3000:]  # no traceback of ours
+    return outputs
+
+
+def test_nodes_that_run_different_configs_are_refused_in_one_line(workdir, agents):
+    """Two nodes started with different commands would average the gradients of two
+    different runs: both refuse, naming the key."""
+    outputs = _refused(agents(*FAST, "epochs=1", node_args=[["seed=0"], ["seed=7"]]))
+    for out in outputs:
+        assert re.search(r"rank 1's config differs from rank 0's \(seed '[07]' on rank 0, '[07]' on rank 1\)", out)
+
+
+def test_nodes_that_read_different_data_are_refused_in_one_line(workdir, agents, tmp_path):
+    """One command, but each node's copy of the image folder holds other images (a
+    relative root, as from another working dir): the data's digests disagree."""
+    for node, seed in (("a", 0), ("b", 1)):
+        png_tree(tmp_path / node / "data", seed=seed)
+    args = [*FAST, "dataset=image_folder", "dataset.root=data", f"hydra.run.dir={workdir / 'run'}"]
+    cd = [["env", "-C", str(tmp_path / node)] for node in "ab"]
+    outputs = _refused(agents(*args, node_prefix=cd))
+    for out in outputs:
+        assert re.search(r"rank 1's data differs from rank 0's \(test '[0-9a-f]{16}' on rank 0, '[0-9a-f]{16}'", out)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare"), reason="a node of its own filesystem needs root and unshare"
+)
+def test_a_run_dir_another_node_cannot_see_is_refused_in_one_line(workdir, agents):
+    """The second node gets a filesystem of its own over the run dir's parent (a mount
+    namespace with a tmpfs there), as a node-local disk would be: rank 0 writes
+    checkpoints that the other rank would never read, so both refuse."""
+    shared = workdir / "shared"
+    shared.mkdir()
+    local = ["unshare", "--mount", "--propagation", "private", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"']
+    outputs = _refused(agents(*FAST, f"hydra.run.dir={shared / 'run'}", node_prefix=[[], [*local, str(shared)]]))
+    for out in outputs:
+        assert re.search(rf"rank 1 on \S+ cannot see the run dir {shared / 'run'} that rank 0 on \S+ writes", out)
+
+
+def test_a_rank_that_dies_ends_the_other_in_one_line(workdir, agents):
+    """kill -9 rank 1 mid-epoch, no restarts: rank 0 hears it in the gradient all-reduce
+    and ends in one line, its run FAILED with that line as the reason."""
+    import psutil
+
+    run_dir = workdir / "run"
+    nodes = agents(*FAST, "model=slow_cnn", "epochs=3", f"hydra.run.dir={run_dir}", "mlflow.experiment_name=lost",
+                   "checkpoint.every_n_steps=4", module="testing_cli")  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.pt").is_file():
+        assert time.monotonic() < deadline and all(p.poll() is None for p in nodes), "no checkpoint came"
+        time.sleep(0.2)
+    workers = [w for p in nodes for w in psutil.Process(p.pid).children()]
+    [(rank_1, agent)] = [(w, i) for i, w in enumerate(workers) if w.environ().get("RANK") == "1"]
+    rank_1.kill()
+    survivor = nodes[1 - agent]
+    out = survivor.communicate(timeout=300)[0]
+    assert survivor.returncode != 0
+    lost = r"cifar-exp: error: rank 0 on \S+ lost the process group in [a-z -]+ \(.+\): another rank"
+    assert re.search(lost, out), out[-3000:]
+    assert "cifar_exp/" not in out and "Traceback" not in out.split("cifar-exp: error")[0]
+    c, run = _one_run(workdir, "lost")
+    assert run.info.status == "FAILED" and "lost the process group" in run.data.tags["error"]
 
 
 # --- a SLURM job step's tasks -------------------------------------------------------------------

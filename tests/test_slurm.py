@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from helpers import OwnedProcesses, cli_env, free_port
+from helpers import OwnedProcesses, cli_env, free_port, run_cli
 
 # one cluster for the module's tests, on one worker
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]
@@ -255,3 +255,43 @@ def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):
     logs = [p.read_text() for p in sorted(run_dir.parent.glob(".submitit/*/*_log.out"))]
     assert len(logs) == 2 and "node=0(2), global_rank=0(2)" in logs[0] and "node=1(2), global_rank=1(2)" in logs[1]
     assert "epoch 2/2" in logs[1] and "in the MLflow UI" in logs[0] and "in the MLflow UI" not in logs[1]
+
+
+def test_a_task_that_never_joins_is_named_in_one_line(two_nodes, workdir):
+    """A two-task step whose second task never starts: rank 0 waits trainer.ddp_timeout_s
+    and names the rank and the node nothing came from; a task whose rank 0 never starts
+    says it cannot reach it. Each alone, with the variables srun gives a task of a job
+    on node1 and node2 (this cluster's scontrol expands the node list)."""
+    step = {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "77", "SLURM_JOB_NODELIST": "node[1-2]", "SLURM_LOCALID": "0",
+            "SLURM_LAUNCH_NODE_IPADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), **two_nodes}  # fmt: skip
+    args = [*RUN, "trainer.strategy=ddp", "trainer.ddp_timeout_s=2"]
+    alone = run_cli(*args, cwd=workdir, SLURM_PROCID="0", SLURMD_NODENAME="node1", **step)
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.output[-3000:]
+    assert alone.stderr == (
+        "cifar-exp: error: the process group did not form within trainer.ddp_timeout_s=2: rank 1 of 2 never "
+        "joined (nothing came from node node2); joined: rank 0 on node1\n"
+    )
+    orphan = run_cli(*args, cwd=workdir, SLURM_PROCID="1", SLURMD_NODENAME="node2", **step)
+    assert orphan.returncode == 2 and orphan.stderr.count("\n") == 1, orphan.output[-3000:]
+    assert orphan.stderr.startswith(
+        f"cifar-exp: error: rank 1 on node2 could not reach rank 0's group store at 127.0.0.1:{step['MASTER_PORT']} "
+    )
+
+
+def test_what_the_cluster_cannot_give_is_one_line(two_nodes, workdir):
+    """More nodes than the partition has (SLURM would queue the job forever) is refused
+    before anything is submitted; a partition SLURM does not know, by sbatch itself."""
+    sweep = ["--multirun", *CPU_JOBS, *RUN, "trainer.strategy=ddp"]
+    for asked, said in [
+        (["hydra.launcher.nodes=3"], "hydra.launcher.nodes=3, but SLURM's partition cpu has 2 nodes (node1, node2)"),
+        (["hydra.launcher.partition=gpu"], "the cluster refused the sweep's jobs (sbatch: error: "),
+    ]:
+        with launched([*sweep, *asked], workdir, two_nodes) as proc:
+            out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 2, out[-3000:]
+        assert out.count("cifar-exp: error: ") == 1 and "Traceback" not in out, out[-3000:]
+        assert f"cifar-exp: error: {said}" in out
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")  # the second sweep's parent had opened
+    assert {r.info.status for r in client.search_runs([client.get_experiment_by_name("cifar_exp").experiment_id])} == {
+        "FAILED"
+    }

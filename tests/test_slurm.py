@@ -232,17 +232,11 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
 def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):
     """hydra.launcher.nodes=2: one job whose two tasks, one on each node, find their ranks
     and their master in SLURM's variables and train one run: rank 0 writes the checkpoint
-    and the MLflow run, each node's log lies beside the run's."""
-    args = [
-        "--multirun",
-        *CPU_JOBS,
-        *RUN,
-        "hydra.launcher.nodes=2",
-        "hydra.launcher.tasks_per_node=1",
-        "trainer.strategy=ddp",
-        "epochs=2",
-        "optimizer.lr=0.05",
-    ]
+    and the MLflow run, each node's log lies beside the run's. Its metrics are those of
+    one process with the same global batch, up to float reduction order."""
+    same = [*RUN, "epochs=2", "optimizer.lr=0.01", "trainer.amp=false"]
+    args = ["--multirun", *CPU_JOBS, *same, "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1",
+            "trainer.strategy=ddp"]  # fmt: skip
     with launched(args, workdir, two_nodes) as proc:
         out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
@@ -255,6 +249,13 @@ def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):
     logs = [p.read_text() for p in sorted(run_dir.parent.glob(".submitit/*/*_log.out"))]
     assert len(logs) == 2 and "node=0(2), global_rank=0(2)" in logs[0] and "node=1(2), global_rank=1(2)" in logs[1]
     assert "epoch 2/2" in logs[1] and "in the MLflow UI" in logs[0] and "in the MLflow UI" not in logs[1]
+
+    alone = run_cli(*same, "mlflow.experiment_name=alone", cwd=workdir)
+    assert alone.returncode == 0, alone.output[-3000:]
+    [single] = client.search_runs([client.get_experiment_by_name("alone").experiment_id])
+    for key in ("test/loss", "train/loss_epoch"):
+        assert child.data.metrics[key] == pytest.approx(single.data.metrics[key], rel=1e-4), key
+    assert child.data.metrics["test/acc"] == single.data.metrics["test/acc"]
 
 
 def test_a_task_that_never_joins_is_named_in_one_line(two_nodes, workdir):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check in one run sized for 15 minutes of device time, start-up included:
 #   1. tests/test_gpu.py: autocast, device-resident batches, 1-GPU NCCL DDP (+ SyncBatchNorm)
-#   2. a 1-GPU NCCL DDP run under torchrun, through the CLI
+#   2. a 1-GPU NCCL DDP run under torchrun, through the CLI; 2b. two processes where two GPUs exist
 #   3. the fair race: airbench94's reference code (fp16, as shipped) against
 #      experiment=airbench94 (autocast; tracking and checkpoints on), alternated over 2
 #      seeds, each timed from process start to its printed accuracy; then
@@ -35,6 +35,15 @@ log "2. 1-GPU NCCL DDP run"
 (cd "$work" && timeout 90 $py -m torch.distributed.run --standalone --nproc_per_node=1 -m cifar_exp \
   dataset=synthetic trainer.strategy=ddp trainer.device=cuda epochs=2 trainer.progress=false 2>&1 \
   | grep -E "^(run dir|epoch|Accuracy of the network)|error" )
+
+log "2b. 2-process NCCL DDP run (one process per GPU)"
+if [ "$($py -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  (cd "$work" && timeout 120 $py -m torch.distributed.run --standalone --nproc_per_node=2 -m cifar_exp \
+    dataset=synthetic trainer.strategy=ddp trainer.device=cuda epochs=2 trainer.progress=false 2>&1 \
+    | grep -E "^(run dir|epoch|Accuracy of the network)|world_size|error" )
+else
+  echo "skipped: one GPU on this machine (two-process NCCL needs one GPU per process)"
+fi
 
 log "3. the race: airbench94 reference vs experiment=airbench94, then experiment=airbench94_muon"
 (cd benchmarks && timeout 300 $py airbench_race.py --seeds 0 1 --sides ours:amp reference:fp16 2>&1 \

@@ -217,6 +217,7 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
             pytest.fail(f"failed on purpose ({FAIL_EARLY} is set), with a job running")
         [job_id] = subprocess.run(squeue, env={**os.environ, **slurm}, capture_output=True, text=True).stdout.split()
         subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
+        release_when_requeued(job_id, {**os.environ, **slurm})
         out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
 
@@ -227,6 +228,17 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
     assert steps == list(range(1, 6 * 24 + 1))  # 3000 images in batches of 128: 24 steps an epoch
     log = next(workdir.glob("multirun/*/*/.submitit/*/*_log.err")).read_text()
     assert "requeu" in log.lower()
+
+
+def release_when_requeued(job_id: str, env: dict) -> None:
+    """Once the job is back in the queue, let it start at once: SLURM holds a requeued job
+    for two minutes (its BeginTime), a wait that tells the test nothing."""
+    deadline = time.monotonic() + 120
+    state = ["squeue", "-h", "-j", job_id, "-o", "%T %r"]
+    while subprocess.run(state, env=env, capture_output=True, text=True).stdout.split() != ["PENDING", "BeginTime"]:
+        assert time.monotonic() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
 
 
 def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):

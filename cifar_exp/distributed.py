@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 import torch
 import torch.distributed as dist
 
-from cifar_exp.distributed_env import slurm_world, torchrun_world_size
+from cifar_exp.distributed_env import node_name, slurm_world, torchrun_world_size
 from cifar_exp.errors import UserError, reason
 
 
@@ -87,7 +87,7 @@ def _join(addr: str, port: int, rank: int, size: int, timeout_s: int) -> dist.St
         _await_listening(addr, port, deadline, rank)
     store = dist.TCPStore(addr, port, size, rank == 0, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
     keys = [f"cifar_exp/joined/{r}" for r in range(size)]
-    store.set(keys[rank], _node())
+    store.set(keys[rank], node_name())
     while not store.check(keys):
         if time.monotonic() > deadline:
             joined = {r: store.get(k).decode() for r, k in enumerate(keys) if store.check([k])}
@@ -113,14 +113,10 @@ def _await_listening(addr: str, port: int, deadline: float, rank: int) -> None:
         except OSError as e:
             if time.monotonic() > deadline:
                 raise UserError(
-                    f"rank {rank} on {_node()} could not reach rank 0's group store at {addr}:{port} "
+                    f"rank {rank} on {node_name()} could not reach rank 0's group store at {addr}:{port} "
                     f"within trainer.ddp_timeout_s ({e}): rank 0 did not start, or its node is unreachable from here"
                 ) from None
             time.sleep(0.2)
-
-
-def _node() -> str:
-    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
 def _job_nodes() -> list[str]:
@@ -160,7 +156,7 @@ def collective(what: str) -> Iterator[None]:
         yield
     except RuntimeError as e:
         raise UserError(
-            f"rank {rank} on {_node()} lost the process group in {what} ({reason(e, 120)}): "
+            f"rank {rank} on {node_name()} lost the process group in {what} ({reason(e, 120)}): "
             "another rank stopped or stopped answering; its own log says why"
         ) from None
 
@@ -240,7 +236,7 @@ def check_shared(run_dir: Path) -> None:
         sees = probe.read_text() == token
     except OSError:
         sees = False
-    seen = gathered((sees, _node()))
+    seen = gathered((sees, node_name()))
     if dist.get_rank() == 0:
         probe.unlink()
     blind = [f"rank {r} on {node}" for r, (ok, node) in enumerate(seen) if not ok]

@@ -5,6 +5,7 @@ the entry point can ask it before anything heavy is imported."""
 from __future__ import annotations
 
 import os
+import socket
 from typing import Mapping, Optional
 
 
@@ -39,3 +40,9 @@ def process_rank(env: Mapping[str, str]) -> int:
         return int(env.get("RANK", "0"))
     slurm = slurm_world(env)
     return int(slurm["RANK"]) if slurm else 0
+
+
+def node_name() -> str:
+    """The node this process runs on: SLURM's name for it in a job (several slurmd may share
+    one host), else the host's name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()

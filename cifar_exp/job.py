@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from cifar_exp import __version__
 from cifar_exp.checks import container
+from cifar_exp.distributed_env import node_name
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -119,6 +120,7 @@ class Job:
         facts = {
             "command": self.command(),
             "output_dir": str(self.output_dir.resolve()),
+            "node": node_name(),
             "device": str(device),
             "world_size": world_size,
             "version.cifar_exp": __version__,
@@ -130,6 +132,7 @@ class Job:
             "world_size": world_size,
             "hydra.output_dir": facts["output_dir"],
             "hydra.overrides": " ".join(self.overrides or []),
+            "node": facts["node"],
             "device": facts["device"],
             "version.cifar_exp": __version__,
             "version.torch": torch.__version__,

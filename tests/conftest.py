@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pg
 import pytest
 import torch
 
@@ -109,3 +110,15 @@ def train(workdir, monkeypatch, caplog):
         return Trained(directory, caplog.text, metrics)
 
     return _train
+
+
+@pytest.fixture
+def pg_server():
+    """A private PostgreSQL server on a free loopback port, its database `mlflow` created."""
+    with pg.pg_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres(pg_server) -> str:
+    return pg_server.url

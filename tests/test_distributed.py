@@ -171,7 +171,7 @@ def test_a_killed_worker_restarts_both_nodes_and_the_run_goes_on(workdir, agents
         "mlflow.experiment_name=elastic",
         f"hydra.run.dir={run_dir}",
         "resume=auto",
-        max_restarts=1,
+        max_restarts=3,  # a loaded machine may see one failure counted on both agents
         module="testing_cli",
     )
     deadline = time.monotonic() + 300

@@ -308,3 +308,46 @@ def test_what_the_cluster_cannot_give_is_one_line(two_nodes, workdir):
     assert {r.info.status for r in client.search_runs([client.get_experiment_by_name("cifar_exp").experiment_id])} == {
         "FAILED"
     }
+
+
+def test_an_optuna_sweep_across_two_nodes_outlives_a_drained_node(two_nodes, workdir, postgres):
+    """hydra/sweeper=optuna, its study on PostgreSQL, two trials at a time: one on each
+    node. Mid-sweep node2 is drained (scontrol ... State=DRAIN) and its job warned off
+    (USR2, as before maintenance): it checkpoints, is requeued, waits for node1 and
+    resumes there in its own MLflow run. Every trial ends COMPLETE, under one parent."""
+    storage = postgres.replace("postgresql://", "postgresql+psycopg://")
+    args = ["--multirun", *CPU_JOBS, *RUN, "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.n_jobs=2", "hydra.sweeper.direction=maximize", f"hydra.sweeper.storage={storage}",
+            "objective=val/acc", "dataset.val_size=500", "optimizer.lr=choice(0.01,0.05)", "resume=auto",
+            "dataset.train_size=3000", "epochs=6", "trainer.log_every_n_steps=1",
+            "checkpoint.every_n_steps=5"]  # fmt: skip
+    env = {**os.environ, **two_nodes}
+    try:
+        with launched(args, workdir, two_nodes) as proc:
+            deadline = time.monotonic() + 300
+            while len(list(workdir.glob("multirun/*/*/*/checkpoints/last.pt"))) < 2:  # both trials mid-run
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+                time.sleep(0.2)
+            queue = subprocess.run(["squeue", "-h", "-o", "%i %N"], env=env, capture_output=True, text=True).stdout
+            assert sorted(line.split()[1] for line in queue.splitlines()) == ["node1", "node2"], queue
+            [job_id] = [line.split()[0] for line in queue.splitlines() if line.split()[1] == "node2"]
+            drain = ["scontrol", "update", "NodeName=node2", "State=DRAIN", "Reason=maintenance"]
+            subprocess.run(drain, env=env, check=True)
+            subprocess.run(["scancel", "--signal=USR2", job_id], env=env, check=True)
+            release_when_requeued(job_id, env)
+            out, _ = proc.communicate(timeout=600)
+    finally:
+        subprocess.run(["scontrol", "update", "NodeName=node2", "State=RESUME"], env=env, capture_output=True)
+    assert proc.returncode == 0, out[-3000:]
+
+    import optuna
+
+    [summary] = optuna.get_all_study_summaries(storage)
+    trials = optuna.load_study(study_name=summary.study_name, storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    client, parent, children = children_of_one_parent(workdir)
+    assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
+    [moved] = [c for c in children if c.data.tags.get("resume.count") == "1"]
+    assert moved.data.tags["node"] == "node2" and moved.data.tags["resume.1.node"] == "node1"
+    steps = [m.step for m in client.get_metric_history(moved.info.run_id, "train/loss")]
+    assert steps == list(range(1, 6 * 20 + 1))  # 2500 training images: 20 steps an epoch, each once

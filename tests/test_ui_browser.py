@@ -13,7 +13,8 @@ import pytest
 
 from helpers import FAST, cli_process, run_cli, serve_mlflow
 
-pytestmark = pytest.mark.slow
+# one worker builds the module's store, once, for all three tests
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -48,6 +48,10 @@ def _hydra_main(cfg: DictConfig) -> Union[float, list[float]]:
 
 
 def _exit_for(e: Exception) -> NoReturn:
+    if isinstance(e, Interrupted) and e.elsewhere:  # this process was not stopped: one of its jobs was
+        stopping.append(e)
+        show(f"cifar-exp: a job of this sweep was {e} where it ran; resume with:\n  {e.resume_hint}", file=sys.stderr)
+        sys.exit(1)
     if isinstance(e, Interrupted):
         stopping.append(e)
         ignore_stop_signals()

@@ -16,16 +16,19 @@ class UserError(Exception):
 
 
 class Interrupted(Exception):
-    """A stop signal arrived; a checkpoint was written and the run can be resumed."""
+    """A stop signal arrived; a checkpoint was written and the run can be resumed.
+    `elsewhere`: the signal reached a job in another process (a SLURM job's scancel), not
+    the process that reports it."""
 
-    def __init__(self, signum: int, resume_hint: str):
+    def __init__(self, signum: int, resume_hint: str, elsewhere: bool = False):
         super().__init__(f"stopped by signal {signum} ({signal.Signals(signum).name})")
         self.signum = signum
         self.resume_hint = resume_hint
+        self.elsewhere = elsewhere
 
     def __reduce__(self):
         # a launcher that runs the job elsewhere (submitit) sends its outcome back pickled
-        return type(self), (self.signum, self.resume_hint)
+        return type(self), (self.signum, self.resume_hint, True)
 
 
 # why this process is ending early, for what records it at exit (a sweep's parent run)

@@ -151,9 +151,11 @@ def test_a_stop_survives_the_trip_back_from_a_remote_job():
 
     from cifar_exp.errors import Interrupted
 
-    back = pickle.loads(pickle.dumps(Interrupted(15, "python -m cifar_exp resume=x")))
+    here = Interrupted(15, "python -m cifar_exp resume=x")
+    back = pickle.loads(pickle.dumps(here))
     assert (back.signum, back.resume_hint, str(back)) == (
         15,
         "python -m cifar_exp resume=x",
         "stopped by signal 15 (SIGTERM)",
     )
+    assert back.elsewhere and not here.elsewhere  # the signal reached the job, not the launcher

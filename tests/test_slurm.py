@@ -351,3 +351,25 @@ def test_an_optuna_sweep_across_two_nodes_outlives_a_drained_node(two_nodes, wor
     assert moved.data.tags["node"] == "node2" and moved.data.tags["resume.1.node"] == "node1"
     steps = [m.step for m in client.get_metric_history(moved.info.run_id, "train/loss")]
     assert steps == list(range(1, 6 * 20 + 1))  # 2500 training images: 20 steps an epoch, each once
+
+
+def test_a_job_cancelled_on_the_cluster_is_not_the_launcher_s_stop(slurm, workdir):
+    """scancel (SIGTERM to the job, as at a time limit without warning): the job checkpoints
+    and ends KILLED; the sweep says that its job was stopped where it ran, with the command
+    that resumes the job, and exits 1: nobody stopped the launcher."""
+    args = ["--multirun", *CPU_JOBS, *RUN, "dataset.train_size=3000", "epochs=6", "checkpoint.every_n_steps=5"]
+    env = {**os.environ, **slurm}
+    with launched(args, workdir, slurm) as proc:
+        deadline = time.monotonic() + 300
+        while not list(workdir.glob("multirun/*/*/0/checkpoints/last.pt")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        [job_id] = subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.split()
+        subprocess.run(["scancel", job_id], env=env, check=True)
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-3000:]
+    [run_dir] = workdir.glob("multirun/*/*/0")
+    said = "cifar-exp: a job of this sweep was stopped by signal 15 (SIGTERM) where it ran; resume with:\n  "
+    assert said + f"python -m cifar_exp resume={run_dir.resolve()}" in out, out[-3000:]
+    _, parent, [child] = children_of_one_parent(workdir)
+    assert child.info.status == "KILLED" and parent.info.status != "RUNNING"

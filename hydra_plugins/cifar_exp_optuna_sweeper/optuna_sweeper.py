@@ -321,7 +321,7 @@ class OptunaSweeper(Sweeper):
             failed_now = told.count(False)
             failed += failed_now
             if stopped:  # Ctrl-C or SIGTERM: the study stops; its stopped trials run again next time
-                raise Interrupted(stopped[0]._return_value.signum, _command())
+                raise Interrupted(stopped[0]._return_value.signum, _command(), stopped[0]._return_value.elsewhere)
             rate = self.max_failure_rate
             if rate is not None and failed_now / len(trials) > rate:
                 why = next(getattr(r, "_return_value", None) for r, ok in zip(returns, told) if not ok)

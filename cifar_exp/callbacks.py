@@ -20,6 +20,7 @@ from cifar_exp.metrics import objectives
 from cifar_exp.record import sweep_record
 from cifar_exp.registry import flatten
 from cifar_exp.sweep_summary import sweep_description, sweep_summary, write_csv
+from cifar_exp.tracking.keys import DESCRIPTION_TAG
 from cifar_exp.validation import validate
 
 
@@ -90,7 +91,7 @@ class SweepTracking(Callback):
             "hydra.sweep_dir": str(Path(sweep_dir).resolve()),
             "hydra.overrides": " ".join(overrides),
             "hydra.sweeper": config.hydra.sweeper._target_,
-            "mlflow.note.content": sweep_description(command, Path(sweep_dir).resolve()),
+            DESCRIPTION_TAG: sweep_description(command, Path(sweep_dir).resolve()),
             **source_tags(),
         }
         reuse = None
@@ -173,9 +174,7 @@ class SweepTracking(Callback):
         tracking.mark_jobs(p["uri"], children, {r["run_id"] for r in summary["front"]}, tracking.PARETO)
         tags = {
             **summary["tags"],
-            "mlflow.note.content": sweep_description(
-                p["command"], p["sweep_dir"].resolve(), summary, names, p["swept"]
-            ),
+            DESCRIPTION_TAG: sweep_description(p["command"], p["sweep_dir"].resolve(), summary, names, p["swept"]),
         }
         tracking.finish_parent(p["uri"], p["run_id"], summary["status"], summary["metrics"], tags, files)
 

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from cifar_exp import __version__
 from cifar_exp.checks import container
 from cifar_exp.distributed_env import node_name
+from cifar_exp.tracking.keys import DESCRIPTION_TAG
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -153,7 +154,6 @@ class Job:
         return story
 
 
-DESCRIPTION_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 HISTORY = "**History**"
 
 

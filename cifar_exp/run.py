@@ -20,7 +20,7 @@ from cifar_exp.config import Config, plain_config
 from cifar_exp.data import Dataset, load_dataset
 from cifar_exp.epochs import EpochLoop
 from cifar_exp.errors import Interrupted, UserError, reason
-from cifar_exp.job import DESCRIPTION_TAG, Job, Story, progress, resume_command
+from cifar_exp.job import Job, Story, progress, resume_command
 from cifar_exp.loader import Augmentation, Sampling, TensorLoader
 from cifar_exp.loop import Trainer
 from cifar_exp.metrics import objectives
@@ -34,6 +34,7 @@ from cifar_exp.results import report
 from cifar_exp.runtime import Precision, compiles, pick_device, pick_precision, seed_everything
 from cifar_exp.signals import StopSignals
 from cifar_exp.tracking import NullTracker, Tracker, open_store, open_tracker
+from cifar_exp.tracking.keys import DESCRIPTION_TAG
 from cifar_exp.validation import check_loaded, monitor_mode, validate
 
 # how many training images a model that sets its first layer from the data sees (airbench's 5,000)

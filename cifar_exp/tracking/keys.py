@@ -14,6 +14,9 @@ def rounded(value: float) -> float:
     return float(f"{float(value):.7g}")
 
 
+# the tag MLflow's UI shows as a run's (and a logged model's) description
+DESCRIPTION_TAG = "mlflow.note.content"
+
 # the longest values MLflow takes (mlflow.utils.validation)
 MAX_TAG_VALUE, MAX_PARAM_VALUE = 8000, 6000
 

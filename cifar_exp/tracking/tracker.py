@@ -15,7 +15,7 @@ from typing import Optional, Protocol
 from cifar_exp.config import Config
 from cifar_exp.errors import UserError, reason
 from cifar_exp.metrics import EPOCH
-from cifar_exp.tracking.keys import MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
+from cifar_exp.tracking.keys import DESCRIPTION_TAG, MAX_PARAM_VALUE, MAX_TAG_VALUE, cut, rounded, valid_keys
 from cifar_exp.tracking.outbox import OUTBOX, RETRY_S, Outbox, deliver_command
 from cifar_exp.tracking.store import PARENT_RUN_ENV, open_store, tracking_uri, ui_line
 from cifar_exp.tracking.system_metrics import PREFIX as HOST_PREFIX
@@ -325,7 +325,7 @@ class MlflowTracker:
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
                 registered_model_name=self.registered_model_name,
             )
-            self.client.set_logged_model_tags(info.model_id, {"mlflow.note.content": card.description})
+            self.client.set_logged_model_tags(info.model_id, {DESCRIPTION_TAG: card.description})
         except Exception as e:
             log.warning("warning: the model is not logged to MLflow (%s); the checkpoint holds it", reason(e))
         finally:

@@ -3,13 +3,13 @@ step; a scheduler's floor is checked against the optimizer's lr."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, List, Optional
 
 from omegaconf import MISSING
 
-from cifar_exp.checks import at_least, in_unit, nesterov_needs_momentum, require
-from cifar_exp.settings import InUnit, Positive, setting
+from cifar_exp.checks import nesterov_needs_momentum, require
+from cifar_exp.settings import AtLeast, Free, InUnit, NonNegative, Positive, Within, setting
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -18,53 +18,47 @@ if TYPE_CHECKING:
 @dataclass
 class OptimizerConfig:
     name: str = MISSING
-    lr: float = setting(0.001, headline=True)
-    weight_decay: float = 0.0
+    lr: float = setting(0.001, Positive(), headline=True)
+    weight_decay: float = setting(0.0, Within(0.0))
     # weight decay on normalization weights and biases too (false: only on conv/linear weights)
     decay_norm_and_bias: bool = True
     # learning-rate factor for normalization layers' parameters; their weight decay is divided
     # by it, so the decay per step (lr x weight_decay) stays the same
-    norm_lr_scale: float = 1.0
+    norm_lr_scale: float = setting(1.0, Positive())
 
     def check(self, at: str, run: Config) -> None:
-        require(self.lr > 0, f"{at}.lr", "a float > 0", self.lr)
-        require(self.weight_decay >= 0, f"{at}.weight_decay", "a float >= 0", self.weight_decay)
-        require(self.norm_lr_scale > 0, f"{at}.norm_lr_scale", "a float > 0", self.norm_lr_scale)
+        """The rules between keys (each key's own values: settings.check_values)."""
 
 
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"
-    momentum: float = 0.0
+    momentum: float = setting(0.0, InUnit())
     nesterov: bool = False
 
     def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
-        in_unit(self, at, "momentum")
         nesterov_needs_momentum(self, at, "nesterov", "momentum")
 
 
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: List[float] = setting([0.9, 0.999], Free())  # two floats in [0, 1): check() says so
+    eps: float = setting(1e-8, Positive())
 
     def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
         require(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"{at}.betas",
             "two floats in [0, 1)",
             self.betas,
         )
-        require(self.eps > 0, f"{at}.eps", "a float > 0", self.eps)
 
 
 @dataclass
 class AdamWConfig(AdamConfig):
     name: str = "adamw"
-    weight_decay: float = 0.01
+    weight_decay: float = setting(0.01, Within(0.0))
 
 
 @dataclass
@@ -89,25 +83,20 @@ class MuonConfig(OptimizerConfig):
     filters take no weight decay: their norm is reset before every step."""
 
     name: str = "muon"
-    lr: float = 0.24
-    momentum: float = 0.6
+    lr: float = setting(0.24, Positive(), headline=True)
+    momentum: float = setting(0.6, InUnit())
     nesterov: bool = True
     # Newton-Schulz iterations, the eps added to the update's norm, and bf16 for them
     # (float32 where the CPU has no bf16 units: emulated bf16 matmuls are slow)
-    ns_steps: int = 3
-    ns_eps: float = 1e-7
+    ns_steps: int = setting(3, AtLeast(1))
+    ns_eps: float = setting(1e-7, Positive())
     ns_bf16: bool = True
-    aux_lr: float = 0.01
-    bias_lr: float = 0.01
-    aux_momentum: float = 0.9
+    aux_lr: float = setting(0.01, Positive())
+    bias_lr: float = setting(0.01, Positive())
+    aux_momentum: float = setting(0.9, InUnit())
     aux_nesterov: bool = True
 
     def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
-        in_unit(self, at, "momentum", "aux_momentum")
-        at_least(self, at, 1, "ns_steps")
-        for key in ("ns_eps", "aux_lr", "bias_lr"):
-            require(getattr(self, key) > 0, f"{at}.{key}", "a float > 0", getattr(self, key))
         require(
             self.norm_lr_scale == 1.0,
             f"{at}.norm_lr_scale",
@@ -123,10 +112,10 @@ class MuonConfig(OptimizerConfig):
 class SchedulerConfig:
     name: str = MISSING
     # linear warmup from 1% of the learning rate over this many epochs, then the schedule
-    warmup_epochs: float = 0.0
+    warmup_epochs: float = setting(0.0, NonNegative())
 
     def check(self, at: str, run: Config) -> None:
-        require(self.warmup_epochs >= 0, f"{at}.warmup_epochs", "a float >= 0 (0: off)", self.warmup_epochs)
+        """The rules between keys (each key's own values: settings.check_values)."""
 
 
 @dataclass
@@ -137,10 +126,9 @@ class ConstantConfig(SchedulerConfig):
 @dataclass
 class CosineConfig(SchedulerConfig):
     name: str = "cosine"
-    eta_min: float = 0.0
+    eta_min: float = setting(0.0, Within(0.0))  # and below optimizer.lr: check()
 
     def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
         require(0 <= self.eta_min < run.optimizer.lr, f"{at}.eta_min", "a float in [0, optimizer.lr)", self.eta_min)
 
 
@@ -148,15 +136,8 @@ class CosineConfig(SchedulerConfig):
 class OneCycleConfig(SchedulerConfig):
     name: str = "onecycle"
     # peak learning rate; null takes optimizer.lr
-    max_lr: Optional[float] = None
-    pct_start: float = 0.25
-
-    def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
-        require(
-            self.max_lr is None or self.max_lr > 0, f"{at}.max_lr", "a float > 0 (or null: optimizer.lr)", self.max_lr
-        )
-        require(0 < self.pct_start < 1, f"{at}.pct_start", "a float in (0, 1)", self.pct_start)
+    max_lr: Optional[float] = setting(None, Positive())
+    pct_start: float = setting(0.25, Within(0.0, 1.0, low_closed=False))
 
 
 @dataclass
@@ -165,24 +146,13 @@ class TriangleConfig(SchedulerConfig):
     end_factor x lr at its end (airbench's schedule)."""
 
     name: str = "triangle"
-    start_factor: float = 0.2
-    peak_at: float = 0.23
-    end_factor: float = 0.07
-
-    def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
-        require(0 <= self.peak_at <= 1, f"{at}.peak_at", "a float in [0, 1]", self.peak_at)
-        for key in ("start_factor", "end_factor"):
-            require(getattr(self, key) >= 0, f"{at}.{key}", "a float >= 0", getattr(self, key))
+    start_factor: float = setting(0.2, Within(0.0))
+    peak_at: float = setting(0.23, Within(0.0, 1.0, high_closed=True))
+    end_factor: float = setting(0.07, Within(0.0))
 
 
 @dataclass
 class StepConfig(SchedulerConfig):
     name: str = "step"
-    step_epochs: int = 30
-    gamma: float = 0.1
-
-    def check(self, at: str, run: Config) -> None:
-        super().check(at, run)
-        at_least(self, at, 1, "step_epochs")
-        require(0 < self.gamma <= 1, f"{at}.gamma", "a float in (0, 1]", self.gamma)
+    step_epochs: int = setting(30, AtLeast(1))
+    gamma: float = setting(0.1, Within(0.0, 1.0, low_closed=False, high_closed=True))

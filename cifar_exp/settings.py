@@ -75,6 +75,28 @@ class Positive(Rule):
 
 
 @dataclass(frozen=True)
+class Within(Rule):
+    """Rates, factors and fractions: a float in an interval, each end open or closed (an
+    infinite upper end: a lower bound only)."""
+
+    low: float
+    high: float = float("inf")
+    low_closed: bool = True
+    high_closed: bool = False
+
+    def ok(self, value: Any) -> bool:
+        above = value >= self.low if self.low_closed else value > self.low
+        below = value <= self.high if self.high_closed else value < self.high
+        return above and below
+
+    def said(self) -> str:
+        if self.high == float("inf"):
+            return f"a float {'>=' if self.low_closed else '>'} {self.low:g}"
+        ends = ("[" if self.low_closed else "(", "]" if self.high_closed else ")")
+        return f"a float in {ends[0]}{self.low:g}, {self.high:g}{ends[1]}"
+
+
+@dataclass(frozen=True)
 class InRange(Rule):
     """An integer in [low, high)."""
 

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from cifar_exp import metrics, settings
 from cifar_exp.config import CheckpointConfig, Config, MlflowConfig, TrainerConfig
 from cifar_exp.errors import UserError
+from cifar_exp.registry import REGISTRY
 from cifar_exp.resume import RESUME_SAFE
 from cifar_exp.validation import validate
 
@@ -18,16 +19,31 @@ from helpers import compose_cfg
 
 # the schemas whose keys all carry their facts, under the prefix they sit at
 SCHEMAS = [("", Config), ("trainer.", TrainerConfig), ("mlflow.", MlflowConfig), ("checkpoint.", CheckpointConfig)]
+# ... and every registered option of these groups, chosen by its own override
+GROUPS = ("optimizer", "scheduler")
+
+
+def _schemas():
+    """(key prefix, schema, the overrides that choose it)."""
+    yield from ((prefix, schema, []) for prefix, schema in SCHEMAS)
+    for group in GROUPS:
+        for name, option in REGISTRY[group].items():
+            yield f"{group}.", option.schema, [f"{group}={name}"]
 
 
 def _keys():
-    for prefix, schema in SCHEMAS:
+    """(key, field, overrides) of every key but the bools (their type says their values)
+    and an option's name (the group's choice, not a value)."""
+    for prefix, schema, chosen in _schemas():
         for f in dataclasses.fields(schema):
-            if f.name not in Config.GROUPS and f.type not in ("bool", bool):
-                yield prefix + f.name, f
+            if f.name not in Config.GROUPS and f.type not in ("bool", bool) and not (chosen and f.name == "name"):
+                yield prefix + f.name, f, chosen
 
 
-@pytest.mark.parametrize("key, field", list(_keys()), ids=lambda v: v if isinstance(v, str) else "")
+KEYS = [(key, f) for key, f, _ in _keys()]
+
+
+@pytest.mark.parametrize("key, field", KEYS, ids=[f"{key}:{f.name}" for key, f in KEYS])
 def test_every_key_says_the_values_it_takes(key, field):
     assert isinstance(field.metadata.get(settings.RULE), settings.Rule), (
         f"{key} has no rule: give it one with settings.setting(default, rule) (Free() for any value)"
@@ -42,18 +58,22 @@ def _bad(rule: settings.Rule) -> list:
         settings.NonNegative: lambda r: [-1.0],
         settings.Positive: lambda r: [0.0],
         settings.InRange: lambda r: [r.low - 1, r.high],
+        settings.Within: lambda r: (
+            [r.low - 0.1 if r.low_closed else r.low]
+            + ([r.high + 0.1 if r.high_closed else r.high] if r.high != float("inf") else [])
+        ),
         settings.OneOf: lambda r: ["sideways"],
         settings.Matches: lambda r: [" "],
         settings.Free: lambda r: [],
     }[type(rule)](rule)
 
 
-BAD = [(key, value) for key, f in _keys() for value in _bad(f.metadata[settings.RULE])]
+BAD = [(key, value, chosen) for key, f, chosen in _keys() for value in _bad(f.metadata[settings.RULE])]
 
 
-@pytest.mark.parametrize("key, value", BAD, ids=[f"{k}={v}" for k, v in BAD])
-def test_a_value_outside_a_key_s_rule_is_refused_naming_the_key(key, value):
-    cfg = compose_cfg("dataset=synthetic")
+@pytest.mark.parametrize("key, value, chosen", BAD, ids=[" ".join([*c, f"{k}={v}"]) for k, v, c in BAD])
+def test_a_value_outside_a_key_s_rule_is_refused_naming_the_key(key, value, chosen):
+    cfg = compose_cfg("dataset=synthetic", *chosen)
     OmegaConf.update(cfg, key, value)
     with pytest.raises(UserError, match=f"^{key}={value!r} is invalid: must be "):
         validate(cfg)

@@ -48,13 +48,6 @@ def at_least(obj: Any, at: str, minimum: int, *keys: str) -> None:
     _apply(AtLeast(minimum), obj, at, keys)
 
 
-def in_unit(obj: Any, at: str, *keys: str) -> None:
-    """Shares and decays: each key a float in [0, 1) (settings.InUnit)."""
-    from cifar_exp.settings import InUnit
-
-    _apply(InUnit(), obj, at, keys)
-
-
 def _apply(rule: Any, obj: Any, at: str, keys: tuple[str, ...]) -> None:
     for key in keys:
         require(rule.ok(getattr(obj, key)), f"{at}.{key}", rule.said(), getattr(obj, key))

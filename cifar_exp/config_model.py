@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, List, Optional
 
 from omegaconf import MISSING
 
-from cifar_exp.checks import at_least, in_unit, require
+from cifar_exp.checks import require
+from cifar_exp.settings import AtLeast, Free, InUnit, OneOf, Positive, setting
 
 if TYPE_CHECKING:
     from cifar_exp.config import Config
@@ -66,15 +67,14 @@ class SpeedNetConfig(ModelConfig):
     """A small fast-converging conv net (airbench-style)."""
 
     name: str = "speed_net"
-    widths: List[int] = field(default_factory=lambda: [64, 128, 256])
-    act: str = "gelu"
+    widths: List[int] = setting([64, 128, 256], Free())  # even integers >= 2: check()
+    act: str = setting("gelu", OneOf(ACTIVATIONS))
 
     def smallest_image(self) -> int:
         return max(self.min_image_size, 2 ** len(self.widths))  # each width halves the map
 
     def check(self, at: str, run: Config) -> None:
         _check_widths(self.widths, at)
-        require(self.act in ACTIVATIONS, f"{at}.act", " or ".join(ACTIVATIONS), self.act)
         super().check(at, run)
 
 
@@ -87,16 +87,16 @@ class Airbench94Config(ModelConfig):
 
     name: str = "airbench94"
     min_image_size: ClassVar[int] = 16
-    widths: List[int] = field(default_factory=lambda: [64, 256, 256])
+    widths: List[int] = setting([64, 256, 256], Free())  # even integers >= 2: check()
     # share of the old running statistics BatchNorm keeps per step (PyTorch's momentum is 1 - it)
-    bn_momentum: float = 0.6
-    output_scale: float = 0.1111111111111111
+    bn_momentum: float = setting(0.6, InUnit())
+    output_scale: float = setting(0.1111111111111111, Positive())
     # the whitening conv's bias trains for this many epochs, then stays
-    whiten_bias_epochs: int = 3
+    whiten_bias_epochs: int = setting(3, AtLeast(0))
     # its initial value: zeros (airbench94) or pytorch (a conv's default, airbench94_muon)
-    whiten_bias_init: str = "zeros"
+    whiten_bias_init: str = setting("zeros", OneOf(WHITEN_BIAS_INITS))
     # null: PyTorch's init for the head; a float: its initial weights rescaled to this std
-    head_init_std: Optional[float] = None
+    head_init_std: Optional[float] = setting(None, Positive())
 
     def smallest_image(self) -> int:
         # the unpadded 2x2 whitening conv takes a pixel, then each group halves the map
@@ -104,19 +104,4 @@ class Airbench94Config(ModelConfig):
 
     def check(self, at: str, run: Config) -> None:
         _check_widths(self.widths, at)
-        in_unit(self, at, "bn_momentum")
-        require(self.output_scale > 0, f"{at}.output_scale", "a float > 0", self.output_scale)
-        at_least(self, at, 0, "whiten_bias_epochs")
-        require(
-            self.whiten_bias_init in WHITEN_BIAS_INITS,
-            f"{at}.whiten_bias_init",
-            " or ".join(WHITEN_BIAS_INITS),
-            self.whiten_bias_init,
-        )
-        require(
-            self.head_init_std is None or self.head_init_std > 0,
-            f"{at}.head_init_std",
-            "a float > 0 (or null: PyTorch's init)",
-            self.head_init_std,
-        )
         super().check(at, run)

@@ -20,7 +20,7 @@ from helpers import compose_cfg
 # the schemas whose keys all carry their facts, under the prefix they sit at
 SCHEMAS = [("", Config), ("trainer.", TrainerConfig), ("mlflow.", MlflowConfig), ("checkpoint.", CheckpointConfig)]
 # ... and every registered option of these groups, chosen by its own override
-GROUPS = ("optimizer", "scheduler")
+GROUPS = ("dataset", "model", "optimizer", "scheduler")
 
 
 def _schemas():

@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.distributed as dist
@@ -206,11 +206,13 @@ def min_rank(value: int, device: torch.device) -> int:
 
 
 # --- one run, not several: checked once, at the start ---------------------------------------------
-def agree(what: str, facts: Mapping[str, str]) -> None:
+def agree(what: str, facts: Callable[[], Mapping[str, str]]) -> None:
     """Refuses, on every rank, a run whose ranks disagree on `what` (the config's keys, the
     data's digests): each would train something else while their gradients are averaged.
-    The refusal names the first keys that differ."""
-    main, *others = gathered(dict(facts))
+    The refusal names the first keys that differ. `facts` is asked only with several ranks."""
+    if not _active():
+        return
+    main, *others = gathered(dict(facts()))
     for rank, theirs in enumerate(others, start=1):
         differ = [k for k in sorted(set(theirs) | set(main)) if theirs.get(k) != main.get(k)]
         if differ:

@@ -58,7 +58,7 @@ def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict
     # with several processes, rank 0's dir is everyone's, and they run one config
     shared_dir = distributed.from_main(job.output_dir)
     distributed.check_shared(shared_dir)
-    distributed.agree("config", {k: repr(v) for k, v in flatten(plain_config(config)).items()})
+    distributed.agree("config", lambda: {k: repr(v) for k, v in flatten(plain_config(config)).items()})
     start = resume.plan(composed, config, job, shared_dir)
     cfg, run_dir, resumed = start.config, start.run_dir, start.checkpoint
 
@@ -82,7 +82,7 @@ def _run(composed: DictConfig, config: Config, world: distributed.World) -> dict
         state.run_id = tracker.run_id or state.run_id  # tracking off: the run id waits for a later resume
         ckpt.before_write = tracker.flush
         data = load_data(cfg, device, state, resumed is not None)
-        distributed.agree("data", data.digests)
+        distributed.agree("data", lambda: data.digests)
         train, evals = loaders(cfg, data, world)
         trainer = build_trainer(cfg, data, len(train), device, world, precision)
         policies = build_policies(cfg, job, world, signals, tracker)

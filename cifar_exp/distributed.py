@@ -69,54 +69,101 @@ def setup(strategy: str, timeout_s: int = 300) -> World:
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         timeout = timedelta(seconds=timeout_s)
-        if slurm is None:  # torchrun's agents met already: the group forms in their store
-            dist.init_process_group(backend, timeout=timeout)
-        else:
-            rank, size = int(slurm["RANK"]), int(slurm["WORLD_SIZE"])
-            store = _join(slurm["MASTER_ADDR"], int(slurm["MASTER_PORT"]), rank, size, timeout_s)
-            dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
+        rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        deadline = _Deadline(timeout_s, time.monotonic() + timeout_s)
+        if slurm is not None:
+            store = _join(_reach(slurm["MASTER_ADDR"], int(slurm["MASTER_PORT"]), rank, deadline), rank, size, deadline)
+        elif os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            store = _join(_round_store(rank, deadline), rank, size, deadline)
+        else:  # torchrun's static rendezvous: each round has a store of its own at MASTER_ADDR:MASTER_PORT
+            store = None
+        dist.init_process_group(backend, store=store, rank=rank, world_size=size, timeout=timeout)
     return World(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def _join(addr: str, port: int, rank: int, size: int, timeout_s: int) -> dist.Store:
-    """The group's store, on rank 0's node: every rank joins it under its node's name and
-    waits (at most timeout_s) until all have, so that who is missing is known by name where
-    torch's own rendezvous says only how many came."""
-    deadline = time.monotonic() + timeout_s
-    if rank > 0:
-        _await_listening(addr, port, deadline, rank)
-    store = dist.TCPStore(addr, port, size, rank == 0, timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+@dataclass(frozen=True)
+class _Deadline:
+    """When forming the group must have ended (trainer.ddp_timeout_s from the start)."""
+
+    timeout_s: int
+    at: float
+
+    @property
+    def passed(self) -> bool:
+        return time.monotonic() > self.at
+
+
+def _store(addr: str, port: int, host: bool, deadline: _Deadline) -> dist.TCPStore:
+    wait = timedelta(seconds=max(deadline.at - time.monotonic(), 1))
+    return dist.TCPStore(addr, port, None, host, timeout=wait, wait_for_workers=False)
+
+
+def _reach(addr: str, port: int, rank: int, deadline: _Deadline) -> dist.TCPStore:
+    """The store at addr:port: rank 0 hosts it, the others connect once it listens.
+    TCPStore's own client, failing to connect, prints pages of C++ frames; this says it in
+    one line."""
+    while rank > 0 and not _listening(addr, port):
+        if deadline.passed:
+            raise UserError(
+                f"rank {rank} on {node_name()} could not reach rank 0's group store at {addr}:{port} within "
+                f"trainer.ddp_timeout_s={deadline.timeout_s}: rank 0 did not start, or its node is unreachable"
+            )
+        time.sleep(0.2)
+    return _store(addr, port, rank == 0, deadline)
+
+
+def _round_store(rank: int, deadline: _Deadline) -> dist.TCPStore:
+    """A store for this round of torchrun's restarts alone. torchrun's agents keep one store
+    through every round, so the keys an earlier round's workers left there (their gloo
+    addresses) would be read as this round's, and the new group would wait on workers that
+    are gone; no round count tells them apart, since an agent that restarts for another
+    node's failure does not count it. Rank 0 hosts a store of its own on a fresh port and
+    posts the port in the agents' store; the others read the post until the port it names
+    answers, since a post an earlier round left names a port nobody listens on now."""
+    addr = os.environ["MASTER_ADDR"]
+    agents = _store(addr, int(os.environ["MASTER_PORT"]), False, deadline)
+    key = "cifar_exp/group_store_port"
+    if rank == 0:
+        own = _store(addr, 0, True, deadline)
+        agents.set(key, str(own.port))
+        return own
+    while not (agents.check([key]) and _listening(addr, port := int(agents.get(key)))):
+        if deadline.passed:
+            raise UserError(
+                f"rank {rank} on {node_name()} found no group store of rank 0's within "
+                f"trainer.ddp_timeout_s={deadline.timeout_s}: rank 0 did not start, or stopped before the group formed"
+            )
+        time.sleep(0.2)
+    return _store(addr, port, False, deadline)
+
+
+def _listening(addr: str, port: int) -> bool:
+    try:
+        socket.create_connection((addr, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def _join(store: dist.TCPStore, rank: int, size: int, deadline: _Deadline) -> dist.TCPStore:
+    """Every rank joins the group's store under its node's name and waits (until the
+    deadline) for all to have, so that who is missing is known by name where torch's own
+    rendezvous says only how many came."""
     keys = [f"cifar_exp/joined/{r}" for r in range(size)]
     store.set(keys[rank], node_name())
     while not store.check(keys):
-        if time.monotonic() > deadline:
+        if deadline.passed:
             joined = {r: store.get(k).decode() for r, k in enumerate(keys) if store.check([k])}
             missing = [str(r) for r in range(size) if r not in joined]
             absent = [n for n in _job_nodes() if n not in joined.values()]
             raise UserError(
-                f"the process group did not form within trainer.ddp_timeout_s={timeout_s}: rank "
+                f"the process group did not form within trainer.ddp_timeout_s={deadline.timeout_s}: rank "
                 f"{', '.join(missing)} of {size} never joined"
                 + (f" (nothing came from node {', '.join(absent)})" if absent else "")
                 + f"; joined: {', '.join(f'rank {r} on {n}' for r, n in sorted(joined.items()))}"
             )
         time.sleep(0.1)
     return store
-
-
-def _await_listening(addr: str, port: int, deadline: float, rank: int) -> None:
-    """Waits for rank 0's store to listen. TCPStore's own client, failing to connect, prints
-    pages of C++ frames; this says it in one line."""
-    while True:
-        try:
-            socket.create_connection((addr, port), timeout=2).close()
-            return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise UserError(
-                    f"rank {rank} on {node_name()} could not reach rank 0's group store at {addr}:{port} "
-                    f"within trainer.ddp_timeout_s ({e}): rank 0 did not start, or its node is unreachable from here"
-                ) from None
-            time.sleep(0.2)
 
 
 def _job_nodes() -> list[str]:

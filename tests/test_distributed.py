@@ -288,3 +288,37 @@ def test_several_slurm_tasks_without_ddp_is_one_line(monkeypatch):
         monkeypatch.setenv(key, value)
     with pytest.raises(UserError, match="^SLURM started 2 tasks of this job but trainer.strategy=single; add"):
         distributed.setup("single")
+
+
+def test_a_round_of_restarts_forms_its_group_in_a_store_of_its_own(monkeypatch):
+    """The store torchrun's agents keep through restarts still holds an earlier round's post
+    (a port nobody listens on now), and rank 1 reads it before rank 0 of the new round has
+    posted: rank 1 reads on until rank 0's new store answers, and both join that one."""
+    import threading
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from cifar_exp import distributed
+
+    from helpers import free_port
+
+    agents = dist.TCPStore("127.0.0.1", 0, None, True, timeout=timedelta(seconds=30), wait_for_workers=False)
+    stale = free_port()
+    agents.set("cifar_exp/group_store_port", str(stale))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(agents.port))
+    deadline = distributed._Deadline(30, time.monotonic() + 30)
+    stores = {}
+
+    def join(rank: int) -> None:
+        stores[rank] = distributed._join(distributed._round_store(rank, deadline), rank, 2, deadline)
+
+    follower = threading.Thread(target=join, args=(1,))
+    follower.start()
+    time.sleep(1)  # rank 1 has read the stale post by now
+    join(0)
+    follower.join(30)
+    assert stores[0].port != stale
+    stores[1].set("from rank 1", "seen")
+    assert stores[0].get("from rank 1") == b"seen"

@@ -6,17 +6,18 @@ Nothing heavy is imported at module level, so --help, --cfg and config errors st
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn, Optional, Union
+from typing import NoReturn, Union
 
 import hydra
 from omegaconf import DictConfig
 
 from cifar_exp.distributed_env import process_rank
-from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, stopping
+from cifar_exp.errors import EXIT_USAGE, Interrupted, UserError, exit_with, one_line, reason, stopping
 from cifar_exp.metrics import objectives
 from cifar_exp.registry import register_configs
 from cifar_exp.run_dir import next_resume_files, resumed_run_dir
@@ -132,25 +133,39 @@ def main() -> None:
     except OSError as e:  # Hydra making a run dir or log file in a place it cannot write
         exit_with(f"cannot write {e.filename or 'the output dir'}: {e.strerror or e}")
     except Exception as e:
-        refusal = _scheduler_refusal(e)
-        if refusal is None:
-            raise
-        exit_with(refusal)
+        _exit_if_the_scheduler_said(e)
+        raise
 
 
-def _scheduler_refusal(e: BaseException) -> Optional[str]:
-    """The scheduler's refusal of the jobs the launcher submitted (sbatch refusing a node
-    count or a partition the cluster cannot satisfy), in one line; None for anything else.
-    submitit raises it with the failed submission command as its cause."""
-    if "submitit" not in sys.modules or not isinstance(e.__cause__, subprocess.CalledProcessError):
-        return None
-    from submitit.core.utils import FailedJobError
+def _exit_if_the_scheduler_said(e: BaseException) -> None:
+    """What the scheduler said of the launcher's jobs, in one line: that it refused them
+    (sbatch refusing a node count or a partition the cluster cannot satisfy; submitit raises
+    that with the failed submission command as its cause, exit 2), or that a job's task
+    ended without a result (killed outside Python, exit 1). Returns for anything else."""
+    if "submitit" not in sys.modules:
+        return
+    from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    if not isinstance(e, FailedJobError):
-        return None
-    asked = " ".join(a for a in sys.argv[1:] if a.startswith(("hydra.launcher.", "hydra/launcher=")))
-    said = (e.__cause__.stderr or "").strip().splitlines()
-    return f"the cluster refused the sweep's jobs ({said[-1] if said else e.__cause__}) for: {asked}"
+    if isinstance(e, UncompletedJobError):
+        stopping.append(e)
+        show(f"cifar-exp: error: {_lost_job(str(e))}", file=sys.stderr)
+        sys.exit(1)
+    if isinstance(e, FailedJobError) and isinstance(e.__cause__, subprocess.CalledProcessError):
+        asked = " ".join(a for a in sys.argv[1:] if a.startswith(("hydra.launcher.", "hydra/launcher=")))
+        said = (e.__cause__.stderr or "").strip().splitlines()
+        exit_with(f"the cluster refused the sweep's jobs ({said[-1] if said else e.__cause__}) for: {asked}")
+
+
+def _lost_job(said: str) -> str:
+    """submitit's account of a job's task that left no result file, in one line."""
+    found = re.search(r"Job (\S+) \(task: (\d+)\) with path (\S+)\s+has not produced any output \(state: (\w+)\)", said)
+    if found is None:
+        return f"a job of this sweep ended without a result: {reason(RuntimeError(said))}"
+    job, task, result, state = found.groups()
+    return (
+        f"SLURM job {job}'s task {task} ended without a result (state {state}): it was killed outside Python "
+        f"(kill -9, out of memory, its node lost); its log lies beside {result}"
+    )
 
 
 if __name__ == "__main__":

@@ -165,6 +165,20 @@ def launched(args: list[str], cwd: Path, env: dict):
         proc.communicate(timeout=30)
 
 
+def ended(proc: subprocess.Popen, env: dict, workdir: Path, timeout: float = 300) -> str:
+    """The launcher's output once it has ended; if it has not within `timeout`, the test
+    fails with what the cluster held then (the queue, each job's log) rather than leaving
+    pytest-timeout a stack of this wait to show."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        squeue = ["squeue", "-o", "%i %T %r %S %N"]
+        queue = subprocess.run(squeue, env={**os.environ, **env}, capture_output=True, text=True)
+        logs = [f"--- {p}\n{p.read_text()[-1500:]}" for p in sorted(workdir.glob("multirun/*/*/.submitit/*/*_log.*"))]
+        said = f"the launcher still waits after {timeout} s; squeue:\n{queue.stdout}{queue.stderr}\n"
+        pytest.fail(said + "\n".join(logs))
+
+
 def children_of_one_parent(workdir: Path) -> tuple:
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cifar_exp").experiment_id])
@@ -218,7 +232,7 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
         [job_id] = subprocess.run(squeue, env={**os.environ, **slurm}, capture_output=True, text=True).stdout.split()
         subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
         release_when_requeued(job_id, {**os.environ, **slurm})
-        out, _ = proc.communicate(timeout=600)
+        out = ended(proc, slurm, workdir, timeout=240)
     assert proc.returncode == 0, out[-3000:]
 
     client, parent, [child] = children_of_one_parent(workdir)
@@ -268,6 +282,48 @@ def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):
     for key in ("test/loss", "train/loss_epoch"):
         assert child.data.metrics[key] == pytest.approx(single.data.metrics[key], rel=1e-4), key
     assert child.data.metrics["test/acc"] == single.data.metrics["test/acc"]
+
+
+def test_a_task_killed_outside_python_ends_the_sweep_in_one_line(two_nodes, workdir):
+    """kill -9 of node2's task of a two-node job, mid-run, on this cluster that keeps no
+    accounting: rank 0 ends in one line and its run is FAILED; the launcher sees the job
+    leave the queue (squeue, where sacct knows nothing) and names the task that left no
+    result, where it used to wait forever for that task's result file. Nothing is left
+    running."""
+    import psutil
+
+    args = ["--multirun", *CPU_JOBS, *RUN, "dataset.train_size=3000", "epochs=6", "checkpoint.every_n_steps=5",
+            "hydra.launcher.nodes=2", "hydra.launcher.tasks_per_node=1", "trainer.strategy=ddp"]  # fmt: skip
+    with launched(args, workdir, two_nodes) as proc:
+        deadline = time.monotonic() + 300
+        while not list(workdir.glob("multirun/*/*/0/checkpoints/last.pt")):  # mid-run
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        [task] = [p for p in psutil.process_iter(["cmdline"]) if _task_of_rank(p, 1)]
+        job_id = task.environ()["SLURM_JOB_ID"]
+        task.kill()
+        out = ended(proc, two_nodes, workdir, timeout=240)
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("cifar-exp: error: ") == 1 and "Traceback" not in out, out[-3000:]
+    assert f"cifar-exp: error: SLURM job {job_id}'s task 1 ended without a result (state " in out
+    client, parent, [child] = children_of_one_parent(workdir)
+    assert child.info.status == "FAILED" and "lost the process group" in child.data.tags["error"]
+    assert parent.info.status == "FAILED"
+    queue = subprocess.run(["squeue", "-h"], env={**os.environ, **two_nodes}, capture_output=True, text=True)
+    assert queue.stdout.strip() == ""
+    assert not [p for p in psutil.process_iter(["cmdline"]) if _task_of_rank(p, 0) or _task_of_rank(p, 1)]
+
+
+def _task_of_rank(process, rank: int) -> bool:
+    """Whether `process` is a submitit task of a SLURM job step, of that rank."""
+    import psutil
+
+    if "submitit.core._submit" not in " ".join(process.info["cmdline"] or []):
+        return False
+    try:
+        return process.environ().get("SLURM_PROCID") == str(rank)
+    except psutil.Error:
+        return False
 
 
 def test_a_task_that_never_joins_is_named_in_one_line(two_nodes, workdir):

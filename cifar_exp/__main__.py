@@ -146,14 +146,14 @@ def _exit_if_the_scheduler_said(e: BaseException) -> None:
         return
     from submitit.core.utils import FailedJobError, UncompletedJobError
 
-    if isinstance(e, UncompletedJobError):
-        stopping.append(e)
-        show(f"cifar-exp: error: {_lost_job(str(e))}", file=sys.stderr)
-        sys.exit(1)
     if isinstance(e, FailedJobError) and isinstance(e.__cause__, subprocess.CalledProcessError):
         asked = " ".join(a for a in sys.argv[1:] if a.startswith(("hydra.launcher.", "hydra/launcher=")))
         said = (e.__cause__.stderr or "").strip().splitlines()
         exit_with(f"the cluster refused the sweep's jobs ({said[-1] if said else e.__cause__}) for: {asked}")
+    if type(e) is UncompletedJobError:  # not its subclass FailedJobError: a job that raised says so itself
+        stopping.append(e)
+        show(f"cifar-exp: error: {_lost_job(str(e))}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _lost_job(said: str) -> str:

@@ -86,9 +86,11 @@ def check_cluster(launcher: DictConfig) -> None:
     keep it pending forever (unless the cluster enforces partition limits), so it is refused
     here, with the count SLURM's own sinfo gives. Where sinfo cannot answer, the submission
     says what it says."""
-    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+    from hydra_plugins.cifar_exp_slurm_launcher.slurm_launcher import SlurmLauncher
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 
-    if launcher.get("_target_") != f"{SlurmLauncher.__module__}.{SlurmLauncher.__qualname__}":
+    slurm = {f"{c.__module__}.{c.__qualname__}" for c in (SlurmLauncher, HydraSlurmLauncher)}
+    if launcher.get("_target_") not in slurm:  # ours (hydra/launcher=slurm) or Hydra's (submitit_slurm)
         return
     partition = launcher.get("partition")
     nodes = _partition_nodes(partition)

@@ -343,21 +343,17 @@ def same_weights(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture
-def straight(cli, workdir):
+def straight(train, workdir):
     """Four epochs without interruption: the reference for every resume test."""
-    run_dir = workdir / "straight"
-    result = cli(*EXACT, "epochs=4", "mlflow.experiment_name=straight", f"hydra.run.dir={run_dir}")
-    assert result.returncode == 0, result.output
+    run_dir = train(*EXACT, "epochs=4", "mlflow.experiment_name=straight", run_dir="straight").run_dir
     return run_dir, histories(workdir, "straight")[1]
 
 
 @pytest.mark.slow
-def test_two_epochs_then_resume_to_four_is_bit_identical(cli, workdir, straight):
+def test_two_epochs_then_resume_to_four_is_bit_identical(train, workdir, straight):
     ref_dir, ref_metrics = straight
-    first = workdir / "first"
-    assert cli(*EXACT, "epochs=2", "mlflow.experiment_name=resumed", f"hydra.run.dir={first}").returncode == 0
-    result = cli(f"resume={first}", "epochs=4", "trainer.progress=false")
-    assert result.returncode == 0, result.output
+    first = train(*EXACT, "epochs=2", "mlflow.experiment_name=resumed", run_dir="first").run_dir
+    train(f"resume={first}", *EXACT, "epochs=4", "mlflow.experiment_name=resumed", run_dir="first")
     assert same_weights(weights(first), weights(ref_dir))
     status, metrics = histories(workdir, "resumed")  # one run: the resume logged into it
     for key in COMPARED:
@@ -637,7 +633,7 @@ def test_resuming_a_loose_checkpoint_file_writes_beside_the_new_run(cli, workdir
 
 
 @pytest.mark.slow
-def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
+def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(train, workdir):
     features = [
         *EXACT,
         "trainer.ema_decay=0.9",
@@ -649,12 +645,12 @@ def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
         "mlflow.log_model=false",
     ]
     straight, split, old = workdir / "straight", workdir / "split", workdir / "old"
-    assert cli(*features, "epochs=3", "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
-    assert cli(*features, "epochs=1", "mlflow.experiment_name=split", f"hydra.run.dir={split}").returncode == 0
+    train(*features, "epochs=3", "mlflow.experiment_name=straight", run_dir="straight")
+    train(*features, "epochs=1", "mlflow.experiment_name=split", run_dir="split")
     shutil.copytree(split / "checkpoints", old / "checkpoints")
     as_format_2(old / "checkpoints/last.pt", batches_per_epoch=8)  # what main wrote before steps were optimizer steps
-    assert cli(f"resume={split}", "epochs=3", "trainer.progress=false").returncode == 0
-    assert cli(f"resume={old}", "epochs=3", "trainer.progress=false", "mlflow.enabled=false").returncode == 0
+    train(f"resume={split}", *features, "epochs=3", "mlflow.experiment_name=split", run_dir="split")
+    train(f"resume={old}", *features, "epochs=3", "mlflow.enabled=false", run_dir="old")
     a, b, c = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (straight, split, old))
     # 8 batches an epoch in groups of 3, 3 and 2: 3 optimizer steps an epoch
     assert a["run"]["global_step"] == b["run"]["global_step"] == c["run"]["global_step"] == 9
@@ -669,7 +665,7 @@ def test_resume_with_ema_accumulation_and_mixup_is_bit_identical(cli, workdir):
 
 
 @pytest.mark.slow
-def test_a_format_2_run_with_accumulation_logs_every_later_metric(cli, workdir):
+def test_a_format_2_run_with_accumulation_logs_every_later_metric(train, workdir):
     """Format 2 logged at batch counts: its store holds steps up to 8 after one epoch of 8
     batches. Resumed, the run counts optimizer steps (3 an epoch) and logs them after the
     steps the store holds; not one later point is dropped."""
@@ -678,13 +674,13 @@ def test_a_format_2_run_with_accumulation_logs_every_later_metric(cli, workdir):
 
     run_dir = workdir / "old"
     features = [*EXACT, "trainer.accumulate_grad_batches=3", "mlflow.log_model=false"]
-    assert cli(*features, "epochs=1", "mlflow.experiment_name=old", f"hydra.run.dir={run_dir}").returncode == 0
+    train(*features, "epochs=1", "mlflow.experiment_name=old", run_dir="old")
     c = MlflowClient(tracking_uri=f"sqlite:///{workdir / 'mlflow.db'}")
     [run] = c.search_runs([c.get_experiment_by_name("old").experiment_id])
     rid = run.info.run_id
     c.log_batch(rid, metrics=[Metric("train/loss", 1.0, 0, step) for step in range(4, 9)])  # batch units, as then
     as_format_2(run_dir / "checkpoints/last.pt", batches_per_epoch=8)
-    assert cli(f"resume={run_dir}", "epochs=3", "trainer.progress=false").returncode == 0
+    train(f"resume={run_dir}", *features, "epochs=3", "mlflow.experiment_name=old", run_dir="old")
     logged = [m.step for m in sorted(c.get_metric_history(rid, "train/loss"), key=lambda m: m.step)]
     assert logged == list(range(1, 9)) + list(range(9, 15))  # 6 more optimizer steps, after step 8
     assert [m.step for m in c.get_metric_history(rid, "epoch")][-2:] == [11, 14]
@@ -704,7 +700,7 @@ def as_format_2(path: Path, batches_per_epoch: int) -> None:
 
 
 @pytest.mark.slow
-def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
+def test_the_airbench_recipe_resumes_bit_identically(train, workdir):
     """Lookahead, the whitening layer (init from data, bias frozen after epoch 1), alternating
     flips, reflected crops, drop_last and a max_steps end inside epoch 3, with a SIGTERM
     in epoch 2 and a resume."""
@@ -719,7 +715,7 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
         "mlflow.log_model=false",
     ]
     straight, split = workdir / "straight", workdir / "split"
-    assert cli(*recipe, "mlflow.experiment_name=straight", f"hydra.run.dir={straight}").returncode == 0
+    train(*recipe, "mlflow.experiment_name=straight", run_dir="straight")
     proc = cli_process(
         "cifar_exp", *recipe, "mlflow.experiment_name=split", f"hydra.run.dir={split}", cwd=workdir, merged=True
     )
@@ -729,8 +725,7 @@ def test_the_airbench_recipe_resumes_bit_identically(cli, workdir):
             break
     proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM
-    result = cli(f"resume={split}", "trainer.progress=false")
-    assert result.returncode == 0, result.output
+    train(f"resume={split}", *recipe, "mlflow.experiment_name=split", run_dir="split")
     a, b = (torch.load(d / "checkpoints/last.pt", weights_only=True) for d in (straight, split))
     assert a["run"]["global_step"] == b["run"]["global_step"] == 20 and a["run"]["epoch"] == 3
     assert same_weights(a["trainer"]["model"], b["trainer"]["model"])

@@ -308,9 +308,9 @@ def test_run_logged_to_a_tracking_server_is_visible_through_rest(cli, workdir, m
     assert list((workdir / "server-artifacts").rglob("confusion_matrix.png"))
 
 
-def test_runs_table_lists_runs_best_first(cli, workdir):
+def test_runs_table_lists_runs_best_first(cli, train, workdir):
     for lr in ("0.05", "0.0001"):
-        assert cli(*FAST, f"optimizer.lr={lr}", "mlflow.log_model=false").returncode == 0
+        train(*FAST, f"optimizer.lr={lr}", "mlflow.log_model=false", run_dir=lr)
     result = cli(module="cifar_exp.runs")
     assert result.returncode == 0, result.output
     header, first, second = result.stdout.strip().splitlines()
@@ -398,24 +398,13 @@ def shutil_copy(run_dir, epoch):
     shutil.copy(run_dir / f"checkpoints/epoch_{epoch:04d}.pt", run_dir / "checkpoints/last.pt")
 
 
-def test_a_resume_after_a_lost_checkpoint_logs_no_step_twice(cli, workdir):
+def test_a_resume_after_a_lost_checkpoint_logs_no_step_twice(train, workdir):
     """Metrics reach the store before the checkpoint rename; a kill between the two leaves
     points past the checkpoint in the store. The resume must not log them again."""
-    run_dir = workdir / "run"
-    assert (
-        cli(
-            *FAST,
-            "epochs=2",
-            "checkpoint.keep_last=2",
-            "trainer.log_every_n_steps=1",
-            "mlflow.log_model=false",
-            f"hydra.run.dir={run_dir}",
-        ).returncode
-        == 0
-    )
+    command = [*FAST, "epochs=2", "checkpoint.keep_last=2", "trainer.log_every_n_steps=1", "mlflow.log_model=false"]
+    run_dir = train(*command).run_dir
     shutil_copy(run_dir, 1)  # as if the epoch-2 checkpoint never reached its name
-    result = cli(f"resume={run_dir}", "mlflow.log_model=false")
-    assert result.returncode == 0, result.output[-2000:]
+    train(f"resume={run_dir}", *command)
     c, run = only_run(workdir)
     for key in ("train/loss", "lr", "test/acc", "epoch"):
         points = [m.step for m in c.get_metric_history(run.info.run_id, key)]
@@ -423,13 +412,12 @@ def test_a_resume_after_a_lost_checkpoint_logs_no_step_twice(cli, workdir):
     assert steps(c, run.info.run_id, "train/loss") == list(range(1, 33))
 
 
-def test_a_finished_resume_drops_the_error_of_an_earlier_segment(cli, workdir):
-    run_dir = workdir / "run"
-    assert cli(*FAST, "mlflow.log_model=false", f"hydra.run.dir={run_dir}").returncode == 0
+def test_a_finished_resume_drops_the_error_of_an_earlier_segment(train, workdir):
+    run_dir = train(*FAST, "mlflow.log_model=false").run_dir
     c, run = only_run(workdir)
     c.set_tag(run.info.run_id, "error", "RuntimeError: an earlier segment failed")
     c.set_terminated(run.info.run_id, "FAILED")
-    assert cli(f"resume={run_dir}", "epochs=2", "mlflow.log_model=false").returncode == 0
+    train(f"resume={run_dir}", *FAST, "epochs=2", "mlflow.log_model=false")
     _, run = only_run(workdir)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
 

@@ -399,17 +399,13 @@ def test_sigkill_at_a_random_step_then_resume_auto_is_bit_identical(workdir, str
 
 
 @pytest.mark.slow
-def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, workdir):
-    first = workdir / "first"
-    assert (
-        cli(*FAST, "epochs=2", "checkpoint.keep_last=2", "mlflow.enabled=false", f"hydra.run.dir={first}").returncode
-        == 0
-    )
+def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, train):
+    command = [*FAST, "checkpoint.keep_last=2", "mlflow.enabled=false"]
+    first = train(*command, "epochs=2").run_dir
     last = first / "checkpoints/last.pt"
     last.write_bytes(last.read_bytes()[:1000])
-    result = cli(f"resume={first}", "epochs=3", "mlflow.enabled=false")
-    assert result.returncode == 0, result.output
-    assert "skipped invalid checkpoint" in result.output and "epoch_0002.pt" in result.output
+    resumed = train(f"resume={first}", *command, "epochs=3")
+    assert "skipped invalid checkpoint" in resumed.log and "epoch_0002.pt" in resumed.log
     assert torch.load(last, weights_only=True)["run"]["epoch"] == 3
 
     last.write_bytes(b"junk")  # a file named explicitly is never swapped for another
@@ -418,9 +414,8 @@ def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, wo
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_change_of_model_or_optimizer(cli, workdir):
-    first = workdir / "first"
-    assert cli(*FAST, "mlflow.enabled=false", f"hydra.run.dir={first}").returncode == 0
+def test_resume_refuses_a_change_of_model_or_optimizer(cli, train):
+    first = train(*FAST, "mlflow.enabled=false", run_dir="first").run_dir
     for override, key in (
         ("model=tutorial_net", "model.name"),
         ("optimizer=adam", "optimizer.name"),
@@ -467,12 +462,11 @@ def test_a_stored_cache_dir_or_store_never_chooses_where_a_job_writes(train, wor
 
 
 @pytest.mark.slow
-def test_evaluate_and_predict_from_a_checkpoint(cli, workdir):
+def test_evaluate_and_predict_from_a_checkpoint(cli, train, workdir):
     from PIL import Image
 
-    run = workdir / "run"
-    trained = cli(*FAST, "epochs=2", "mlflow.enabled=false", f"hydra.run.dir={run}")
-    logged = re.search(r"test images: (\d+\.\d\d) %", trained.output).group(1)
+    trained = train(*FAST, "epochs=2", "mlflow.enabled=false")
+    run, logged = trained.run_dir, f"{100 * trained.metrics['test/acc']:.2f}"
     result = cli(f"checkpoint={run}", module="cifar_exp.evaluate")
     assert result.returncode == 0, result.output
     assert f"Accuracy of the network on the 500 test images: {logged} %" in result.stdout

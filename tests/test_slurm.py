@@ -245,12 +245,21 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
 
 
 def release_when_requeued(job_id: str, env: dict) -> None:
-    """Once the job is back in the queue, let it start at once: SLURM holds a requeued job
-    for two minutes (its BeginTime), a wait that tells the test nothing."""
+    """Once the job is back in the queue and its node has cleaned up after it, let it start
+    at once: SLURM holds a requeued job for two minutes (its BeginTime), a wait that tells
+    the test nothing. The hold is what keeps a job off a node still ending its last run,
+    so the release waits for that (a launch onto such a node may fail and hold the job)."""
     deadline = time.monotonic() + 120
     state = ["squeue", "-h", "-j", job_id, "-o", "%T %r"]
     while subprocess.run(state, env=env, capture_output=True, text=True).stdout.split() != ["PENDING", "BeginTime"]:
         assert time.monotonic() < deadline, "the job was not requeued"
+        time.sleep(0.2)
+    nodes = ["sinfo", "-h", "-N", "-o", "%T"]
+    while any(
+        node.startswith(("completing", "draining"))  # a job still ending on it
+        for node in subprocess.run(nodes, env=env, capture_output=True, text=True).stdout.split()
+    ):
+        assert time.monotonic() < deadline, "a node never ended the job's last run"
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
 

@@ -361,27 +361,27 @@ def test_an_unusable_store_is_one_line_before_any_work(cli, workdir, store, need
     assert "epoch 1" not in result.stdout and time.monotonic() - started < 60
 
 
-def test_resume_into_another_store_or_with_tracking_off(cli, workdir):
-    first = workdir / "first"
-    assert cli(*FAST, f"hydra.run.dir={first}", "mlflow.log_model=false").returncode == 0
+def test_resume_into_another_store_or_with_tracking_off(train, workdir, monkeypatch):
+    command = [*FAST, "mlflow.log_model=false"]
+    first = train(*command, run_dir="first").run_dir
     _, original = only_run(workdir)
     other = workdir / "other.db"
-    moved = cli(f"resume={first}", "epochs=2", "mlflow.log_model=false", MLFLOW_TRACKING_URI=f"sqlite:///{other}")
-    assert moved.returncode == 0, moved.output[-2000:]
-    assert f"is not in sqlite:///{other}" in moved.output
+    with monkeypatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{other}")
+        moved = train(f"resume={first}", *command, "epochs=2", run_dir="first")
+    assert f"is not in sqlite:///{other}" in moved.log
     c = MlflowClient_for(other)
     [new] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     assert new.info.status == "FINISHED" and new.data.tags["cifar_exp.resumed_from_run"] == original.info.run_id
 
-    second = workdir / "second"
-    assert cli(*FAST, f"hydra.run.dir={second}", "mlflow.log_model=false", "mlflow.experiment_name=off").returncode == 0
+    second = train(*command, "mlflow.experiment_name=off", run_dir="second").run_dir
     c = client(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("off").experiment_id])
-    off = cli(f"resume={second}", "epochs=2", "mlflow.enabled=false")
-    assert off.returncode == 0 and "tracking is off for this segment" in off.output
+    off = train(f"resume={second}", *command, "epochs=2", "mlflow.enabled=false", run_dir="second")
+    assert "tracking is off for this segment" in off.log
     ckpt = torch.load(second / "checkpoints/last.pt", weights_only=True)
     assert ckpt["run"]["epoch"] == 2 and ckpt["run"]["run_id"] == run.info.run_id  # kept for later
-    assert cli(f"resume={second}", "epochs=3", "mlflow.enabled=true", "mlflow.log_model=false").returncode == 0
+    train(f"resume={second}", *command, "epochs=3", "mlflow.experiment_name=off", run_dir="second")
     [run] = c.search_runs([c.get_experiment_by_name("off").experiment_id])  # still one run
     assert run.info.status == "FINISHED" and run.data.metrics["epoch"] == 3
 

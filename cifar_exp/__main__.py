@@ -162,9 +162,10 @@ def _lost_job(said: str) -> str:
     if found is None:
         return f"a job of this sweep ended without a result: {reason(RuntimeError(said))}"
     job, task, result, state = found.groups()
+    log = result.removesuffix("_result.pkl") + "_log.err"  # submitit's names for a task's files
     return (
         f"SLURM job {job}'s task {task} ended without a result (state {state}): it was killed outside Python "
-        f"(kill -9, out of memory, its node lost); its log lies beside {result}"
+        f"(kill -9, out of memory, its node lost); its log: {log}"
     )
 
 

@@ -146,7 +146,8 @@ def _cancel_jobs(env: dict) -> None:
 @contextlib.contextmanager
 def launched(args: list[str], cwd: Path, env: dict):
     """`python -m cifar_exp ...` in a session of its own; however the test ends, that session
-    (the launcher and anything it started) is stopped before the cluster is."""
+    (the launcher and anything it started) is stopped before the cluster is. A test that
+    fails inside also cancels the cluster's jobs, so that the next test finds it empty."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "cifar_exp", *args],
         cwd=cwd,
@@ -158,6 +159,9 @@ def launched(args: list[str], cwd: Path, env: dict):
     )
     try:
         yield proc
+    except BaseException:
+        _cancel_jobs({**os.environ, **env})
+        raise
     finally:
         if proc.poll() is None:
             with contextlib.suppress(OSError):
@@ -314,7 +318,9 @@ def test_a_task_killed_outside_python_ends_the_sweep_in_one_line(two_nodes, work
         out = ended(proc, two_nodes, workdir, timeout=240)
     assert proc.returncode == 1, out[-3000:]
     assert out.count("cifar-exp: error: ") == 1 and "Traceback" not in out, out[-3000:]
-    assert f"cifar-exp: error: SLURM job {job_id}'s task 1 ended without a result (state " in out
+    [said] = [line for line in out.splitlines() if line.startswith("cifar-exp: error: ")]
+    assert said.startswith(f"cifar-exp: error: SLURM job {job_id}'s task 1 ended without a result (state FAILED)")
+    assert Path(said.split("its log: ")[1]).is_file()
     client, parent, [child] = children_of_one_parent(workdir)
     assert child.info.status == "FAILED" and "lost the process group" in child.data.tags["error"]
     assert parent.info.status == "FAILED"

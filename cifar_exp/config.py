@@ -155,6 +155,9 @@ class MlflowConfig:
     log_model: bool = setting(True, resume_safe=True)
     # buffered metrics are written at least this often (and at every epoch end and checkpoint)
     flush_every_s: float = setting(30.0, Positive(), resume_safe=True)
+    # how long the end of a run keeps trying an unreachable store before it leaves its
+    # writes in the run dir's outbox for `cifar_exp.runs --deliver`; 0: one try
+    finish_retry_s: float = setting(20.0, NonNegative(), resume_safe=True)
     tags: Dict[str, str] = setting({}, Free(), resume_safe=True)
     # CPU, memory (and GPU) use, sampled by MLflow's own monitor this often; 0 turns it off
     system_metrics_every_s: float = setting(10.0, NonNegative(), resume_safe=True)

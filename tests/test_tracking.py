@@ -566,7 +566,8 @@ def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, m
     )
     run_dir = workdir / "run"
     with serve_mlflow(**serve):
-        proc = _outage_run(workdir, serve_url(serve), run_dir, epochs=3)
+        # two seconds of retries at the end: the wait is the setting, the outbox is the point
+        proc = _outage_run(workdir, serve_url(serve), run_dir, 3, "mlflow.finish_retry_s=2")
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out[-3000:]  # the training itself succeeded
     # the store to deliver to is this run's, in the command the run prints; never the file's

@@ -23,8 +23,6 @@ from cifar_exp.tracking.system_metrics import SystemMetrics
 
 log = logging.getLogger("cifar_exp")
 
-FINISH_RETRY_S = 20  # how long the end of a run keeps trying before it saves the outbox
-
 
 @dataclass
 class ModelCard:
@@ -110,6 +108,7 @@ class MlflowTracker:
         self.client, exp_id = store or open_store(cfg)
         self.experiment_id = exp_id
         self.flush_every_s = cfg.mlflow.flush_every_s
+        self.finish_retry_s = cfg.mlflow.finish_retry_s
         self.registered_model_name = cfg.mlflow.registered_model_name
         self._buffer: list = []
         self._last_flush = time.monotonic()
@@ -342,7 +341,7 @@ class MlflowTracker:
             self._monitor.finish()
         self._queue({"op": "status", "status": status})
         # a stopped run is waited on by whoever stopped it: one try, then the outbox
-        deadline = time.monotonic() + (0 if status == "KILLED" else FINISH_RETRY_S)
+        deadline = time.monotonic() + (0 if status == "KILLED" else self.finish_retry_s)
         while not self.flush() and time.monotonic() < deadline:
             time.sleep(max(0.0, min(self._retry_at, deadline) - time.monotonic()))
             self._retry_at = 0.0

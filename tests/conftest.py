@@ -12,7 +12,7 @@ import pg
 import pytest
 import torch
 
-from helpers import TEST_MODELS, Result, Trained, compose_cfg, registry_restored, run_cli
+from helpers import TEST_MODELS, Result, Trained, compose_cfg, main_in_process, registry_restored, run_cli
 
 
 def pytest_configure(config):
@@ -86,6 +86,20 @@ def cli(workdir):
     def _run(*args: str, **kwargs) -> Result:
         kwargs.setdefault("cwd", workdir)
         return run_cli(*args, **kwargs)
+
+    return _run
+
+
+@pytest.fixture
+def cli_here(workdir, capfd):
+    """`python -m cifar_exp *args` run by this process in workdir (helpers.main_in_process):
+    for sweep behaviour tests, where each CLI start's ~5 s of imports buys nothing."""
+
+    def _run(*args: str) -> Result:
+        capfd.readouterr()
+        code = main_in_process(*args)
+        out, err = capfd.readouterr()
+        return Result(code, out, err)
 
     return _run
 

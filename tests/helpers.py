@@ -5,13 +5,16 @@ test-only models (TEST_MODELS: model=exploding_cnn, slow_cnn, sleepy_cnn), regis
 PYTHONPATH), and `registry_restored`, which undoes any test's registrations."""
 
 import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import traceback
 import urllib.request
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -102,6 +105,91 @@ def registry_restored():
             REGISTRY[group].clear()
             for entry in options.values():
                 register(group, entry)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def main_in_process(*args: str) -> int:
+    """`python -m cifar_exp *args` run by this process, for sweep behaviour tests where the
+    process boundary is not the point; returns its exit code. What a process would keep to
+    itself is undone after it (argv, the environment, signal handlers, logging, Hydra's
+    singletons), and what it registers to run at exit runs when it returns, as at the end
+    of its process."""
+    import atexit
+
+    from cifar_exp import __main__ as entry
+    from cifar_exp import errors
+
+    at_exit: list = []
+    with _process_state_kept(), mock.patch.object(sys, "argv", ["cifar_exp", *args]):
+        with mock.patch.object(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f):
+            try:
+                entry.main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except Exception:  # the interpreter prints it and exits 1
+                traceback.print_exc()
+                code = 1
+        for f, a, k in reversed(at_exit):
+            try:
+                f(*a, **k)
+            except Exception:  # at exit Python prints it and goes on
+                traceback.print_exc()
+        entry._job_started = False
+        errors.stopping.clear()
+    return code
+
+
+@contextlib.contextmanager
+def _process_state_kept():
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    environ = dict(os.environ)
+    handlers = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    kept = {id(lg): (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in _loggers()}
+    try:
+        with warnings.catch_warnings():  # entering it makes warnings already shown here show again
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+        for lg in _loggers():
+            before, level, propagate, disabled = kept.get(id(lg), ([], logging.NOTSET, True, False))
+            for h in set(lg.handlers) - set(before):
+                h.close()  # a job's log file, a stream the command set up
+            lg.handlers[:] = before
+            lg.level, lg.propagate, lg.disabled = level, propagate, disabled
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # type: ignore[assignment]
+        _mlflow_stores_forgotten()
+
+
+def _loggers() -> list[logging.Logger]:
+    return [
+        logging.getLogger(),
+        *(v for v in logging.root.manager.loggerDict.values() if isinstance(v, logging.Logger)),
+    ]
+
+
+def _mlflow_stores_forgotten() -> None:
+    """MLflow keeps one store and one database engine per URI for its process; the default
+    URI is relative, and the next command's sqlite:///mlflow.db is another directory's file."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore as RegistryStore
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as TrackingStore
+    from mlflow.tracking._model_registry.registry import ModelRegistryStoreRegistry
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    for registry in (TrackingStoreRegistry, ModelRegistryStoreRegistry):
+        registry._get_store_with_resolved_uri.cache_clear()
+    for store in (TrackingStore, RegistryStore):
+        for engine in store._engine_map.values():
+            engine.dispose()
+        store._engine_map.clear()
 
 
 def compose_cfg(*overrides: str):

@@ -109,8 +109,8 @@ def test_parallel_joblib_sweep_on_a_fresh_store(fresh_store):
     assert [r["best"] for r in rows].count("True") == 1
 
 
-def test_a_failed_job_leaves_the_others_and_a_summary(cli, workdir):
-    result = cli(*SWEEP, "model=simple_cnn,exploding_cnn,tutorial_net", module="testing_cli")
+def test_a_failed_job_leaves_the_others_and_a_summary(cli_here, workdir, test_models):
+    result = cli_here(*SWEEP, "model=simple_cnn,exploding_cnn,tutorial_net")
     assert result.returncode != 0
     c, [parent], children = sweep_runs(workdir)
     statuses = sorted(r.info.status for r in children)
@@ -128,9 +128,9 @@ def test_submitit_local_sweep(cli, workdir):
     assert sorted(r.data.params["optimizer.lr"] for r in children) == ["0.01", "0.05"]
 
 
-def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir):
+def test_optuna_search_with_three_trials_selects_on_validation_data(cli_here, workdir):
     # the preset holds out a share of the training images, so it runs on synthetic's 600 as is
-    result = cli(*SWEEP, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3")
+    result = cli_here(*SWEEP, "hparams_search=optuna_lr", "hydra.sweeper.n_trials=3")
     assert result.returncode == 0, result.output[-3000:]
     assert "maximize val/acc" in result.output  # the direction, derived from the objective
     assert "warning" not in result.stderr  # a validation objective: no warning
@@ -146,11 +146,11 @@ def test_optuna_search_with_three_trials_selects_on_validation_data(cli, workdir
     assert len(lrs) == 3 and all(1e-4 <= float(v) <= 0.3 for v in lrs)
 
 
-def test_jobs_that_fail_before_training_are_recorded(cli, workdir):
+def test_jobs_that_fail_before_training_are_recorded(cli_here, workdir):
     """Bad values are refused before the sweep starts (tests/test_validation.py); what only
     the job can find, a checkpoint that is not there, fails that job before its run opens."""
-    result = cli(*SWEEP, "optimizer.lr=0.01,0.05", f"resume=auto,{workdir / 'nope.pt'}")
-    assert result.returncode != 0
+    result = cli_here(*SWEEP, "optimizer.lr=0.01,0.05", f"resume=auto,{workdir / 'nope.pt'}")
+    assert result.returncode != 0, result.output[-3000:]
     c, [parent], children = sweep_runs(workdir)
     assert len(children) == 4 and parent.info.status == "FAILED"
     failed = sorted((r for r in children if r.info.status == "FAILED"), key=lambda r: r.data.tags["hydra.job.num"])
@@ -164,10 +164,10 @@ def test_jobs_that_fail_before_training_are_recorded(cli, workdir):
     assert parent.data.metrics["jobs"] == 4
 
 
-def test_a_multi_objective_study_reports_its_pareto_front(cli, workdir):
+def test_a_multi_objective_study_reports_its_pareto_front(cli_here, workdir):
     import optuna
 
-    result = cli(
+    result = cli_here(
         *SWEEP,
         "hparams_search=optuna_pareto",
         "hydra.sweeper.n_trials=4",

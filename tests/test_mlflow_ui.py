@@ -18,7 +18,7 @@ from cifar_exp.metrics import logged
 from cifar_exp.progress import EpochProgress
 from cifar_exp.runtime import pick_precision
 
-from helpers import FAST, run_cli
+from helpers import FAST, compose_cfg
 
 KIND = "mlflow.experimentKind"
 NO_SYSTEM = "mlflow.system_metrics_every_s=0"
@@ -33,10 +33,14 @@ def client_of(workdir):
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, mlflow_template):
     """One short run (two 16-step epochs, a few seconds) and its record."""
+    from cifar_exp.run import run
+
     workdir = tmp_path_factory.mktemp("finished")
     shutil.copy(mlflow_template, workdir / "mlflow.db")
-    result = run_cli(*FAST, "epochs=2", "mlflow.log_model=false", cwd=workdir)
-    assert result.returncode == 0, result.output
+    with pytest.MonkeyPatch.context() as here:
+        here.chdir(workdir)
+        here.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
+        run(compose_cfg(*FAST, "epochs=2", "mlflow.log_model=false"))
     c = client_of(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     return c, run
@@ -143,13 +147,13 @@ def test_a_per_class_metric_or_the_parameter_count_is_logged_only_when_a_run_sel
 
 
 @pytest.mark.slow
-def test_a_resumed_run_says_what_ran(cli, workdir):
+def test_a_resumed_run_says_what_ran(cli_here, workdir):
     """Extended from 1 to 2 epochs by a resume: its epochs, name, description and config
     file say 2 and the checkpoint's settings, its history keeps both commands, its log goes
     on in the run dir's, and each segment's model has its own name."""
     first = workdir / "first"
-    assert cli(*FAST, NO_SYSTEM, f"hydra.run.dir={first}").returncode == 0
-    resumed = cli(f"resume={first}", "epochs=2", NO_SYSTEM)
+    assert cli_here(*FAST, NO_SYSTEM, f"hydra.run.dir={first}").returncode == 0
+    resumed = cli_here(f"resume={first}", "epochs=2", NO_SYSTEM)
     assert resumed.returncode == 0, resumed.output
     c = client_of(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])

@@ -156,7 +156,7 @@ def test_the_same_command_names_the_same_study_and_storage(tmp_path):
     assert study_storage.storage_url({"storage": "sqlite:////abs/x.db"}, tmp_path) == "sqlite:////abs/x.db"
 
 
-def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
+def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir, cli_here):
     """The issue's acceptance test: 6 trials with pruner=median, SIGKILL after 2 finished,
     the same command again."""
     command = [
@@ -177,7 +177,7 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     before = trials(workdir)
     assert sum(t.state.name == "COMPLETE" for t in before) == 2 and before[-1].state.name == "RUNNING"
 
-    result = run_cli(*command, cwd=workdir, timeout=600)
+    result = cli_here(*command)  # the same command again; the kill was the process boundary
     assert result.returncode == 0, result.stderr[-3000:]
     after = trials(workdir)
     finished = [t for t in after if t.state.name in ("COMPLETE", "PRUNED")]
@@ -200,17 +200,17 @@ def test_a_killed_study_resumes_to_exactly_n_trials_under_one_parent(workdir):
     assert {"trials.csv", "optimization_history.png", "param_importances.png"} <= artifacts
     assert parents[0].data.metrics["jobs_finished"] + parents[0].data.metrics["jobs_pruned"] == 6
 
-    again = run_cli(*command, cwd=workdir, timeout=600)  # a finished study says so, and how to extend it
+    again = cli_here(*command)  # a finished study says so, and how to extend it
     assert again.returncode == 0 and "already has 6 finished trials" in again.stdout, again.output[-2000:]
     assert "larger hydra.sweeper.n_trials" in again.stdout and len(trials(workdir)) == len(after)
 
 
-def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
+def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli_here, workdir):
     """A learning rate that cannot learn in time is stopped after its first epoch; the run
     checkpoints, ends KILLED (it did not reach its planned end), its name says so and it is
     tagged PRUNED; its trial is PRUNED. The best trial's name says that it is."""
     # the grid's seed 1 runs lr=0.05 first: the first trial is never pruned (nothing to compare)
-    result = cli(
+    result = cli_here(
         *SEARCH,
         "hydra/sweeper/sampler=grid",
         "hydra.sweeper.sampler.seed=1",
@@ -222,7 +222,6 @@ def test_hopeless_trials_are_pruned_from_inside_their_jobs(cli, workdir):
         "optimizer.momentum=0.9",
         "epochs=4",
         "mlflow.log_model=true",
-        timeout=600,
     )
     assert result.returncode == 0, result.output[-3000:]
     assert "Skipped telling" not in result.output  # a pruned trial is left as its job marked it
@@ -262,8 +261,8 @@ FAILING_FIRST = [
 ]
 
 
-def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
-    result = cli(*FAILING_FIRST, module="testing_cli", timeout=600)
+def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli_here, workdir, test_models):
+    result = cli_here(*FAILING_FIRST)
     assert result.returncode == 0, result.output[-3000:]
     states = [(t.params["model"], t.state.name) for t in trials(workdir)]
     assert states == [("exploding_cnn", "FAIL"), ("simple_cnn", "COMPLETE"), ("simple_cnn", "COMPLETE")]
@@ -275,11 +274,11 @@ def test_a_failing_trial_is_marked_fail_and_the_study_goes_on(cli, workdir):
 
 
 @pytest.mark.parametrize("rate, stops", [(0.0, True), (1.0, False)])
-def test_max_failure_rate_stops_the_study_as_the_official_plugin_does(cli, workdir, rate, stops):
+def test_max_failure_rate_stops_the_study_as_the_official_plugin_does(cli_here, workdir, test_models, rate, stops):
     """The same sweep as above: its first batch (one trial) fails. With a rate of 0 the study
     stops there in one line; with 1 it goes on, and (the official rule) the failed trial
     counts toward n_trials."""
-    result = cli(*FAILING_FIRST, f"hydra.sweeper.max_failure_rate={rate}", module="testing_cli", timeout=600)
+    result = cli_here(*FAILING_FIRST, f"hydra.sweeper.max_failure_rate={rate}")
     states = [t.state.name for t in trials(workdir)]
     if stops:
         assert result.returncode == 2 and states == ["FAIL"], result.output[-2000:]
@@ -330,16 +329,14 @@ def test_a_bad_older_search_space_entry_is_one_line(entry, needle):
         all_params({"search_space": {"x": entry}})
 
 
-def test_a_custom_search_space_hook_suggests_more_parameters(cli, workdir):
-    result = cli(
+def test_a_custom_search_space_hook_suggests_more_parameters(cli_here, workdir):
+    result = cli_here(
         *SEARCH,
         "hydra/sweeper/sampler=random",
         "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=1",
         "hydra.sweeper.custom_search_space=testing_cli.suggest_momentum",
         "optimizer.lr=interval(0.01, 0.1)",
-        module="testing_cli",
-        timeout=600,
     )
     assert result.returncode == 0, result.output[-2000:]
     momenta = sorted(t.params["optimizer.momentum"] for t in trials(workdir))
@@ -528,18 +525,16 @@ def test_a_corrupt_study_storage_is_one_line_before_anything_runs(cli, workdir, 
     assert not list(workdir.glob("multirun/*/*/0"))
 
 
-def test_a_crashed_sweep_s_parent_is_failed_and_says_why(cli, workdir):
+def test_a_crashed_sweep_s_parent_is_failed_and_says_why(cli_here, workdir, test_models):
     """The study gives up after three failed trials: its parent run ends FAILED with the
     reason, not FINISHED."""
-    result = cli(
+    result = cli_here(
         *SEARCH,
         "model=exploding_cnn",
         "dataset.batch_size=64",
         "hydra.sweeper.n_trials=1",
         "hydra.sweeper.n_jobs=1",
         "optimizer.lr=interval(0.01, 0.1)",
-        module="testing_cli",
-        timeout=600,
     )
     assert result.returncode == 2, result.output[-3000:]
     [parent] = [r for r in runs(workdir) if "mlflow.parentRunId" not in r.data.tags]
@@ -570,7 +565,9 @@ def test_a_sampler_whose_package_is_missing_is_refused_before_any_job(monkeypatc
     study.check_sampler_packages("tpe")
 
 
-def test_the_cmaes_sampler_runs_a_sweep(cli, workdir):
-    result = cli(*SEARCH, "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.01, 0.1)")
+def test_the_cmaes_sampler_runs_a_sweep(cli_here, workdir):
+    result = cli_here(
+        *SEARCH, "hydra/sweeper/sampler=cmaes", "hydra.sweeper.n_trials=2", "optimizer.lr=interval(0.01, 0.1)"
+    )
     assert result.returncode == 0, result.output[-2000:]
     assert [t.state.name for t in trials(workdir)] == ["COMPLETE"] * 2

@@ -124,8 +124,8 @@ def test_flatten_dotted_keys():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 
 
-def test_two_epoch_run_is_fully_logged(cli, workdir):
-    result = cli(
+def test_two_epoch_run_is_fully_logged(cli_here, workdir):
+    result = cli_here(
         *FAST,
         "epochs=2",
         "trainer.log_every_n_steps=1",
@@ -288,10 +288,10 @@ def _rest(url, path, body):
     return json.load(urllib.request.urlopen(req, timeout=10))
 
 
-def test_run_logged_to_a_tracking_server_is_visible_through_rest(cli, workdir, mlflow_server):
+def test_run_logged_to_a_tracking_server_is_visible_through_rest(cli_here, workdir, mlflow_server):
     from mlflow.tracking import MlflowClient
 
-    result = cli(
+    result = cli_here(
         *FAST, f"mlflow.tracking_uri={mlflow_server}", "mlflow.experiment_name=served", "mlflow.log_model=false"
     )
     assert result.returncode == 0, result.output
@@ -584,18 +584,16 @@ def serve_url(serve: dict) -> str:
     return f"http://127.0.0.1:{serve['port']}"
 
 
-def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli, workdir):
+def test_a_resume_adds_a_segment_and_keeps_what_the_run_began_with(cli_here, workdir):
     """The record only grows: the first segment's config, overrides, output dir and log stay;
     the resume is logged beside them. Short epochs (16 steps, logging every 50) still get a
     train/loss and lr point at each epoch's end."""
     import yaml
 
     first = workdir / "first"
-    assert (
-        cli(*FAST, "mlflow.log_model=false", "mlflow.system_metrics_every_s=0.5", f"hydra.run.dir={first}").returncode
-        == 0
-    )
-    assert cli(f"resume={first}", "epochs=2", "mlflow.log_model=false").returncode == 0
+    began = cli_here(*FAST, "mlflow.log_model=false", "mlflow.system_metrics_every_s=0.5", f"hydra.run.dir={first}")
+    assert began.returncode == 0, began.output
+    assert cli_here(f"resume={first}", "epochs=2", "mlflow.log_model=false").returncode == 0
     c, run = only_run(workdir)
     rid, tags = run.info.run_id, run.data.tags
     config = yaml.safe_load(open(c.download_artifacts(rid, "hydra/config.yaml")))

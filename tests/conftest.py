@@ -91,17 +91,9 @@ def cli(workdir):
 
 
 @pytest.fixture
-def cli_here(workdir, capfd):
-    """`python -m cifar_exp *args` run by this process in workdir (helpers.main_in_process):
-    for sweep behaviour tests, where each CLI start's ~5 s of imports buys nothing."""
-
-    def _run(*args: str) -> Result:
-        capfd.readouterr()
-        code = main_in_process(*args)
-        out, err = capfd.readouterr()
-        return Result(code, out, err)
-
-    return _run
+def cli_here(workdir):
+    """`python -m cifar_exp *args` run by this process in workdir (helpers.main_in_process)."""
+    return main_in_process
 
 
 @pytest.fixture

@@ -4,6 +4,8 @@ test-only models (TEST_MODELS: model=exploding_cnn, slow_cnn, sleepy_cnn), regis
 `test_models` fixture in process and by `python -m testing_cli` for a CLI (tests/ is on
 PYTHONPATH), and `registry_restored`, which undoes any test's registrations."""
 
+from __future__ import annotations
+
 import contextlib
 import logging
 import os
@@ -110,20 +112,25 @@ def registry_restored():
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
-def main_in_process(*args: str) -> int:
-    """`python -m cifar_exp *args` run by this process, for sweep behaviour tests where the
-    process boundary is not the point; returns its exit code. What a process would keep to
-    itself is undone after it (argv, the environment, signal handlers, logging, Hydra's
-    singletons), and what it registers to run at exit runs when it returns, as at the end
-    of its process."""
+def main_in_process(*args: str) -> Result:
+    """`python -m cifar_exp *args` run by this process, for behaviour tests where the process
+    boundary is not the point (each CLI start costs ~5 s of imports): its exit code and what
+    it printed. What a process would keep to itself is undone after it (argv, the
+    environment, signal handlers, logging, warnings, Hydra's singletons, MLflow's stores),
+    and what it registers to run at exit runs when it returns, as at the end of its process."""
     import atexit
+    import io
 
     from cifar_exp import __main__ as entry
     from cifar_exp import errors
 
     at_exit: list = []
-    with _process_state_kept(), mock.patch.object(sys, "argv", ["cifar_exp", *args]):
-        with mock.patch.object(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f):
+    out, err = io.StringIO(), io.StringIO()
+    with _process_state_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with (
+            mock.patch.object(sys, "argv", ["cifar_exp", *args]),
+            mock.patch.object(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f),
+        ):
             try:
                 entry.main()
                 code = 0
@@ -139,7 +146,7 @@ def main_in_process(*args: str) -> int:
                 traceback.print_exc()
         entry._job_started = False
         errors.stopping.clear()
-    return code
+    return Result(code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager
@@ -388,7 +395,7 @@ class OwnedProcesses:
     that appeared inside the block is stopped and reaped, and none may be left; no other
     process on the machine is ever signalled, whatever its name."""
 
-    def __enter__(self) -> "OwnedProcesses":
+    def __enter__(self) -> OwnedProcesses:
         import ctypes
 
         self._libc = ctypes.CDLL(None, use_errno=True)

@@ -16,9 +16,10 @@ import yaml
 from cifar_exp import tracking
 from cifar_exp.metrics import logged
 from cifar_exp.progress import EpochProgress
+from cifar_exp.registry import register
 from cifar_exp.runtime import pick_precision
 
-from helpers import FAST, compose_cfg
+from helpers import FAST, TEST_MODELS, compose_cfg, registry_restored
 
 KIND = "mlflow.experimentKind"
 NO_SYSTEM = "mlflow.system_metrics_every_s=0"
@@ -32,15 +33,17 @@ def client_of(workdir):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, mlflow_template):
-    """One short run (two 16-step epochs, a few seconds) and its record."""
+    """One short run (three 16-step epochs of 50 ms steps: a few seconds) and its record."""
     from cifar_exp.run import run
 
     workdir = tmp_path_factory.mktemp("finished")
     shutil.copy(mlflow_template, workdir / "mlflow.db")
-    with pytest.MonkeyPatch.context() as here:
+    with pytest.MonkeyPatch.context() as here, registry_restored():
         here.chdir(workdir)
         here.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-        run(compose_cfg(*FAST, "epochs=2", "mlflow.log_model=false"))
+        for model in TEST_MODELS:
+            register("model", model)
+        run(compose_cfg(*FAST, "model=slow_cnn", "epochs=3", "mlflow.log_model=false"))
     c = client_of(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])
     return c, run

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import FAST, cli_process, run_cli, serve_mlflow
+from cifar_exp.registry import register
+
+from helpers import FAST, TEST_MODELS, cli_process, main_in_process, registry_restored, serve_mlflow
 
 # one worker builds the module's store, once, for all three tests
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
@@ -56,18 +58,23 @@ def store(tmp_path_factory, mlflow_template):
     stopped run's printed link, the store's URL as a served UI)."""
     workdir = tmp_path_factory.mktemp("ui")
     shutil.copy(mlflow_template, workdir / "mlflow.db")
-    done = run_cli(*FAST, "epochs=2", "mlflow.system_metrics_every_s=0.5", cwd=workdir)
-    assert done.returncode == 0, done.output
+    # the Ctrl-C is a real process's; the runs around it are the same command run in here
     proc = cli_process("testing_cli", *FAST, "model=slow_cnn", "epochs=30", cwd=workdir)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/30"):
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGINT, err
-    stopped_dir = re.search(r"resume=(\S+)", err).group(1)
-    resumed = run_cli(f"resume={stopped_dir}", "epochs=2", cwd=workdir, module="testing_cli")
-    assert resumed.returncode == 0, resumed.output
+    with pytest.MonkeyPatch.context() as here, registry_restored():
+        here.chdir(workdir)
+        for model in TEST_MODELS:
+            register("model", model)
+        done = main_in_process(*FAST, "epochs=2", "mlflow.system_metrics_every_s=0.5")
+        assert done.returncode == 0, done.output
+        for line in proc.stdout:
+            if line.startswith("epoch 1/30"):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGINT, err
+        stopped_dir = re.search(r"resume=(\S+)", err).group(1)
+        resumed = main_in_process(f"resume={stopped_dir}", "epochs=2")
+        assert resumed.returncode == 0, resumed.output
     links = [_link(r) for r in (done.output, resumed.output)]
     with serve_mlflow(f"sqlite:///{workdir / 'mlflow.db'}", workdir / "mlruns", workdir) as url:
         yield (*links, url)

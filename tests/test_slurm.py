@@ -237,7 +237,7 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
         subprocess.run(["scancel", "--signal=USR2", job_id], env={**os.environ, **slurm}, check=True)
         release_when_requeued(job_id, {**os.environ, **slurm})
         out = ended(proc, slurm, workdir, timeout=240)
-    assert proc.returncode == 0, out[-3000:]
+    assert proc.returncode == 0, out[-3000:] + "\nslurmctld:\n" + cluster_said(slurm, job_id)
 
     client, parent, [child] = children_of_one_parent(workdir)
     assert child.info.status == "FINISHED" and parent.info.status == "FINISHED"
@@ -262,10 +262,24 @@ def release_when_requeued(job_id: str, env: dict) -> None:
     while any(
         node.startswith(("completing", "draining"))  # a job still ending on it
         for node in subprocess.run(nodes, env=env, capture_output=True, text=True).stdout.split()
-    ):
+    ) or _steps_left(job_id):
         assert time.monotonic() < deadline, "a node never ended the job's last run"
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
+
+
+def _steps_left(job_id: str) -> bool:
+    """Whether a slurmstepd of the job's last run is still alive on this host (every node
+    of the test cluster is): the node can list itself idle while it still runs."""
+    found = subprocess.run(["pgrep", "-f", rf"^slurmstepd: \[{job_id}\."], capture_output=True)
+    return found.returncode == 0
+
+
+def cluster_said(env: dict, job_id: str) -> str:
+    """slurmctld's lines about a job: why SLURM failed or held it, for a test's message."""
+    log = Path(env["SLURM_CONF"]).parent / "slurmctld.log"
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    return "\n".join(line for line in lines if f"JobId={job_id} " in line or f"JobId={job_id}." in line)[-3000:]
 
 
 def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):

@@ -444,32 +444,32 @@ def test_the_lease_is_one_per_sqlite_file_however_it_is_spelled(tmp_path, alias)
         study_storage.take_lease(second, "another_study", "a sweep of another study")  # other studies are free
 
 
-def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(workdir):
+def test_two_sweeps_of_one_study_one_is_refused_the_other_completes(cli_here, workdir, test_models):
     """The second identical command meets the first's lease: one line naming it, before it
     records anything, and the first runs every trial untouched."""
-    # three trials of six one-second steps: the first sweep is still running when the
-    # second, started once the first trains, reaches the lease, however loaded the machine
+    # two trials of six one-second steps: the first sweep is still running when the second
+    # (this process: no imports to wait for), started once the first trains, reaches the lease
     command = [
         *SEARCH,
         "hydra/sweeper/sampler=random",
-        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.n_trials=2",
         "hydra.sweeper.n_jobs=1",
         "optimizer.lr=interval(0.01, 0.1)",
         "model=sleepy_cnn",
         "epochs=1",
     ]
     first = _start_sweep(workdir, command, module="testing_cli")
-    second = run_cli(*command, cwd=workdir, timeout=120, module="testing_cli")
+    second = cli_here(*command)
     rest, _ = first.communicate(timeout=300)
     assert second.returncode == 2, second.stderr
     [line] = second.stderr.strip().splitlines()
     assert "is being run by another sweep" in line and f"pid {first.pid} " in line and "one sweep per study" in line
     assert first.returncode == 0, rest[-3000:]
-    assert [t.state.name for t in trials(workdir)] == ["COMPLETE"] * 3
+    assert [t.state.name for t in trials(workdir)] == ["COMPLETE"] * 2
     everything = runs(workdir)
     [parent] = [r for r in everything if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in everything if "mlflow.parentRunId" in r.data.tags]
-    assert parent.info.status == "FINISHED" and [r.info.status for r in children] == ["FINISHED"] * 3
+    assert parent.info.status == "FINISHED" and [r.info.status for r in children] == ["FINISHED"] * 2
     assert not [r for r in children if "cifar_exp.superseded" in r.data.tags]
     history = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_metric_history(parent.info.run_id, "jobs")
     assert len(history) == 1  # one summary, not one per sweep

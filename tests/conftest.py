@@ -12,7 +12,7 @@ import pg
 import pytest
 import torch
 
-from helpers import TEST_MODELS, Result, Trained, compose_cfg, main_in_process, registry_restored, run_cli
+from helpers import Result, Trained, compose_cfg, main_in_process, register_test_models, registry_restored, run_cli
 
 
 def pytest_configure(config):
@@ -56,10 +56,7 @@ def _registry_restored():
 @pytest.fixture
 def test_models():
     """The test-only models (model=exploding_cnn, slow_cnn, sleepy_cnn) for this test."""
-    from cifar_exp.registry import register
-
-    for model in TEST_MODELS:
-        register("model", model)
+    register_test_models()
 
 
 @pytest.fixture(scope="session")

@@ -90,6 +90,12 @@ TEST_MODELS = (
 )
 
 
+def register_test_models() -> None:
+    """model=exploding_cnn, slow_cnn and sleepy_cnn, as options of the real registry."""
+    for model in TEST_MODELS:
+        register("model", model)
+
+
 @contextlib.contextmanager
 def registry_restored():
     """The registry (and its Hydra config groups) as it was before the block, whatever the

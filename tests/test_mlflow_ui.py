@@ -16,10 +16,9 @@ import yaml
 from cifar_exp import tracking
 from cifar_exp.metrics import logged
 from cifar_exp.progress import EpochProgress
-from cifar_exp.registry import register
 from cifar_exp.runtime import pick_precision
 
-from helpers import FAST, TEST_MODELS, compose_cfg, registry_restored
+from helpers import FAST, compose_cfg, register_test_models, registry_restored
 
 KIND = "mlflow.experimentKind"
 NO_SYSTEM = "mlflow.system_metrics_every_s=0"
@@ -41,8 +40,7 @@ def finished(tmp_path_factory, mlflow_template):
     with pytest.MonkeyPatch.context() as here, registry_restored():
         here.chdir(workdir)
         here.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{workdir / 'mlflow.db'}")
-        for model in TEST_MODELS:
-            register("model", model)
+        register_test_models()
         run(compose_cfg(*FAST, "model=slow_cnn", "epochs=3", "mlflow.log_model=false"))
     c = client_of(workdir)
     [run] = c.search_runs([c.get_experiment_by_name("cifar_exp").experiment_id])

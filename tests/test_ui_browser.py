@@ -11,9 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cifar_exp.registry import register
-
-from helpers import FAST, TEST_MODELS, cli_process, main_in_process, registry_restored, serve_mlflow
+from helpers import FAST, cli_process, main_in_process, register_test_models, registry_restored, serve_mlflow
 
 # one worker builds the module's store, once, for all three tests
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("browser")]
@@ -62,8 +60,7 @@ def store(tmp_path_factory, mlflow_template):
     proc = cli_process("testing_cli", *FAST, "model=slow_cnn", "epochs=30", cwd=workdir)
     with pytest.MonkeyPatch.context() as here, registry_restored():
         here.chdir(workdir)
-        for model in TEST_MODELS:
-            register("model", model)
+        register_test_models()
         done = main_in_process(*FAST, "epochs=2", "mlflow.system_metrics_every_s=0.5")
         assert done.returncode == 0, done.output
         for line in proc.stdout:

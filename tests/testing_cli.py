@@ -2,9 +2,8 @@
 helpers.py registered first (a new model is one registry entry, in tests as anywhere)."""
 
 from cifar_exp.__main__ import main
-from cifar_exp.registry import register
 
-from helpers import TEST_MODELS
+from helpers import register_test_models
 
 
 def _count_all_reduces() -> None:
@@ -35,6 +34,5 @@ if __name__ == "__main__":
 
     if os.environ.get("CIFAR_EXP_TEST_COUNT_COLLECTIVES"):
         _count_all_reduces()
-    for model in TEST_MODELS:
-        register("model", model)
+    register_test_models()
     main()

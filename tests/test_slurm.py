@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import shutil
 import signal
@@ -251,13 +252,16 @@ def test_a_preempted_job_checkpoints_requeues_and_resumes_in_the_same_run(slurm,
 def release_when_requeued(job_id: str, env: dict) -> None:
     """Once the job is back in the queue and its node has cleaned up after it, let it start
     at once: SLURM holds a requeued job for two minutes (its BeginTime), a wait that tells
-    the test nothing. The hold is what keeps a job off a node still ending its last run,
-    so the release waits for that (a launch onto such a node may fail and hold the job)."""
+    the test nothing. The hold keeps a job off a node still ending its last run, so the
+    release waits for that. It also waits for the next whole second: slurmd revoked the
+    job's credentials when the requeue killed it, and refuses, as revoked, any credential
+    created in the same second (ctime <= revoked), which fails the relaunch at once."""
     deadline = time.monotonic() + 120
     state = ["squeue", "-h", "-j", job_id, "-o", "%T %r"]
     while subprocess.run(state, env=env, capture_output=True, text=True).stdout.split() != ["PENDING", "BeginTime"]:
         assert time.monotonic() < deadline, "the job was not requeued"
         time.sleep(0.2)
+    revoked_by = math.floor(time.time())  # the requeue, and so the revocation, came before this
     nodes = ["sinfo", "-h", "-N", "-o", "%T"]
     while any(
         node.startswith(("completing", "draining"))  # a job still ending on it
@@ -265,6 +269,7 @@ def release_when_requeued(job_id: str, env: dict) -> None:
     ) or _steps_left(job_id):
         assert time.monotonic() < deadline, "a node never ended the job's last run"
         time.sleep(0.2)
+    time.sleep(max(0.0, revoked_by + 1.05 - time.time()))
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], env=env, check=True)
 
 
@@ -276,10 +281,14 @@ def _steps_left(job_id: str) -> bool:
 
 
 def cluster_said(env: dict, job_id: str) -> str:
-    """slurmctld's lines about a job: why SLURM failed or held it, for a test's message."""
-    log = Path(env["SLURM_CONF"]).parent / "slurmctld.log"
-    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
-    return "\n".join(line for line in lines if f"JobId={job_id} " in line or f"JobId={job_id}." in line)[-3000:]
+    """slurmctld's and each slurmd's lines about a job: why SLURM failed or held it, for a
+    test's message (a refused launch is only in the node's log)."""
+    marks = (f"JobId={job_id} ", f"JobId={job_id}.", f"Job {job_id} ", f"[{job_id}.", f"JOB {job_id} ")
+    said = []
+    for log in sorted(Path(env["SLURM_CONF"]).parent.glob("slurm*.log")):
+        lines = log.read_text(errors="replace").splitlines()
+        said += [f"{log.name}:"] + [line for line in lines if any(mark in line for mark in marks)][-20:]
+    return "\n".join(said)
 
 
 def test_a_ddp_job_spans_two_nodes(two_nodes, workdir):

@@ -88,9 +88,15 @@ def cli(workdir):
 
 
 @pytest.fixture
-def cli_here(workdir):
-    """`python -m cifar_exp *args` run by this process in workdir (helpers.main_in_process)."""
-    return main_in_process
+def cli_here(workdir, monkeypatch):
+    """`python -m <module> *args` run by this process in workdir, as `cli` runs it in a
+    process of its own (helpers.main_in_process)."""
+
+    def _run(*args: str, module: str = "cifar_exp") -> Result:
+        monkeypatch.chdir(workdir)
+        return main_in_process(*args, module=module)
+
+    return _run
 
 
 @pytest.fixture

@@ -118,27 +118,31 @@ def registry_restored():
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
-def main_in_process(*args: str) -> Result:
-    """`python -m cifar_exp *args` run by this process, for behaviour tests where the process
-    boundary is not the point (each CLI start costs ~5 s of imports): its exit code and what
-    it printed. What a process would keep to itself is undone after it (argv, the
-    environment, signal handlers, logging, warnings, Hydra's singletons, MLflow's stores),
-    and what it registers to run at exit runs when it returns, as at the end of its process."""
+def main_in_process(*args: str, module: str = "cifar_exp") -> Result:
+    """`python -m <module> *args` (the training CLI or a tool: cifar_exp.evaluate, .predict,
+    .runs) run by this process, for behaviour tests where the process boundary is not the
+    point (each CLI start costs ~5 s of imports): its exit code and what it printed. What a
+    process would keep to itself is undone after it (argv, the environment, signal handlers,
+    logging, warnings, Hydra's singletons, MLflow's stores), and what it registers to run at
+    exit runs when it returns, as at the end of its process."""
     import atexit
+    import importlib
     import io
 
     from cifar_exp import __main__ as entry
     from cifar_exp import errors
 
+    command = entry if module == "cifar_exp" else importlib.import_module(module)
+
     at_exit: list = []
     out, err = io.StringIO(), io.StringIO()
     with _process_state_kept(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         with (
-            mock.patch.object(sys, "argv", ["cifar_exp", *args]),
+            mock.patch.object(sys, "argv", [module, *args]),
             mock.patch.object(atexit, "register", lambda f, *a, **k: at_exit.append((f, a, k)) or f),
         ):
             try:
-                entry.main()
+                command.main()
                 code = 0
             except SystemExit as e:
                 code = e.code if isinstance(e.code, int) else 1

@@ -462,12 +462,12 @@ def test_a_stored_cache_dir_or_store_never_chooses_where_a_job_writes(train, wor
 
 
 @pytest.mark.slow
-def test_evaluate_and_predict_from_a_checkpoint(cli, train, workdir):
+def test_evaluate_and_predict_from_a_checkpoint(cli_here, train, workdir):
     from PIL import Image
 
     trained = train(*FAST, "epochs=2", "mlflow.enabled=false")
     run, logged = trained.run_dir, f"{100 * trained.metrics['test/acc']:.2f}"
-    result = cli(f"checkpoint={run}", module="cifar_exp.evaluate")
+    result = cli_here(f"checkpoint={run}", module="cifar_exp.evaluate")
     assert result.returncode == 0, result.output
     assert f"Accuracy of the network on the 500 test images: {logged} %" in result.stdout
     assert "confusion matrix" in result.stdout and "Accuracy for class: class9" in result.stdout
@@ -480,7 +480,7 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, train, workdir):
     for i in range(2):
         paths.append(workdir / f"img{i}.png")
         Image.fromarray(test.x[i].permute(1, 2, 0).numpy()).save(paths[-1])
-    result = cli(
+    result = cli_here(
         f"checkpoint={run / 'checkpoints/best.pt'}", f"images=[{paths[0]},{paths[1]}]", module="cifar_exp.predict"
     )
     assert result.returncode == 0, result.output
@@ -488,13 +488,13 @@ def test_evaluate_and_predict_from_a_checkpoint(cli, train, workdir):
     assert len(lines) == 2 and lines[0].startswith(f"{paths[0]}: class")
     assert result.stderr == ""  # no library warning (NumPy's "not writable") around the answer
     assert len(re.findall(r"class\d \d+\.\d%", lines[0])) == 3
-    bad = cli("checkpoint=/nope.pt", f"images=[{paths[0]}]", module="cifar_exp.predict")
+    bad = cli_here("checkpoint=/nope.pt", f"images=[{paths[0]}]", module="cifar_exp.predict")
     assert bad.returncode == 2 and "/nope.pt does not exist" in bad.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["v1 model target", "nested target", "pickled object"])
-def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli, workdir, kind):
+def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli_here, workdir, kind):
     """Each tool reads the poisoned file, refuses it in one line, exits non-zero, and
     creates nothing: no file the config names, no run dir, no MLflow run."""
     poisoned = workdir / "poison"
@@ -511,7 +511,7 @@ def test_poisoned_checkpoints_run_nothing_through_resume_evaluate_or_predict(cli
         ((f"checkpoint={path}",), "cifar_exp.evaluate"),
         ((f"checkpoint={path}", f"images=[{image}]"), "cifar_exp.predict"),
     ):
-        result = cli(*args, "mlflow.enabled=false" if module == "cifar_exp" else "device=cpu", module=module)
+        result = cli_here(*args, "mlflow.enabled=false" if module == "cifar_exp" else "device=cpu", module=module)
         assert result.returncode == 2, result.output
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in result.output, result.stderr

@@ -308,10 +308,10 @@ def test_run_logged_to_a_tracking_server_is_visible_through_rest(cli_here, workd
     assert list((workdir / "server-artifacts").rglob("confusion_matrix.png"))
 
 
-def test_runs_table_lists_runs_best_first(cli, train, workdir):
+def test_runs_table_lists_runs_best_first(cli_here, train, workdir):
     for lr in ("0.05", "0.0001"):
         train(*FAST, f"optimizer.lr={lr}", "mlflow.log_model=false", run_dir=lr)
-    result = cli(module="cifar_exp.runs")
+    result = cli_here(module="cifar_exp.runs")
     assert result.returncode == 0, result.output
     header, first, second = result.stdout.strip().splitlines()
     assert header.split()[:7] == ["run", "status", "model", "optimizer", "lr", "epochs", "dataset"]
@@ -319,7 +319,7 @@ def test_runs_table_lists_runs_best_first(cli, train, workdir):
     assert "FINISHED" in first and "simple_cnn" in first
     # the UI's runs page, in the model-training view, on stderr beside the table
     assert "/#/experiments/1/runs?workflowType=machine_learning (run `mlflow ui`" in result.stderr
-    assert cli("--experiment", "nope", module="cifar_exp.runs").returncode == 1
+    assert cli_here("--experiment", "nope", module="cifar_exp.runs").returncode == 1
 
 
 # --- faults: nothing lost, nothing left lying ------------------------------------------------
@@ -555,10 +555,8 @@ def test_a_server_that_goes_away_mid_run_loses_nothing(workdir, mlflow_template)
     assert not (workdir / "run/mlflow_outbox.json").exists()
 
 
-def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, mlflow_template):
+def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, mlflow_template, cli_here):
     import shutil
-
-    from helpers import run_cli
 
     shutil.copy(mlflow_template, workdir / "server.db")
     serve = dict(
@@ -574,7 +572,7 @@ def test_a_server_still_away_at_the_end_keeps_the_writes_for_delivery(workdir, m
     assert f"python -m cifar_exp.runs --deliver {run_dir} --tracking-uri {serve_url(serve)}" in out
     assert (run_dir / "mlflow_outbox.json").exists() and (run_dir / "checkpoints/last.pt").exists()
     with serve_mlflow(**serve) as url:
-        delivered = run_cli("--deliver", str(run_dir), "--tracking-uri", url, cwd=workdir, module="cifar_exp.runs")
+        delivered = cli_here("--deliver", str(run_dir), "--tracking-uri", url, module="cifar_exp.runs")
         assert delivered.returncode == 0 and "delivered" in delivered.stdout, delivered.output
         _complete(url, 3)
     assert not (run_dir / "mlflow_outbox.json").exists()

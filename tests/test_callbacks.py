@@ -209,7 +209,9 @@ def test_a_multi_objective_study_reports_its_pareto_front(cli_here, workdir):
         (["objective=[val/acc,params]"], "objective='params' is invalid"),
     ],
 )
-def test_a_multi_objective_study_is_checked_before_any_job(cli, workdir, extra, said):
-    result = cli(*SWEEP, "hparams_search=optuna_pareto", *extra)
+def test_a_multi_objective_study_is_checked_before_any_job(cli_here, workdir, extra, said):
+    """The study's checks, in this process: test_validation's refused sweep is the real
+    process whose one line and exit code these share."""
+    result = cli_here(*SWEEP, "hparams_search=optuna_pareto", *extra)
     assert result.returncode != 0 and said in result.stderr, result.stderr[-2000:]
     assert len(result.stderr.strip().splitlines()) == 1 and not (workdir / "multirun").exists()

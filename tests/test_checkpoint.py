@@ -414,14 +414,16 @@ def test_truncated_last_checkpoint_falls_back_when_resuming_from_the_dir(cli, tr
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_change_of_model_or_optimizer(cli, train):
+def test_resume_refuses_a_change_of_model_or_optimizer(cli_here, train):
+    """The resume rules, in this process: a malformed checkpoint's resume (test_validation)
+    is the real process whose one line and exit code these share."""
     first = train(*FAST, "mlflow.enabled=false", run_dir="first").run_dir
     for override, key in (
         ("model=tutorial_net", "model.name"),
         ("optimizer=adam", "optimizer.name"),
         ("dataset.batch_size=64", "dataset.batch_size"),
     ):
-        result = cli(f"resume={first}", "epochs=2", override, "mlflow.enabled=false")
+        result = cli_here(f"resume={first}", "epochs=2", override, "mlflow.enabled=false")
         assert result.returncode == 2, result.output
         assert f"cannot change {key}" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 

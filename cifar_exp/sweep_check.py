@@ -85,13 +85,18 @@ def check_cluster(launcher: DictConfig) -> None:
     """A SLURM job asking for more nodes than its partition has: SLURM would accept it and
     keep it pending forever (unless the cluster enforces partition limits), so it is refused
     here, with the count SLURM's own sinfo gives. Where sinfo cannot answer, the submission
-    says what it says."""
+    says what it says. A negative wait for results is refused too."""
     from hydra_plugins.cifar_exp_slurm_launcher.slurm_launcher import SlurmLauncher
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as HydraSlurmLauncher
 
     slurm = {f"{c.__module__}.{c.__qualname__}" for c in (SlurmLauncher, HydraSlurmLauncher)}
     if launcher.get("_target_") not in slurm:  # ours (hydra/launcher=slurm) or Hydra's (submitit_slurm)
         return
+    if launcher.get("results_timeout_s", 0) < 0:
+        raise UserError(
+            f"hydra.launcher.results_timeout_s={launcher.results_timeout_s} is invalid: it is the seconds to wait "
+            "for a task's result file after its job ended, 0 or more"
+        )
     partition = launcher.get("partition")
     nodes = _partition_nodes(partition)
     if nodes and launcher.nodes > len(nodes):

@@ -33,6 +33,7 @@ CPU_JOBS = [
     "hydra.launcher.cpus_per_task=1",
     "hydra.launcher.mem_gb=1",
     "hydra.launcher.timeout_min=30",
+    "hydra.launcher.results_timeout_s=1",  # one filesystem: a task's result is there or never
 ]
 RUN = ["dataset=synthetic", "trainer.progress=false", "mlflow.log_model=false", "mlflow.system_metrics_every_s=0"]
 

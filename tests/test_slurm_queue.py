@@ -3,6 +3,8 @@ and their pending ranges, states submitit would misread, and jobs squeue no long
 
 from __future__ import annotations
 
+import pytest
+
 from cifar_exp.slurm_queue import QueueWatcher
 
 
@@ -42,3 +44,28 @@ def test_squeue_is_asked_only_while_a_job_is_unfinished():
     assert watcher._make_command() == ["squeue", "--me", "--states=all", "--noheader", "--format=%i|%T"]
     watcher._finished.add("5")
     assert watcher._make_command() is None
+
+
+def test_the_launcher_waits_for_a_missing_result_as_long_as_it_is_told(monkeypatch):
+    """hydra.launcher.results_timeout_s reaches submitit's jobs (15 s by default, its own
+    wait for a result file a shared filesystem shows late)."""
+    from submitit.slurm import slurm
+
+    from hydra_plugins.cifar_exp_slurm_launcher import slurm_launcher
+
+    monkeypatch.setattr(slurm.SlurmJob, "_results_timeout_s", slurm.SlurmJob._results_timeout_s)
+    monkeypatch.setattr(slurm.SlurmJob, "watcher", slurm.SlurmJob.watcher)
+    monkeypatch.setattr(slurm_launcher.HydraSlurmLauncher, "launch", lambda self, overrides, idx: [])
+    assert slurm_launcher.SlurmLauncher().results_timeout_s == 15
+    slurm_launcher.SlurmLauncher(results_timeout_s=2).launch([], 0)
+    assert slurm.SlurmJob._results_timeout_s == 2
+
+
+def test_a_negative_wait_for_results_is_refused_before_any_job():
+    from cifar_exp.errors import UserError
+
+    from helpers import check_sweep_of
+
+    check_sweep_of("hydra/launcher=slurm", "hydra.launcher.results_timeout_s=0", "dataset=synthetic")
+    with pytest.raises(UserError, match=r"hydra.launcher.results_timeout_s=-1 is invalid: .* 0 or more"):
+        check_sweep_of("hydra/launcher=slurm", "hydra.launcher.results_timeout_s=-1", "dataset=synthetic")

@@ -27,7 +27,7 @@ ConfigStore.instance().store(group="hydra/launcher", name="cifar_exp_slurm", nod
 
 
 class SlurmLauncher(HydraSlurmLauncher):
-    def __init__(self, results_timeout_s: int = 15, **params: Any) -> None:
+    def __init__(self, results_timeout_s: int = SlurmConf.results_timeout_s, **params: Any) -> None:
         super().__init__(**params)  # submitit's own parameters only
         self.results_timeout_s = results_timeout_s
 
